@@ -1,0 +1,245 @@
+"""The executor agent: one per host, a Celery worker that runs jobs in containers.
+
+The agent owns the host's Docker client, its capacity ledger, its policy and its
+state in Redis. The Celery worker's threads only *supervise* containers; a job's
+code never runs in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from tasks import keys
+from tasks.app import app as default_app
+from tasks.errors import JobError, JobRejected, Revoked
+from tasks.state import state_client
+from tasks.units import format_memory
+
+from .capacity import Capacity, Ledger
+from .container import LABEL_AGENT, ContainerLauncher, JobCall, Outcome
+from .errors import DockerUnavailable
+from .policy import HostPolicy
+from .request import terminations
+from .verdict import verdict
+
+log = logging.getLogger(__name__)
+
+#: Seconds between heartbeats that publish this agent's state.
+HEARTBEAT_SECONDS = 2.0
+#: An agent's published state expires this long after its last heartbeat.
+STATE_TTL_SECONDS = 10
+#: How long facts and logs of a finished job are kept (matches result_expires).
+FACTS_TTL_SECONDS = 7 * 24 * 3600
+
+
+def default_state_dir() -> str:
+    """Where job input/output directories live (must be a path the engine can mount)."""
+    if os.environ.get("JOBYARD_STATE_DIR"):
+        return os.environ["JOBYARD_STATE_DIR"]
+    return "/var/lib/jobyard" if os.geteuid() == 0 else os.path.expanduser("~/.local/state/jobyard")
+
+
+@dataclass
+class AgentConfig:
+    """How one agent runs: its identity, capacity, queues and policy."""
+
+    hostname: str = field(default_factory=socket.gethostname)
+    capacity: Capacity = field(default_factory=Capacity.detect)
+    queues: tuple[str, ...] = ("default",)
+    policy: HostPolicy = field(default_factory=HostPolicy)
+    state_dir: str = field(default_factory=default_state_dir)
+    max_jobs: int = 16
+
+
+class Agent:
+    """Runs jobs on this host; see the module docstring."""
+
+    _current: "Agent | None" = None
+    _current_lock = threading.Lock()
+
+    def __init__(self, config: AgentConfig, celery_app=None, client: docker.DockerClient | None = None):
+        self.config = config
+        self.app = celery_app or default_app
+        self.docker = client or connect_docker()
+        self.ledger = Ledger(config.capacity)
+        self.launcher = ContainerLauncher(self.docker, config.state_dir, config.hostname)
+        self.redis = state_client(self.app.jobyard_settings)
+        self._stopping = threading.Event()
+
+    @classmethod
+    def current(cls) -> "Agent":
+        """The agent of this process (created from defaults when running eagerly)."""
+        with cls._current_lock:
+            if cls._current is None:
+                cls._current = Agent(AgentConfig())
+            return cls._current
+
+    def install(self) -> "Agent":
+        """Make this the process's agent."""
+        with Agent._current_lock:
+            Agent._current = self
+        return self
+
+    @property
+    def name(self) -> str:
+        """The host identity this agent labels containers and publishes state with."""
+        return self.config.hostname
+
+    def execute(self, call: JobCall) -> Any:
+        """Admit, run and judge one job; return its value or raise its typed error."""
+        spec = call.spec
+        self.config.policy.check(spec)
+        if not self.config.capacity.holds(spec):
+            raise JobRejected(
+                f"{spec.name}: requests cpus={spec.cpus:g} memory={format_memory(spec.memory)} exceed "
+                f"host {self.name}'s capacity ({self.config.capacity.describe()})",
+                {"host": self.name, "cpus": spec.cpus, "memory": spec.memory})
+        self._admit(call)
+        try:
+            self._record(call, state="running")
+            outcome = self.launcher.run(call, should_stop=lambda: call.task_id in terminations,
+                                        on_start=lambda o: self._record(call, o, state="running"))
+            try:
+                value = verdict(call, outcome, self.name)
+            except JobError as exc:
+                self._finish(call, outcome, exc.reason)
+                raise
+            self._finish(call, outcome, "succeeded")
+            return value
+        finally:
+            terminations.discard(call.task_id)
+            self.ledger.release(call.task_id)
+            self.publish()
+
+    def _admit(self, call: JobCall) -> None:
+        with self.ledger.changed:
+            while self.ledger.admit(call.task_id, call.spec) is None:
+                if call.task_id in terminations:
+                    raise Revoked(f"{call.spec.name} was revoked while waiting for capacity")
+                self.ledger.changed.wait(timeout=0.5)
+        self.publish()
+
+    def _record(self, call: JobCall, outcome: Outcome | None = None, state: str = "running") -> None:
+        spec = call.spec
+        facts: dict[str, Any] = {
+            "name": spec.name, "host": self.name, "image": spec.image, "state": state,
+            "attempt": call.attempt, "cpus": spec.cpus, "cpus_limit": spec.effective_cpus_limit,
+            "memory": spec.memory, "memory_limit": spec.effective_memory_limit, "pids": spec.pids,
+            "timeout": spec.timeout, "queue": spec.queue,
+        }
+        if outcome is not None:
+            facts.update(container_id=outcome.container_id, started_at=outcome.started_at)
+            outcome.facts.update(container_id=outcome.container_id, image=spec.image,
+                                 memory_limit=spec.effective_memory_limit,
+                                 cpus_limit=spec.effective_cpus_limit, attempt=call.attempt)
+        self._write_facts(call.task_id, facts)
+
+    def _finish(self, call: JobCall, outcome: Outcome, state: str) -> None:
+        facts = {"state": state, "exit_code": outcome.exit_code, "oom_killed": outcome.oom_killed,
+                 "peak_memory": outcome.peak_memory, "finished_at": outcome.finished_at,
+                 "container_id": outcome.container_id}
+        self._write_facts(call.task_id, facts)
+        try:
+            self.redis.set(keys.job_logs(call.task_id), outcome.logs, ex=FACTS_TTL_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - facts are best effort; the result is not
+            log.warning("could not store logs of %s: %s", call.task_id, exc)
+
+    def _write_facts(self, task_id: str, facts: dict[str, Any]) -> None:
+        key = keys.job_facts(task_id)
+        try:
+            pipe = self.redis.pipeline()
+            pipe.hset(key, mapping={k: json.dumps(v) for k, v in facts.items()})
+            pipe.expire(key, FACTS_TTL_SECONDS)
+            pipe.execute()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not store facts of %s: %s", task_id, exc)
+
+    def state(self) -> dict[str, Any]:
+        """What this agent publishes: capacity, reservations, running jobs."""
+        cpus, memory = self.ledger.reserved()
+        return {
+            "hostname": self.name,
+            "queues": list(self.config.queues),
+            "capacity": {"cpus": self.config.capacity.cpus, "memory": self.config.capacity.memory},
+            "reserved": {"cpus": cpus, "memory": memory},
+            "running": [
+                {"task_id": r.task_id, "name": r.name, "cpus": r.cpus, "memory": r.memory,
+                 "started": r.started, "timeout": r.timeout}
+                for r in self.ledger.running()
+            ],
+            "heartbeat": time.time(),
+            "pid": os.getpid(),
+        }
+
+    def publish(self) -> None:
+        """Write this agent's state to Redis with a TTL (see :mod:`tasks.keys`)."""
+        state = self.state()
+        try:
+            pipe = self.redis.pipeline()
+            pipe.set(keys.agent(self.name), json.dumps(state), ex=STATE_TTL_SECONDS)
+            pipe.zadd(keys.AGENTS, {self.name: state["heartbeat"]})
+            pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - Redis may be restarting; next beat retries
+            log.warning("heartbeat failed: %s", exc)
+
+    def heartbeat_forever(self) -> None:
+        """Publish state every HEARTBEAT_SECONDS until :meth:`stop`."""
+        while not self._stopping.wait(HEARTBEAT_SECONDS):
+            self.publish()
+
+    def start_heartbeat(self) -> threading.Thread:
+        """Start publishing state in a daemon thread."""
+        self.publish()
+        thread = threading.Thread(target=self.heartbeat_forever, name="jobyard-heartbeat", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        """Stop heartbeats and withdraw this agent's published state."""
+        self._stopping.set()
+        try:
+            self.redis.delete(keys.agent(self.name))
+            self.redis.zrem(keys.AGENTS, self.name)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not withdraw agent state: %s", exc)
+
+    def reap(self) -> int:
+        """Remove containers an earlier run of this agent left behind; return how many."""
+        removed = 0
+        try:
+            leftovers = self.docker.containers.list(all=True, filters={"label": f"{LABEL_AGENT}={self.name}"})
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            log.warning("could not list leftover containers: %s", exc)
+            return 0
+        for container in leftovers:
+            try:
+                container.remove(force=True, v=True)
+                removed += 1
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                log.warning("could not reap %s: %s", container.name, exc)
+        if removed:
+            log.warning("reaped %d container(s) left by an earlier run of agent %s", removed, self.name)
+        return removed
+
+
+def connect_docker() -> docker.DockerClient:
+    """A Docker client from the environment (DOCKER_HOST etc.), checked with a ping."""
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+        return client
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise DockerUnavailable(f"cannot reach the Docker Engine: {exc}") from exc

@@ -1,0 +1,117 @@
+"""What this host can give to jobs, and what running jobs have reserved.
+
+Capacity is the host's total CPU and memory (psutil) minus a reserve for the OS and
+the agent, unless the operator sets it. Admission reserves a job's *requests*; the
+sum of reservations never exceeds capacity.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+from tasks.spec import JobSpec
+from tasks.units import format_memory
+
+#: Memory kept back for the OS, the Docker Engine and the agent itself.
+DEFAULT_MEMORY_RESERVE = 512 * 1024**2
+#: CPU kept back for the same.
+DEFAULT_CPU_RESERVE = 0.0
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Allocatable CPUs and memory bytes."""
+
+    cpus: float
+    memory: int
+
+    @classmethod
+    def detect(cls, cpus: float | None = None, memory: int | None = None) -> "Capacity":
+        """This host's allocatable capacity; explicit values override psutil."""
+        if cpus is None:
+            cpus = max((psutil.cpu_count() or 1) - DEFAULT_CPU_RESERVE, 0.1)
+        if memory is None:
+            memory = max(psutil.virtual_memory().total - DEFAULT_MEMORY_RESERVE, 64 * 1024**2)
+        return cls(float(cpus), int(memory))
+
+    def holds(self, spec: JobSpec) -> bool:
+        """Whether a job of ``spec`` could ever run here (on an empty host)."""
+        return spec.cpus <= self.cpus + 1e-9 and spec.memory <= self.memory
+
+    def describe(self) -> str:
+        """``2 cpus, 1Gi``."""
+        return f"{self.cpus:g} cpus, {format_memory(self.memory)}"
+
+
+@dataclass
+class Reservation:
+    """One admitted job's hold on capacity."""
+
+    task_id: str
+    name: str
+    cpus: float
+    memory: int
+    started: float = field(default_factory=time.time)
+    timeout: float = 0.0
+
+
+class Ledger:
+    """Thread-safe book of reservations against a fixed capacity.
+
+    ``admit`` is non-blocking; the caller decides what to do with a job that does
+    not fit now. ``changed`` is notified on every release so waiters can retry.
+    """
+
+    def __init__(self, capacity: Capacity):
+        self.capacity = capacity
+        self.changed = threading.Condition()
+        self._held: dict[str, Reservation] = {}
+
+    def fits(self, spec: JobSpec) -> bool:
+        """Whether ``spec``'s requests fit in the free capacity now."""
+        with self.changed:
+            return self._fits(spec.cpus, spec.memory)
+
+    def admit(self, task_id: str, spec: JobSpec) -> Reservation | None:
+        """Reserve ``spec``'s requests if they fit now; else return None."""
+        with self.changed:
+            if task_id in self._held:
+                return self._held[task_id]
+            if not self._fits(spec.cpus, spec.memory):
+                return None
+            held = Reservation(task_id, spec.name, spec.cpus, spec.memory, timeout=spec.timeout)
+            self._held[task_id] = held
+            return held
+
+    def release(self, task_id: str) -> None:
+        """Give a job's reservation back and wake waiters."""
+        with self.changed:
+            self._held.pop(task_id, None)
+            self.changed.notify_all()
+
+    def reserved(self) -> tuple[float, int]:
+        """Summed (cpus, memory) of all reservations."""
+        with self.changed:
+            return self._reserved()
+
+    def free(self) -> tuple[float, int]:
+        """Unreserved (cpus, memory)."""
+        with self.changed:
+            cpus, memory = self._reserved()
+            return self.capacity.cpus - cpus, self.capacity.memory - memory
+
+    def running(self) -> list[Reservation]:
+        """A snapshot of current reservations."""
+        with self.changed:
+            return list(self._held.values())
+
+    def _reserved(self) -> tuple[float, int]:
+        return (sum(r.cpus for r in self._held.values()), sum(r.memory for r in self._held.values()))
+
+    def _fits(self, cpus: float, memory: int) -> bool:
+        used_cpus, used_memory = self._reserved()
+        return used_cpus + cpus <= self.capacity.cpus + 1e-9 and used_memory + memory <= self.capacity.memory

@@ -1,0 +1,93 @@
+"""CLI commands of the executor: ``jobyard agent`` and ``jobyard image build``."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import click
+
+from tasks.units import parse_memory
+
+from .errors import AgentError
+
+
+def _memory(_ctx, _param, value):
+    if value is None:
+        return None
+    try:
+        return parse_memory(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _queues(_ctx, _param, value):
+    queues = tuple(q.strip() for q in (value or "default").split(",") if q.strip())
+    if not queues:
+        raise click.BadParameter("name at least one queue")
+    return queues
+
+
+@click.command()
+@click.option("--hostname", default=None, help="Host identity (default: this machine's hostname).")
+@click.option("--cpus", type=click.FloatRange(min=0.01), default=None, help="Allocatable CPUs (default: psutil).")
+@click.option("--memory", callback=_memory, default=None, help="Allocatable memory, e.g. 8Gi (default: psutil total minus 512Mi).")
+@click.option("--queues", callback=_queues, default="default", show_default=True, help="Comma-separated queues to consume.")
+@click.option("--max-jobs", type=click.IntRange(min=1), default=16, show_default=True, help="Most jobs at once.")
+@click.option("--allow-image", "allowed_images", multiple=True, help="Glob of images jobs may use (repeatable; default any local image).")
+@click.option("--max-job-cpus", type=float, default=None, help="Largest CPU limit one job may ask for.")
+@click.option("--max-job-memory", callback=_memory, default=None, help="Largest memory limit one job may ask for.")
+@click.option("--allow-network", is_flag=True, help="Let jobs ask for network='bridge'.")
+@click.option("--state-dir", default=None, help="Where job input/output dirs live (JOBYARD_STATE_DIR).")
+@click.option("--loglevel", default="INFO", show_default=True)
+def agent(hostname, cpus, memory, queues, max_jobs, allowed_images, max_job_cpus, max_job_memory,
+          allow_network, state_dir, loglevel):
+    """Run an executor agent on this host."""
+    from .agent import Agent, AgentConfig, default_state_dir
+    from .capacity import Capacity
+    from .policy import HostPolicy
+    from .worker import run_worker
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    policy = HostPolicy(allowed_images=tuple(allowed_images) or ("*",), max_cpus=max_job_cpus,
+                        max_memory=max_job_memory, allow_network=allow_network)
+    config = AgentConfig(hostname=hostname or socket.gethostname(), capacity=Capacity.detect(cpus, memory),
+                         queues=queues, policy=policy, state_dir=state_dir or default_state_dir(),
+                         max_jobs=max_jobs)
+    try:
+        raise SystemExit(run_worker(Agent(config), loglevel=loglevel))
+    except AgentError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+def image():
+    """Build job images from local files (no registry needed)."""
+
+
+@image.command("build")
+@click.option("--code", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A directory of your modules, put on the image's PYTHONPATH.")
+@click.option("--tag", default=None, help="Image tag (default: $JOBYARD_DEFAULT_IMAGE or jobyard/python:latest).")
+def image_build(code, tag):
+    """Build a self-contained Python job image from this machine's Python."""
+    from tasks.config import Settings
+
+    from .agent import connect_docker
+    from .image import build_image
+
+    tag = tag or Settings.from_env().default_image
+    try:
+        built = build_image(connect_docker(), tag=tag, code=code, progress=lambda line: click.echo(f"  {line}"))
+    except AgentError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{built.tag}  {built.id[7:19]}  {built.size / 1024**2:.0f} MiB  {built.seconds:.1f}s")
+
+
+@click.command()
+@click.option("--jobs", type=click.IntRange(1, 50), default=6, show_default=True, help="Well-behaved jobs in the batch.")
+def demo(jobs):
+    """Run a batch with one memory blow-up on a local agent and show the outcomes."""
+    from .demo import run_demo
+
+    raise SystemExit(run_demo(click.echo, jobs=jobs))

@@ -1,0 +1,276 @@
+"""Run one job in one hardened, cgroup-limited container through the Docker SDK.
+
+This module is the only place that talks to the Docker Engine about jobs. Docker's
+exceptions are translated here, once, into :mod:`tasks.errors`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import docker
+import docker.errors
+import requests.exceptions
+import urllib3.exceptions
+from docker.types import LogConfig, Mount
+
+from tasks.errors import BackendError, ImageNotFound
+from tasks.spec import PYTHON, JobSpec, render_command
+
+from .cgroup import PeakMemory
+
+log = logging.getLogger(__name__)
+
+LABEL_JOB = "jobyard.job"
+LABEL_AGENT = "jobyard.agent"
+LABEL_NAME = "jobyard.name"
+LABEL_ATTEMPT = "jobyard.attempt"
+
+#: The uid:gid every job runs as unless its image says otherwise (never root).
+JOB_USER = "10001:10001"
+RUNNER_DIR = "/jobyard/runner"
+IN_DIR = "/jobyard/in"
+OUT_DIR = "/jobyard/out"
+#: How often the supervisor wakes while a job runs (revocation, peak memory).
+POLL_SECONDS = 0.25
+#: Captured output kept per job (the end of it) and the tail put in errors.
+LOG_KEEP_BYTES = 256 * 1024
+LOG_TAIL_BYTES = 4 * 1024
+#: Largest result.json the agent will read back.
+MAX_RESULT_BYTES = 16 * 1024 * 1024
+#: Docker's own log file cap per container, so huge output cannot fill the disk.
+LOG_DRIVER = LogConfig(type="json-file", config={"max-size": "8m", "max-file": "1"})
+
+_DOCKER_DOWN = (requests.exceptions.ConnectionError, docker.errors.DockerException)
+
+
+@dataclass
+class JobCall:
+    """One attempt of a job: its spec and the call's arguments."""
+
+    task_id: str
+    spec: JobSpec
+    args: tuple
+    kwargs: dict
+    attempt: int = 1
+
+
+@dataclass
+class Outcome:
+    """What a container run produced."""
+
+    container_id: str = ""
+    exit_code: int | None = None
+    oom_killed: bool = False
+    timed_out: bool = False
+    revoked: bool = False
+    peak_memory: int | None = None
+    logs: str = ""
+    result: dict[str, Any] | None = None
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def log_tail(self) -> str:
+        """The last few KiB of output, for error messages."""
+        return self.logs[-LOG_TAIL_BYTES:]
+
+
+class ContainerLauncher:
+    """Creates, watches and removes job containers for one agent."""
+
+    def __init__(self, client: docker.DockerClient, state_dir: str, agent_name: str):
+        self.client = client
+        self.agent_name = agent_name
+        self.jobs_dir = os.path.join(state_dir, "jobs")
+        self.runner_dir = os.path.join(state_dir, "runner")
+        os.makedirs(self.jobs_dir, mode=0o700, exist_ok=True)
+        _install_runner(self.runner_dir)
+
+    def run(self, call: JobCall, should_stop: Callable[[], bool] = lambda: False,
+            on_start: Callable[[Outcome], None] = lambda outcome: None) -> Outcome:
+        """Run ``call`` to completion (or timeout/stop) and return its outcome."""
+        job_dir = self._prepare(call)
+        outcome = Outcome()
+        container = None
+        try:
+            container = self._create(call, job_dir)
+            outcome.container_id = container.id
+            container.start()
+            outcome.started_at = time.time()
+            container.reload()
+            peak = PeakMemory(container.attrs["State"].get("Pid") or 0)
+            on_start(outcome)
+            self._wait(container, call.spec, outcome, peak, should_stop)
+            outcome.finished_at = time.time()
+            self._collect(container, call.spec, outcome, peak, job_dir)
+            return outcome
+        except docker.errors.ImageNotFound as exc:
+            raise ImageNotFound(
+                f"{call.spec.name}: image {call.spec.image!r} is not on host {self.agent_name} "
+                "(build it with 'jobyard image build' or load it there)",
+                {"image": call.spec.image, "host": self.agent_name}) from exc
+        except _DOCKER_DOWN as exc:
+            raise BackendError(f"{call.spec.name}: Docker Engine error on {self.agent_name}: {exc}",
+                               {"host": self.agent_name, "container_id": outcome.container_id}) from exc
+        finally:
+            self._remove(container)
+            shutil.rmtree(job_dir, ignore_errors=True)
+
+    def _prepare(self, call: JobCall) -> str:
+        job_dir = os.path.join(self.jobs_dir, f"{call.task_id}-{call.attempt}")
+        shutil.rmtree(job_dir, ignore_errors=True)
+        os.makedirs(os.path.join(job_dir, "in"), mode=0o755)
+        out_dir = os.path.join(job_dir, "out")
+        os.makedirs(out_dir)
+        uid, gid = (int(part) for part in JOB_USER.split(":"))
+        try:
+            os.chown(out_dir, uid, gid)
+            os.chmod(out_dir, 0o700)
+        except PermissionError:  # agent not root: the job dir itself stays private
+            os.chmod(out_dir, 0o777)
+        if call.spec.kind == PYTHON:
+            payload = {"entry": call.spec.entry, "args": list(call.args), "kwargs": call.kwargs,
+                       "attempt": call.attempt}
+            with open(os.path.join(job_dir, "in", "call.json"), "w") as handle:
+                json.dump(payload, handle)
+        return job_dir
+
+    def _create(self, call: JobCall, job_dir: str):
+        spec = call.spec
+        if spec.kind == PYTHON:
+            command = ["python3", f"{RUNNER_DIR}/runner.py"]
+        else:
+            command = render_command(spec.command, call.args, call.kwargs)
+        environment = {
+            **spec.env,
+            "JOBYARD_JOB_ID": call.task_id,
+            "JOBYARD_JOB_NAME": spec.name,
+            "JOBYARD_ATTEMPT": str(call.attempt),
+            "HOME": "/tmp",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        mounts = [
+            Mount(IN_DIR, os.path.join(job_dir, "in"), type="bind", read_only=True),
+            Mount(OUT_DIR, os.path.join(job_dir, "out"), type="bind", read_only=False),
+            Mount(RUNNER_DIR, self.runner_dir, type="bind", read_only=True),
+        ]
+        return self.client.containers.create(
+            image=spec.image,
+            command=command,
+            name=f"jobyard-{call.task_id}-{call.attempt}",
+            user=JOB_USER,
+            environment=environment,
+            labels={LABEL_JOB: call.task_id, LABEL_AGENT: self.agent_name, LABEL_NAME: spec.name,
+                    LABEL_ATTEMPT: str(call.attempt)},
+            network_mode=spec.network,
+            read_only=True,
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={spec.tmpfs}"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            mem_limit=spec.effective_memory_limit,
+            memswap_limit=spec.effective_memory_limit,
+            nano_cpus=int(spec.effective_cpus_limit * 1e9),
+            pids_limit=spec.pids,
+            mounts=mounts,
+            log_config=LOG_DRIVER,
+            working_dir="/tmp",
+            detach=True,
+        )
+
+    def _wait(self, container, spec: JobSpec, outcome: Outcome, peak: PeakMemory,
+              should_stop: Callable[[], bool]) -> None:
+        deadline = outcome.started_at + spec.timeout
+        while True:
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                outcome.timed_out = True
+                _kill(container)
+                container.wait(timeout=30)
+                return
+            if should_stop():
+                outcome.revoked = True
+                _kill(container)
+                container.wait(timeout=30)
+                return
+            try:
+                container.wait(timeout=min(POLL_SECONDS, remaining))
+                return
+            except requests.exceptions.RequestException as exc:
+                if not _is_read_timeout(exc):
+                    raise
+                peak.sample()  # the wait timed out: still running
+
+    def _collect(self, container, spec: JobSpec, outcome: Outcome, peak: PeakMemory, job_dir: str) -> None:
+        container.reload()
+        state = container.attrs["State"]
+        outcome.exit_code = state.get("ExitCode")
+        outcome.oom_killed = bool(state.get("OOMKilled"))
+        raw = container.logs(stdout=True, stderr=True, tail=4000)
+        outcome.logs = raw[-LOG_KEEP_BYTES:].decode("utf-8", errors="replace")
+        outcome.result = _read_result(os.path.join(job_dir, "out", "result.json"))
+        reported = (outcome.result or {}).get("peak_memory")
+        samples = [v for v in (peak.sample(), reported if isinstance(reported, int) else None) if v]
+        outcome.peak_memory = max(samples) if samples else None
+        if outcome.oom_killed and outcome.exit_code:
+            outcome.peak_memory = max(outcome.peak_memory or 0, spec.effective_memory_limit)
+
+    def _remove(self, container) -> None:
+        if container is None:
+            return
+        try:
+            container.remove(force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except _DOCKER_DOWN as exc:  # the reaper removes it later, by label
+            log.warning("could not remove container %s: %s", container.id[:12], exc)
+
+
+def _is_read_timeout(exc: Exception) -> bool:
+    # docker-py surfaces a read timeout on its unix socket as a ConnectionError
+    # wrapping urllib3's ReadTimeoutError; a refused connection must not look alike.
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return True
+    return any(isinstance(arg, urllib3.exceptions.ReadTimeoutError) for arg in exc.args)
+
+
+def _kill(container) -> None:
+    try:
+        container.kill()
+    except docker.errors.APIError as exc:  # already exited
+        log.debug("kill %s: %s", container.id[:12], exc)
+
+
+def _read_result(path: str) -> dict[str, Any] | None:
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return None
+    if size > MAX_RESULT_BYTES:
+        return {"ok": False, "kind": "encode", "exc_type": "ResultTooLarge", "exc_module": "jobyard",
+                "message": f"result is {size} bytes, over the {MAX_RESULT_BYTES}-byte cap", "traceback": ""}
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError) as exc:
+        return {"ok": False, "kind": "encode", "exc_type": "CorruptResult", "exc_module": "jobyard",
+                "message": f"unreadable result: {exc}", "traceback": ""}
+    return data if isinstance(data, dict) else None
+
+
+def _install_runner(runner_dir: str) -> None:
+    os.makedirs(runner_dir, mode=0o755, exist_ok=True)
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner.py")
+    target = os.path.join(runner_dir, "runner.py")
+    tmp = target + ".tmp"
+    shutil.copyfile(source, tmp)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, target)

@@ -1,0 +1,144 @@
+"""``jobyard demo``: a batch with one memory blow-up, on a real agent, as a table.
+
+Uses the configured Redis (``JOBYARD_BROKER_URL``) if it answers, else starts an
+embedded redis-server on a free port; builds the demo image from local files;
+starts an agent; submits the batch; prints each outcome; cleans up what it started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from typing import Callable
+
+import redis
+
+from tasks.app import app, configure
+from tasks.config import Settings
+from tasks.errors import JobError
+from tasks.table import render_table
+from tasks.units import format_memory
+
+Echo = Callable[[str], None]
+
+
+def run_demo(echo: Echo, jobs: int = 6) -> int:
+    """Run the demo; return 0 when the OOM job alone failed, as it should."""
+    with ExitStack() as stack:
+        settings = _broker(stack, echo)
+        configure(app, settings)
+        echo("building the demo image from local files ...")
+        _build_image(echo)
+        agent_name = f"demo-{socket.gethostname()}-{os.getpid()}"
+        _start_agent(stack, settings, agent_name, echo)
+        return _submit_batch(echo, jobs)
+
+
+def _broker(stack: ExitStack, echo: Echo) -> Settings:
+    settings = Settings.from_env()
+    try:
+        redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2).ping()
+        echo(f"using Redis at {settings.broker_url.split('@')[-1]}")
+        return settings
+    except redis.exceptions.RedisError:
+        pass
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("no Redis answers and redis-server is not installed (bash deploy/setup.sh install)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="jobyard-demo-redis-"))
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", workdir],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stack.callback(_stop, process)
+    url = f"redis://127.0.0.1:{port}/0"
+    for _ in range(100):
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.exceptions.RedisError:
+            time.sleep(0.05)
+    echo(f"started an embedded redis-server on 127.0.0.1:{port}")
+    os.environ["JOBYARD_BROKER_URL"] = url
+    os.environ.pop("JOBYARD_RESULT_BACKEND", None)
+    return Settings.from_env()
+
+
+def _build_image(echo: Echo) -> None:
+    from .agent import connect_docker
+    from .demo_jobs import DEMO_IMAGE
+    from .image import build_image
+
+    with tempfile.TemporaryDirectory(prefix="jobyard-demo-code-") as code:
+        package = os.path.join(code, "executor")
+        os.makedirs(package)
+        open(os.path.join(package, "__init__.py"), "w").close()
+        shutil.copy(os.path.join(os.path.dirname(__file__), "demo_jobs.py"), package)
+        build_image(connect_docker(), tag=DEMO_IMAGE, code=code, progress=lambda line: echo(f"  {line}"))
+
+
+def _start_agent(stack: ExitStack, settings: Settings, name: str, echo: Echo) -> None:
+    state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="jobyard-demo-state-"))
+    log_file = stack.enter_context(tempfile.NamedTemporaryFile(prefix="jobyard-demo-agent-", suffix=".log"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tasks.cli", "agent", "--hostname", name, "--cpus", "2", "--memory", "1Gi",
+         "--state-dir", state_dir, "--loglevel", "WARNING"],
+        env={**os.environ, "JOBYARD_BROKER_URL": settings.broker_url}, stdout=log_file, stderr=subprocess.STDOUT)
+    stack.callback(_stop, process)
+    client = redis.Redis.from_url(settings.broker_url)
+    for _ in range(300):
+        if client.exists(f"jobyard:agent:{name}"):
+            echo(f"agent {name} is up (2 cpus, 1Gi)")
+            return
+        if process.poll() is not None:
+            raise SystemExit(f"the agent exited: {open(log_file.name).read()[-2000:]}")
+        time.sleep(0.1)
+    raise SystemExit("the agent did not come up in 30 s")
+
+
+def _submit_batch(echo: Echo, jobs: int) -> int:
+    from .demo_jobs import count_primes, load_everything
+
+    batch = [(f"count_primes({200_000 * (i + 1)})", count_primes.delay(200_000 * (i + 1))) for i in range(jobs)]
+    batch.insert(jobs // 2, ("load_everything(400)  # 400 MB under a 64Mi limit", load_everything.delay(400)))
+    echo(f"submitted {len(batch)} jobs; one will blow its memory limit")
+    rows, failures = [], 0
+    for done, (label, result) in enumerate(batch, 1):
+        started = time.monotonic()
+        try:
+            value = result.get(timeout=120)
+            outcome, detail = "SUCCESS", f"value={value}"
+        except JobError as exc:
+            outcome, detail = type(exc).__name__, str(exc)
+            failures += 1
+        from tasks.state import job_facts
+        facts = job_facts(result.id)
+        peak = facts.get("peak_memory")
+        rows.append([label, result.id[:8], outcome, facts.get("host", ""),
+                     format_memory(peak) if isinstance(peak, int) else "-", detail[:90]])
+        echo(f"  [{done}/{len(batch)}] {label}: {outcome} ({time.monotonic() - started:.1f}s)")
+    echo("")
+    echo(render_table(["job", "id", "outcome", "host", "peak", "detail"], rows))
+    ok = failures == 1 and rows[jobs // 2][2] == "ContainerOOMKilled"
+    echo("")
+    echo("the OOM job failed alone; every other job succeeded and the agent stayed up" if ok
+         else "unexpected outcomes: see the table above")
+    return 0 if ok else 1
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,137 @@
+"""Every error a jobyard job can end with, under one root: :class:`JobError`.
+
+The agent raises these inside its Celery task; Celery stores them as JSON
+(type, module, args) and ``AsyncResult.get()`` rebuilds them on the caller's side
+from this module, so the caller catches the same classes the agent raised.
+
+Each error carries a message and a ``details`` dict of JSON facts (exit code,
+memory limit, peak memory, log tail, container id, attempt, ...). Both travel as
+the exception's ``args``, which is what survives JSON serialisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class JobError(Exception):
+    """Root of every error a job can end with."""
+
+    #: Short machine-readable reason, shown in status tables and metrics.
+    reason = "error"
+
+    def __init__(self, message: str = "", details: dict[str, Any] | None = None):
+        super().__init__(message, dict(details or {}))
+
+    @property
+    def message(self) -> str:
+        """The human-readable message."""
+        return self.args[0] if self.args else ""
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """JSON facts about the failure (container, limits, exit code, ...)."""
+        return self.args[1] if len(self.args) > 1 and isinstance(self.args[1], dict) else {}
+
+    def __getattr__(self, name: str) -> Any:
+        # Facts are reachable as attributes: err.exit_code, err.log_tail, ...
+        if name.startswith("_") or name in ("args",):
+            raise AttributeError(name)
+        details = self.details
+        if name in details:
+            return details[name]
+        raise AttributeError(f"{type(self).__name__} has no fact {name!r}")
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):
+        return (type(self), self.args)
+
+
+class InvalidJobSpec(JobError, ValueError):
+    """The job's spec is malformed; ``field`` names the offending field."""
+
+    reason = "invalid_spec"
+
+    def __init__(self, message: str = "", details: dict[str, Any] | None = None, *, field: str | None = None):
+        details = dict(details or {})
+        if field is not None:
+            details["field"] = field
+        super().__init__(message, details)
+
+
+class PayloadTooLarge(InvalidJobSpec):
+    """The call's arguments are larger than the payload cap."""
+
+    reason = "payload_too_large"
+
+
+class JobRejected(JobError):
+    """The host policy or the fleet's capacity refuses the job."""
+
+    reason = "rejected"
+
+
+class ImageNotFound(JobError):
+    """The job's image is not present on the host that took it."""
+
+    reason = "image_not_found"
+
+
+class JobRuntimeError(JobError):
+    """The job started but did not finish with a value."""
+
+    reason = "runtime_error"
+
+
+class ContainerOOMKilled(JobRuntimeError):
+    """The kernel killed the job's container at its memory limit."""
+
+    reason = "oom_killed"
+
+
+class JobTimeout(JobRuntimeError):
+    """The job ran past its timeout and its container was killed."""
+
+    reason = "timeout"
+
+
+class JobFailed(JobRuntimeError):
+    """The job exited non-zero or raised; see exit_code, log_tail, traceback."""
+
+    reason = "failed"
+
+
+class HostLost(JobRuntimeError):
+    """The host or agent running the job went away before it finished."""
+
+    reason = "host_lost"
+
+
+class Revoked(JobError):
+    """The job was revoked (cancelled) before it finished."""
+
+    reason = "revoked"
+
+
+class BackendError(JobError):
+    """The agent could not talk to the container runtime."""
+
+    reason = "backend_error"
+
+
+__all__ = [
+    "JobError",
+    "InvalidJobSpec",
+    "PayloadTooLarge",
+    "JobRejected",
+    "ImageNotFound",
+    "JobRuntimeError",
+    "ContainerOOMKilled",
+    "JobTimeout",
+    "JobFailed",
+    "HostLost",
+    "Revoked",
+    "BackendError",
+]

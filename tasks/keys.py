@@ -1,0 +1,52 @@
+"""Every Redis key jobyard itself writes, in one place.
+
+All live in the broker's Redis database, next to the kombu queues, under the
+``jobyard:`` prefix. Every key that describes something transient has a TTL, so
+state cleans itself up when its writer dies.
+"""
+
+from __future__ import annotations
+
+PREFIX = "jobyard"
+
+#: Sorted set: agent hostname -> last heartbeat (unix time).
+AGENTS = f"{PREFIX}:agents"
+
+#: Sorted set of hosts the autoscaler is draining: hostname -> drain start time.
+DRAINING = f"{PREFIX}:draining"
+
+#: List of the autoscaler's latest decisions (JSON), newest first, capped.
+DECISIONS = f"{PREFIX}:autoscaler:decisions"
+
+#: Sorted set of dead-lettered job ids -> time they died.
+DEAD = f"{PREFIX}:dead"
+
+
+def agent(hostname: str) -> str:
+    """JSON of an agent's capacity, reservations and running jobs (TTL'd)."""
+    return f"{PREFIX}:agent:{hostname}"
+
+
+def job_facts(task_id: str) -> str:
+    """Hash of a job's container facts: container id, image, limits, exit code, ..."""
+    return f"{PREFIX}:job:{task_id}"
+
+
+def job_logs(task_id: str) -> str:
+    """A job's captured output (capped), kept after its container is gone."""
+    return f"{PREFIX}:logs:{task_id}"
+
+
+def lease(task_id: str) -> str:
+    """A running job's lease, renewed by its agent's heartbeat."""
+    return f"{PREFIX}:lease:{task_id}"
+
+
+def dead_job(task_id: str) -> str:
+    """A dead-lettered job's message, reason and last error."""
+    return f"{PREFIX}:dead:{task_id}"
+
+
+def unfit(task_id: str) -> str:
+    """Why a waiting job fits no host right now (TTL'd)."""
+    return f"{PREFIX}:unfit:{task_id}"

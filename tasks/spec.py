@@ -1,0 +1,237 @@
+"""The job spec: what a job runs and what it may use.
+
+A spec is validated twice: at submit time on the caller's side (so a bad value is an
+:class:`~tasks.errors.InvalidJobSpec` naming the field, with nothing enqueued) and
+again on the agent, which never trusts what arrives from the queue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidJobSpec
+from .units import format_memory, parse_memory
+
+PYTHON = "python"
+COMMAND = "command"
+
+MIN_MEMORY = 6 * 1024**2  # the smallest limit Docker accepts
+MAX_TIMEOUT = 7 * 24 * 3600.0
+NETWORK_MODES = ("none", "bridge")
+
+_IMAGE = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?"  # optional registry host[:port]/
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[\w][\w.-]{0,127})?"
+    r"(?:@sha256:[a-f0-9]{64})?$"
+)
+_NAME = re.compile(r"^[A-Za-z_][\w.-]{0,199}$")
+_ENTRY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_QUEUE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+#: Spec fields a caller may override per call (``apply_async(..., memory="1Gi")``).
+RESOURCE_FIELDS = (
+    "image", "cpus", "cpus_limit", "memory", "memory_limit", "pids", "timeout",
+    "network", "env", "queue", "retries", "tmpfs", "priority",
+)
+
+
+def _fail(field_name: str, message: str) -> InvalidJobSpec:
+    return InvalidJobSpec(f"invalid job spec: {field_name}: {message}", field=field_name)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated, immutable description of one job.
+
+    ``cpus``/``memory`` are requests (what admission reserves); ``cpus_limit`` and
+    ``memory_limit`` are the cgroup limits the container gets and default to the
+    requests. Memory values are bytes once validated.
+    """
+
+    name: str
+    kind: str
+    image: str
+    entry: str | None = None
+    command: tuple[str, ...] = ()
+    cpus: float = 1.0
+    cpus_limit: float | None = None
+    memory: int = 256 * 1024**2
+    memory_limit: int | None = None
+    pids: int = 256
+    timeout: float = 3600.0
+    network: str = "none"
+    env: dict[str, str] = field(default_factory=dict)
+    queue: str = "default"
+    retries: int = 0
+    tmpfs: int = 64 * 1024**2
+    priority: int | None = None
+
+    @classmethod
+    def build(cls, **values: Any) -> "JobSpec":
+        """Validate raw values (sizes as strings allowed) and return a spec."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise _fail(unknown[0], "unknown job option")
+        values = {k: v for k, v in values.items() if v is not None or k in ("entry",)}
+        spec = cls(**_normalise(values))
+        spec.validate()
+        return spec
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "JobSpec":
+        """Rebuild a spec from its wire form, validating everything."""
+        if not isinstance(data, dict):
+            raise _fail("spec", "missing or not an object")
+        return cls.build(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON wire form."""
+        data = dataclasses.asdict(self)
+        data["command"] = list(self.command)
+        return data
+
+    def with_overrides(self, **overrides: Any) -> "JobSpec":
+        """A copy with per-call overrides applied and validated."""
+        bad = sorted(set(overrides) - set(RESOURCE_FIELDS))
+        if bad:
+            raise _fail(bad[0], "cannot be overridden per call")
+        data = self.to_dict()
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        if "memory" in overrides and "memory_limit" not in overrides:
+            data["memory_limit"] = None
+        if "cpus" in overrides and "cpus_limit" not in overrides:
+            data["cpus_limit"] = None
+        return JobSpec.build(**data)
+
+    @property
+    def effective_memory_limit(self) -> int:
+        """The container's memory limit in bytes (memory+swap is set equal)."""
+        return self.memory_limit or self.memory
+
+    @property
+    def effective_cpus_limit(self) -> float:
+        """The container's CPU quota, in CPUs."""
+        return self.cpus_limit or self.cpus
+
+    def describe(self) -> str:
+        """One line for logs: name, image and resources."""
+        return (
+            f"{self.name} image={self.image} cpus={self.cpus:g} "
+            f"memory={format_memory(self.memory)} limit={format_memory(self.effective_memory_limit)} "
+            f"timeout={self.timeout:g}s"
+        )
+
+    def validate(self) -> None:
+        """Raise :class:`InvalidJobSpec` naming the first bad field."""
+        _check(isinstance(self.name, str) and bool(_NAME.match(self.name)), "name",
+               f"{self.name!r} is not a job name (letters, digits, '._-')")
+        _check(self.kind in (PYTHON, COMMAND), "kind", f"must be {PYTHON!r} or {COMMAND!r}")
+        _check(isinstance(self.image, str) and bool(_IMAGE.match(self.image)), "image",
+               f"{self.image!r} is not an image reference")
+        _check_number("cpus", self.cpus, 0.0, 1024.0)
+        if self.cpus_limit is not None:
+            _check_number("cpus_limit", self.cpus_limit, 0.0, 1024.0)
+            _check(self.cpus_limit >= self.cpus, "cpus_limit", "must not be below cpus")
+        _check(self.memory >= MIN_MEMORY, "memory", f"must be at least {format_memory(MIN_MEMORY)}")
+        if self.memory_limit is not None:
+            _check(self.memory_limit >= self.memory, "memory_limit", "must not be below memory")
+        _check(isinstance(self.pids, int) and 8 <= self.pids <= 1_000_000, "pids", "must be an integer from 8")
+        _check_number("timeout", self.timeout, 0.0, MAX_TIMEOUT)
+        _check(self.network in NETWORK_MODES, "network", f"must be one of {', '.join(NETWORK_MODES)}")
+        _check(isinstance(self.env, dict), "env", "must be a mapping of names to strings")
+        for key, value in self.env.items():
+            _check(isinstance(key, str) and bool(_ENV_NAME.match(key)), "env", f"{key!r} is not a variable name")
+            _check(not key.startswith("JOBYARD_"), "env", f"{key!r}: JOBYARD_* names are reserved")
+            _check(isinstance(value, str), "env", f"{key}: value must be a string")
+        _check(isinstance(self.queue, str) and bool(_QUEUE.match(self.queue)), "queue",
+               f"{self.queue!r} is not a queue name")
+        _check(isinstance(self.retries, int) and 0 <= self.retries <= 100, "retries", "must be 0..100")
+        _check(isinstance(self.tmpfs, int) and MIN_MEMORY <= self.tmpfs <= 64 * 1024**3, "tmpfs",
+               "must be a size from 6Mi")
+        if self.priority is not None:
+            _check(isinstance(self.priority, int) and 0 <= self.priority <= 9, "priority", "must be 0..9")
+        if self.kind == PYTHON:
+            _check(isinstance(self.entry, str) and bool(_ENTRY.match(self.entry)), "entry",
+                   f"{self.entry!r} is not 'module:function' (a function defined at module level)")
+        else:
+            _check(bool(self.command) and all(isinstance(a, str) for a in self.command), "command",
+                   "must be a non-empty list of strings (an argv, never a shell string)")
+
+
+def _check(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise _fail(field_name, message)
+
+
+def _check_number(field_name: str, value: Any, low: float, high: float) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low < value <= high
+    _check(ok, field_name, f"must be a number above {low:g} and at most {high:g}, got {value!r}")
+
+
+def _normalise(values: dict[str, Any]) -> dict[str, Any]:
+    out = dict(values)
+    for name in ("memory", "memory_limit", "tmpfs"):
+        if out.get(name) is not None:
+            try:
+                out[name] = parse_memory(out[name])
+            except ValueError as exc:
+                raise _fail(name, str(exc)) from None
+    if "command" in out:
+        command = out["command"]
+        if isinstance(command, str):
+            raise _fail("command", "must be a list of arguments, not a shell string")
+        try:
+            out["command"] = tuple(command)
+        except TypeError:
+            raise _fail("command", "must be a list of strings") from None
+    if "env" in out and out["env"] is not None and not isinstance(out["env"], dict):
+        raise _fail("env", "must be a mapping of names to strings")
+    if isinstance(out.get("cpus"), str):
+        out["cpus"] = _parse_cpus(out["cpus"], "cpus")
+    if isinstance(out.get("cpus_limit"), str):
+        out["cpus_limit"] = _parse_cpus(out["cpus_limit"], "cpus_limit")
+    return out
+
+
+def _parse_cpus(text: str, field_name: str) -> float:
+    """CPUs as '0.5', '2' or Kubernetes millicores '500m'."""
+    try:
+        if text.endswith("m"):
+            return float(text[:-1]) / 1000.0
+        return float(text)
+    except ValueError:
+        raise _fail(field_name, f"{text!r} is not a CPU count") from None
+
+
+def render_command(command: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
+    """Fill ``{name}`` placeholders from ``kwargs`` and append ``args`` to the argv.
+
+    Every value becomes exactly one argument; nothing passes through a shell.
+    """
+    def fill(arg: str) -> str:
+        def one(match: re.Match[str]) -> str:
+            key = match.group(1)
+            if key not in kwargs:
+                raise _fail("command", f"placeholder {{{key}}} has no value in the call")
+            return _argument(kwargs[key], key)
+        return _PLACEHOLDER.sub(one, arg)
+
+    used = {m.group(1) for arg in command for m in _PLACEHOLDER.finditer(arg)}
+    extra = sorted(set(kwargs) - used)
+    if extra:
+        raise _fail("kwargs", f"{extra[0]!r} matches no placeholder in the command")
+    return [fill(arg) for arg in command] + [_argument(a, "args") for a in args]
+
+
+def _argument(value: Any, field_name: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise _fail(field_name, f"command arguments must be strings or numbers, got {type(value).__name__}")
+    return str(value)

@@ -1,0 +1,33 @@
+"""The error hierarchy survives Celery's JSON round trip with its facts."""
+
+import pytest
+
+from tasks import app
+from tasks import errors
+from tasks.errors import ContainerOOMKilled, JobError, JobFailed
+
+
+def test_every_error_has_one_root():
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), JobError)
+
+
+@pytest.mark.parametrize("cls", [getattr(errors, name) for name in errors.__all__])
+def test_json_round_trip_rebuilds_the_same_class_with_facts(cls):
+    backend = app.backend
+    original = cls("it broke", {"exit_code": 137, "log_tail": "tail"})
+    stored = backend.prepare_exception(original, serializer="json")
+    rebuilt = backend.exception_to_python(stored)
+    assert type(rebuilt) is cls
+    assert str(rebuilt) == "it broke"
+    assert rebuilt.exit_code == 137 and rebuilt.details["log_tail"] == "tail"
+
+
+def test_missing_fact_is_an_attribute_error():
+    with pytest.raises(AttributeError):
+        JobFailed("x").exit_code
+
+
+def test_oom_is_a_runtime_error_not_a_timeout():
+    assert not issubclass(ContainerOOMKilled, errors.JobTimeout)
+    assert issubclass(ContainerOOMKilled, errors.JobRuntimeError)
