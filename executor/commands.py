@@ -91,3 +91,6 @@ def demo(jobs):
     from .demo import run_demo
 
     raise SystemExit(run_demo(click.echo, jobs=jobs))
+
+#: Subcommands this module adds to ``jobyard``.
+commands = [agent, image, demo]

@@ -1,8 +1,17 @@
-"""The ``jobyard`` command. Each part of jobyard owns the commands it adds here."""
+"""The ``jobyard`` command.
+
+Each part of jobyard owns its commands in its own module, which lists them in a
+module-level ``commands``; this group only collects them.
+"""
 
 from __future__ import annotations
 
+import importlib
+
 import click
+
+#: Modules whose ``commands`` become subcommands of ``jobyard``.
+COMMAND_MODULES = ("executor.commands", "autoscaler.commands", "tasks.commands")
 
 
 @click.group()
@@ -12,11 +21,9 @@ def main():
 
 
 def _register() -> None:
-    from executor.commands import agent, demo, image
-
-    main.add_command(agent)
-    main.add_command(image)
-    main.add_command(demo)
+    for module_name in COMMAND_MODULES:
+        for command in importlib.import_module(module_name).commands:
+            main.add_command(command)
 
 
 _register()

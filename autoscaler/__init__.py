@@ -1,0 +1,1 @@
+"""The jobyard autoscaler: grow and shrink the fleet from backlog and demand."""

@@ -1,0 +1,4 @@
+"""CLI commands of the autoscaler."""
+
+#: Subcommands this module adds to ``jobyard``.
+commands = []
