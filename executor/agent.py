@@ -62,6 +62,25 @@ class AgentConfig:
     max_jobs: int = 16
 
 
+class AgentObserver:
+    """Hooks called as jobs move through an agent (metrics, tracing). All optional.
+
+    Observers run in the supervising thread; they must be quick and must not raise.
+    """
+
+    def job_admitted(self, agent: "Agent", call: JobCall, waited: float) -> None:
+        """``call`` got its reservation after waiting ``waited`` seconds."""
+
+    def job_started(self, agent: "Agent", call: JobCall, start_latency: float) -> None:
+        """``call``'s container is running; create+start took ``start_latency`` s."""
+
+    def job_finished(self, agent: "Agent", call: JobCall, reason: str, outcome: Outcome | None) -> None:
+        """``call`` ended; ``reason`` is "succeeded" or a JobError's ``reason``."""
+
+    def state_published(self, agent: "Agent", state: dict[str, Any]) -> None:
+        """The agent published ``state`` (see :meth:`Agent.state`)."""
+
+
 class Agent:
     """Runs jobs on this host; see the module docstring."""
 
@@ -76,6 +95,8 @@ class Agent:
         self.launcher = ContainerLauncher(self.docker, config.state_dir, config.hostname)
         self.redis = state_client(self.app.jobyard_settings)
         self._stopping = threading.Event()
+        self.observers: list[AgentObserver] = []
+        self.draining = False
 
     @classmethod
     def current(cls) -> "Agent":
@@ -106,10 +127,17 @@ class Agent:
                 f"host {self.name}'s capacity ({self.config.capacity.describe()})",
                 {"host": self.name, "cpus": spec.cpus, "memory": spec.memory})
         self._admit(call)
+        launched = time.monotonic()
+        outcome = None
+
+        def started(result: Outcome) -> None:
+            self._record(call, result, state="running")
+            self._notify("job_started", call, time.monotonic() - launched)
+
         try:
             self._record(call, state="running")
             outcome = self.launcher.run(call, should_stop=lambda: call.task_id in terminations,
-                                        on_start=lambda o: self._record(call, o, state="running"))
+                                        on_start=started)
             try:
                 value = verdict(call, outcome, self.name)
             except JobError as exc:
@@ -117,18 +145,31 @@ class Agent:
                 raise
             self._finish(call, outcome, "succeeded")
             return value
+        except JobError as exc:
+            if outcome is None:
+                self._notify("job_finished", call, exc.reason, None)
+            raise
         finally:
             terminations.discard(call.task_id)
             self.ledger.release(call.task_id)
             self.publish()
 
     def _admit(self, call: JobCall) -> None:
+        waiting_since = time.monotonic()
         with self.ledger.changed:
             while self.ledger.admit(call.task_id, call.spec) is None:
                 if call.task_id in terminations:
                     raise Revoked(f"{call.spec.name} was revoked while waiting for capacity")
                 self.ledger.changed.wait(timeout=0.5)
+        self._notify("job_admitted", call, time.monotonic() - waiting_since)
         self.publish()
+
+    def _notify(self, hook: str, *args: Any) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, hook)(self, *args)
+            except Exception:  # noqa: BLE001 - an observer must never break a job
+                log.exception("observer %r failed in %s", observer, hook)
 
     def _record(self, call: JobCall, outcome: Outcome | None = None, state: str = "running") -> None:
         spec = call.spec
@@ -150,6 +191,7 @@ class Agent:
                  "peak_memory": outcome.peak_memory, "finished_at": outcome.finished_at,
                  "container_id": outcome.container_id}
         self._write_facts(call.task_id, facts)
+        self._notify("job_finished", call, state, outcome)
         try:
             self.redis.set(keys.job_logs(call.task_id), outcome.logs, ex=FACTS_TTL_SECONDS)
         except Exception as exc:  # noqa: BLE001 - facts are best effort; the result is not
@@ -166,10 +208,21 @@ class Agent:
             log.warning("could not store facts of %s: %s", task_id, exc)
 
     def state(self) -> dict[str, Any]:
-        """What this agent publishes: capacity, reservations, running jobs."""
+        """What this agent publishes at ``jobyard:agent:<hostname>`` (JSON, TTL 10 s).
+
+        ``capacity``/``reserved`` are {"cpus", "memory" (bytes)}; ``running`` lists
+        admitted jobs {task_id, name, cpus, memory, started (unix), timeout};
+        ``waiting`` lists jobs this agent holds but has not admitted yet (same
+        fields, ``started`` = when it began waiting); ``draining`` is true once the
+        agent stopped taking new jobs.
+        """
         cpus, memory = self.ledger.reserved()
         return {
             "hostname": self.name,
+            "worker": f"jobyard@{self.name}",
+            "draining": self.draining,
+            "max_jobs": self.config.max_jobs,
+            "waiting": [],
             "queues": list(self.config.queues),
             "capacity": {"cpus": self.config.capacity.cpus, "memory": self.config.capacity.memory},
             "reserved": {"cpus": cpus, "memory": memory},
@@ -192,6 +245,7 @@ class Agent:
             pipe.execute()
         except Exception as exc:  # noqa: BLE001 - Redis may be restarting; next beat retries
             log.warning("heartbeat failed: %s", exc)
+        self._notify("state_published", state)
 
     def heartbeat_forever(self) -> None:
         """Publish state every HEARTBEAT_SECONDS until :meth:`stop`."""
