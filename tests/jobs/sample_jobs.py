@@ -58,11 +58,10 @@ def probe_sandbox():
         report["loopback"] = "allowed"
     except OSError as exc:
         report["loopback"] = type(exc).__name__
-    try:
-        socket.create_connection(("1.1.1.1", 53), timeout=2).close()
-        report["internet"] = "allowed"
-    except OSError as exc:
-        report["internet"] = type(exc).__name__
+    with open("/proc/net/dev") as handle:
+        report["interfaces"] = sorted(line.split(":")[0].strip() for line in handle.readlines()[2:])
+    with open("/proc/net/route") as handle:
+        report["routes"] = len(handle.readlines()[1:])
     report["docker_socket"] = os.path.exists("/var/run/docker.sock")
     with open("/proc/self/status") as handle:
         caps = [line.split()[1] for line in handle if line.startswith("CapEff")]
