@@ -1,0 +1,96 @@
+"""A job's output by task id, whether it is running or long finished.
+
+A finished job's output is in Redis (:func:`tasks.state.job_logs`), kept after its
+container is gone. A running job's output is streamed from Docker when its
+container is on this host (found by the ``jobyard.job`` label); otherwise this
+polls until the job ends and then prints what was kept.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator
+
+import click
+import redis
+
+from .state import job_facts, job_logs
+
+#: The container label that names a job (see executor.container).
+JOB_LABEL = "jobyard.job"
+POLL_SECONDS = 1.0
+#: How long to wait for the agent to record a job's end after its container stopped.
+SETTLE_SECONDS = 15.0
+
+
+def is_running(facts: dict) -> bool:
+    """Whether the facts describe a job that has not ended yet."""
+    return facts.get("state") == "running"
+
+
+def read_logs(task_id: str, client: redis.Redis) -> str:
+    """A job's output so far: streamed from a local container while it runs, else the kept copy."""
+    facts = job_facts(task_id, client)
+    if not facts:
+        raise click.ClickException(f"no job {task_id}: unknown, expired, or not started yet (try --follow)")
+    if is_running(facts):
+        container = local_container(task_id)
+        if container is not None:
+            return container.logs(stdout=True, stderr=True).decode("utf-8", errors="replace")
+    return job_logs(task_id, client)
+
+
+def follow_logs(task_id: str, client: redis.Redis, write: Callable[[str], None],
+                timeout: float | None = None) -> None:
+    """Write a job's output as it appears until the job ends (or ``timeout`` passes)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while deadline is None or time.monotonic() < deadline:
+        facts = job_facts(task_id, client)
+        if facts and not is_running(facts):
+            write(job_logs(task_id, client))
+            return
+        container = local_container(task_id) if facts else None
+        if container is not None:
+            streamed = []
+            for chunk in _stream(container):
+                write(chunk)
+                streamed.append(chunk)
+            _write_missed_tail("".join(streamed), task_id, client, write)
+            return
+        time.sleep(POLL_SECONDS)
+    raise click.ClickException(f"job {task_id} did not finish within {timeout:g}s")
+
+
+def _write_missed_tail(streamed: str, task_id: str, client: redis.Redis, write: Callable[[str], None]) -> None:
+    # The container may be removed before the stream delivered its last lines;
+    # the copy the agent keeps then has them.
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while is_running(job_facts(task_id, client)) and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS / 4)
+    kept = job_logs(task_id, client)
+    if len(kept) > len(streamed) and kept.startswith(streamed):
+        write(kept[len(streamed):])
+
+
+def local_container(task_id: str):
+    """The job's container on this host's Docker Engine, or None (none here, or no Docker)."""
+    import docker
+    import docker.errors
+    import requests.exceptions
+
+    try:
+        client = docker.from_env(timeout=10)
+        found = client.containers.list(all=True, filters={"label": f"{JOB_LABEL}={task_id}"})
+    except (docker.errors.DockerException, requests.exceptions.RequestException):
+        return None
+    return found[0] if found else None
+
+
+def _stream(container) -> Iterator[str]:
+    import docker.errors
+
+    try:
+        for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=True):
+            yield chunk.decode("utf-8", errors="replace")
+    except docker.errors.NotFound:
+        return  # removed as it ended; what was streamed is all there was

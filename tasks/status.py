@@ -1,0 +1,230 @@
+"""The fleet at a glance: queues, hosts, jobs that fit no host, autoscaler decisions.
+
+Everything is read from the broker's Redis without consuming anything: queue
+backlogs and demand through the autoscaler's metric source
+(:class:`autoscaler.metrics.BrokerMetrics`), hosts from the state every agent
+publishes, unfit jobs from what the autoscaler records plus what this module
+works out itself, and the autoscaler's latest decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+import redis
+
+from . import keys
+from .table import render_table
+from .units import format_memory
+
+#: Prefix of the sets in which kombu records each exchange's queue bindings.
+BINDING_PREFIX = "_kombu.binding."
+SEPARATOR = "\x06\x16"
+#: Decisions shown by default.
+DECISIONS_SHOWN = 10
+
+
+@dataclass
+class QueueRow:
+    """One queue's backlog: ready messages, delivered-not-acked ones, and their requests."""
+
+    queue: str
+    ready: int
+    in_flight: int
+    running: int
+    waiting: int
+    demand_cpus: float
+    demand_memory: int
+
+
+@dataclass
+class HostRow:
+    """What one live agent last published."""
+
+    hostname: str
+    queues: list[str]
+    capacity_cpus: float
+    capacity_memory: int
+    reserved_cpus: float
+    reserved_memory: int
+    running: int
+    waiting: int
+    draining: bool
+    heartbeat_age: float
+
+
+@dataclass
+class UnfitRow:
+    """A waiting job no host can hold, and why; ``source`` says who found out."""
+
+    task_id: str
+    reason: str
+    source: str
+    queue: str = ""
+    cpus: float | None = None
+    memory: int | None = None
+
+
+@dataclass
+class FleetStatus:
+    """Everything ``jobyard status`` shows."""
+
+    broker: str
+    queues: list[QueueRow] = field(default_factory=list)
+    hosts: list[HostRow] = field(default_factory=list)
+    unfit: list[UnfitRow] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The status as plain JSON data, for scripts."""
+        return asdict(self)
+
+
+def collect(client: redis.Redis, broker: str, queues: Iterable[str] = (),
+            decisions: int = DECISIONS_SHOWN) -> FleetStatus:
+    """Read the fleet's status from Redis (``broker`` is shown, already redacted)."""
+    from autoscaler.metrics import BrokerMetrics
+
+    hosts = read_hosts(client)
+    names = known_queues(client, hosts, queues)
+    status = FleetStatus(broker, hosts=hosts, decisions=read_decisions(client, decisions))
+    computed: list[UnfitRow] = []
+    for queue in names:
+        observation = BrokerMetrics(client, [queue]).read()
+        depth = observation.queues[0]
+        demand = observation.demand
+        status.queues.append(QueueRow(queue, depth.ready, depth.in_flight, depth.running, len(demand.waiting),
+                                      demand.cpus, demand.memory))
+        computed.extend(unfit_requests(queue, demand.waiting, hosts))
+    status.unfit = merge_unfit(read_recorded_unfit(client), computed)
+    return status
+
+
+def known_queues(client: redis.Redis, hosts: list[HostRow], extra: Iterable[str] = ()) -> list[str]:
+    """Queues worth showing: declared in the broker, consumed by an agent, or asked for."""
+    names = {"default", *extra}
+    for host in hosts:
+        names.update(host.queues)
+    for key in client.scan_iter(f"{BINDING_PREFIX}*", count=500):
+        # Members are "routing_key<sep>pattern<sep>queue"; the key names the exchange.
+        names.update(member.split(SEPARATOR)[-1] for member in client.smembers(key))
+    return sorted(n for n in names if n and not n.startswith("celeryev") and not n.endswith(".pidbox"))
+
+
+def read_hosts(client: redis.Redis, now: float | None = None) -> list[HostRow]:
+    """Every agent whose published state has not expired, by hostname."""
+    now = time.time() if now is None else now
+    names = client.zrange(keys.AGENTS, 0, -1)
+    draining = set(client.zrange(keys.DRAINING, 0, -1))
+    rows = []
+    for raw in client.mget([keys.agent(n) for n in names]) if names else []:
+        state = _json(raw)
+        if isinstance(state, dict) and "hostname" in state:
+            rows.append(_host_row(state, draining, now))
+    return sorted(rows, key=lambda row: row.hostname)
+
+
+def _host_row(state: dict[str, Any], draining: set[str], now: float) -> HostRow:
+    capacity, reserved = state.get("capacity") or {}, state.get("reserved") or {}
+    return HostRow(
+        hostname=state["hostname"], queues=list(state.get("queues") or []),
+        capacity_cpus=float(capacity.get("cpus") or 0), capacity_memory=int(capacity.get("memory") or 0),
+        reserved_cpus=float(reserved.get("cpus") or 0), reserved_memory=int(reserved.get("memory") or 0),
+        running=len(state.get("running") or []), waiting=len(state.get("waiting") or []),
+        draining=bool(state.get("draining")) or state["hostname"] in draining,
+        heartbeat_age=max(0.0, now - float(state.get("heartbeat") or now)))
+
+
+def unfit_requests(queue: str, waiting: Iterable[Any], hosts: list[HostRow]) -> list[UnfitRow]:
+    """Waiting requests larger than every live host that consumes ``queue``."""
+    consumers = [h for h in hosts if queue in h.queues and not h.draining]
+    if not consumers:
+        return []
+    largest_cpus = max(h.capacity_cpus for h in consumers)
+    largest_memory = max(h.capacity_memory for h in consumers)
+    rows = []
+    for request in waiting:
+        if not request.task_id:
+            continue  # beyond the scanned part of a long list: an estimate, not a job
+        fits = any(request.cpus <= h.capacity_cpus + 1e-9 and request.memory <= h.capacity_memory
+                   for h in consumers)
+        if not fits:
+            reason = (f"asks for {request.cpus:g} cpus, {format_memory(request.memory)}; the largest host on "
+                      f"queue {queue} has {largest_cpus:g} cpus, {format_memory(largest_memory)}")
+            rows.append(UnfitRow(request.task_id, reason, "status", queue, request.cpus, request.memory))
+    return rows
+
+
+def read_recorded_unfit(client: redis.Redis) -> list[UnfitRow]:
+    """What the autoscaler recorded at ``jobyard:unfit:<task_id>`` (text or JSON)."""
+    prefix = keys.unfit("")
+    names = sorted(client.scan_iter(f"{prefix}*", count=500))
+    rows = []
+    for name, raw in zip(names, client.mget(names) if names else []):
+        if raw is None:
+            continue
+        data = _json(raw)
+        if isinstance(data, dict):
+            rows.append(UnfitRow(name[len(prefix):], str(data.get("reason") or raw), "autoscaler",
+                                 str(data.get("queue") or ""), data.get("cpus"), data.get("memory")))
+        else:
+            rows.append(UnfitRow(name[len(prefix):], str(data if data is not None else raw), "autoscaler"))
+    return rows
+
+
+def merge_unfit(recorded: list[UnfitRow], computed: list[UnfitRow]) -> list[UnfitRow]:
+    """Recorded reasons first; computed ones only for jobs nobody recorded."""
+    seen = {row.task_id for row in recorded}
+    return recorded + [row for row in computed if row.task_id not in seen]
+
+
+def read_decisions(client: redis.Redis, count: int = DECISIONS_SHOWN) -> list[dict[str, Any]]:
+    """The autoscaler's latest decisions, newest first (entries that are not JSON objects are skipped)."""
+    entries = [_json(raw) for raw in client.lrange(keys.DECISIONS, 0, max(count, 1) - 1)]
+    return [entry for entry in entries if isinstance(entry, dict)]
+
+
+def render(status: FleetStatus, now: float | None = None) -> str:
+    """The status as readable text tables."""
+    now = time.time() if now is None else now
+    sections = [
+        f"broker {status.broker}",
+        "QUEUES\n" + render_table(
+            ["queue", "ready", "in flight", "running", "waiting", "demand cpus", "demand memory"],
+            [(q.queue, q.ready, q.in_flight, q.running, q.waiting, f"{q.demand_cpus:g}",
+              format_memory(q.demand_memory)) for q in status.queues]),
+        "HOSTS\n" + render_table(
+            ["host", "queues", "cpus", "memory", "running", "waiting", "draining", "heartbeat"],
+            [(h.hostname, ",".join(h.queues), f"{h.reserved_cpus:g}/{h.capacity_cpus:g}",
+              f"{format_memory(h.reserved_memory)}/{format_memory(h.capacity_memory)}", h.running, h.waiting,
+              "yes" if h.draining else "no", f"{h.heartbeat_age:.0f}s ago") for h in status.hosts],
+            empty="(no live agent)"),
+        "JOBS THAT FIT NO HOST\n" + render_table(
+            ["task id", "queue", "reason", "source"],
+            [(u.task_id, u.queue, u.reason, u.source) for u in status.unfit]),
+        "AUTOSCALER DECISIONS (newest first)\n" + render_table(
+            ["when", "direction", "hosts", "reason"],
+            [_decision_row(d, now) for d in status.decisions], empty="(no decisions recorded)"),
+    ]
+    return "\n\n".join(sections)
+
+
+def _decision_row(decision: dict[str, Any], now: float) -> tuple[str, str, str, str]:
+    when = decision.get("time", decision.get("at"))
+    age = f"{now - float(when):.0f}s ago" if isinstance(when, (int, float)) else str(when or "")
+    current, desired = decision.get("current"), decision.get("desired", decision.get("target"))
+    hosts = f"{current} -> {desired}" if current is not None and desired is not None else str(
+        decision.get("count", desired if desired is not None else ""))
+    return age, str(decision.get("direction", decision.get("action", ""))), hosts, str(decision.get("reason", ""))
+
+
+def _json(raw: Any) -> Any:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except (TypeError, ValueError):
+        return raw
