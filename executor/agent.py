@@ -22,15 +22,16 @@ import requests.exceptions
 
 from tasks import keys
 from tasks.app import app as default_app
-from tasks.errors import JobError, JobRejected, Revoked
+from tasks.errors import JobError
 from tasks.state import state_client
-from tasks.units import format_memory
 
 from .capacity import Capacity, Ledger
 from .container import LABEL_AGENT, ContainerLauncher, JobCall, Outcome
 from .errors import DockerUnavailable
+from .gate import IntakeGate
+from .placement import DEFAULT_MAX_WAIT, FleetView, Placement
 from .policy import HostPolicy
-from .request import terminations
+from .request import messages, terminations
 from .verdict import verdict
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class AgentConfig:
     policy: HostPolicy = field(default_factory=HostPolicy)
     state_dir: str = field(default_factory=default_state_dir)
     max_jobs: int = 16
+    max_wait: float = DEFAULT_MAX_WAIT
 
 
 class AgentObserver:
@@ -96,7 +98,16 @@ class Agent:
         self.redis = state_client(self.app.jobyard_settings)
         self._stopping = threading.Event()
         self.observers: list[AgentObserver] = []
-        self.draining = False
+        self.fleet = FleetView(self.redis)
+        self.placement = Placement(self.ledger, self.fleet, config.hostname, config.queues,
+                                   max_wait=config.max_wait, max_jobs=config.max_jobs)
+        self.gate = IntakeGate(lambda: self.placement.held() + self.placement.allowance())
+        self.placement.on_change = self.gate.refresh
+
+    @property
+    def draining(self) -> bool:
+        """Whether this agent has stopped taking new jobs."""
+        return self.placement.draining
 
     @classmethod
     def current(cls) -> "Agent":
@@ -118,15 +129,15 @@ class Agent:
         return self.config.hostname
 
     def execute(self, call: JobCall) -> Any:
-        """Admit, run and judge one job; return its value or raise its typed error."""
-        spec = call.spec
-        self.config.policy.check(spec)
-        if not self.config.capacity.holds(spec):
-            raise JobRejected(
-                f"{spec.name}: requests cpus={spec.cpus:g} memory={format_memory(spec.memory)} exceed "
-                f"host {self.name}'s capacity ({self.config.capacity.describe()})",
-                {"host": self.name, "cpus": spec.cpus, "memory": spec.memory})
-        self._admit(call)
+        """Admit, run and judge one job; return its value or raise its typed error.
+
+        Raises :class:`~executor.placement.HandBack` when another host should run it.
+        """
+        self.config.policy.check(call.spec)
+        try:
+            self._admit(call)
+        finally:
+            self.gate.refresh()
         launched = time.monotonic()
         outcome = None
 
@@ -151,18 +162,28 @@ class Agent:
             raise
         finally:
             terminations.discard(call.task_id)
+            messages.discard(call.task_id)
             self.ledger.release(call.task_id)
+            self.gate.refresh()
             self.publish()
 
     def _admit(self, call: JobCall) -> None:
-        waiting_since = time.monotonic()
-        with self.ledger.changed:
-            while self.ledger.admit(call.task_id, call.spec) is None:
-                if call.task_id in terminations:
-                    raise Revoked(f"{call.spec.name} was revoked while waiting for capacity")
-                self.ledger.changed.wait(timeout=0.5)
-        self._notify("job_admitted", call, time.monotonic() - waiting_since)
+        waited = self.placement.admit(call, lambda: call.task_id in terminations)
+        call.attempt = self._count_attempt(call)
+        self._notify("job_admitted", call, waited)
         self.publish()
+
+    def _count_attempt(self, call: JobCall) -> int:
+        """Count this start in Redis: the attempt number survives redeliveries."""
+        try:
+            key = keys.attempts(call.task_id)
+            pipe = self.redis.pipeline()
+            pipe.incr(key)
+            pipe.expire(key, FACTS_TTL_SECONDS)
+            return max(int(pipe.execute()[0]), call.attempt)
+        except Exception as exc:  # noqa: BLE001 - fall back to Celery's own count
+            log.warning("could not count attempt of %s: %s", call.task_id, exc)
+            return call.attempt
 
     def _notify(self, hook: str, *args: Any) -> None:
         for observer in self.observers:
@@ -222,7 +243,7 @@ class Agent:
             "worker": f"jobyard@{self.name}",
             "draining": self.draining,
             "max_jobs": self.config.max_jobs,
-            "waiting": [],
+            "waiting": self.placement.waiting_state(),
             "queues": list(self.config.queues),
             "capacity": {"cpus": self.config.capacity.cpus, "memory": self.config.capacity.memory},
             "reserved": {"cpus": cpus, "memory": memory},

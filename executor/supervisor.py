@@ -10,12 +10,15 @@ import logging
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Ignore
 
 from tasks.app import SPEC_HEADER
 from tasks.errors import InvalidJobSpec, JobError
 from tasks.spec import JobSpec
 
 from .container import JobCall
+from .placement import HandBack
+from .request import hand_back
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,10 @@ def supervise(task: Task, args: tuple, kwargs: dict) -> Any:
     agent = Agent.current()
     try:
         return agent.execute(call)
+    except HandBack:
+        hand_back(call.task_id)
+        log.info("job %s[%s] handed back: another host has room for it now", call.spec.name, call.task_id)
+        raise Ignore() from None
     except JobError as exc:
         log.info("job %s[%s] ended: %s: %s", call.spec.name, call.task_id, type(exc).__name__, exc)
         raise
@@ -47,9 +54,5 @@ def job_call(request: Any, args: tuple, kwargs: dict) -> JobCall:
 
 
 def attempt_of(request: Any) -> int:
-    """1 for a first delivery; higher when retried or redelivered."""
-    attempt = 1 + int(getattr(request, "retries", 0) or 0)
-    delivery = getattr(request, "delivery_info", None) or {}
-    if delivery.get("redelivered"):
-        attempt = max(attempt, 2)
-    return attempt
+    """Celery's own count (1 + retries); the agent raises it from its Redis counter."""
+    return 1 + int(getattr(request, "retries", 0) or 0)

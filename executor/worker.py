@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from .agent import Agent
+from .gate import GateStep
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ def run_worker(agent: Agent, loglevel: str = "INFO") -> int:
     agent.start_heartbeat()
     log.info("agent %s: capacity %s, queues %s", agent.name, agent.config.capacity.describe(),
              ",".join(agent.config.queues))
+    agent.app.steps["consumer"].add(GateStep)
     worker = agent.app.Worker(
         hostname=f"jobyard@{agent.name}",
         pool="threads",

@@ -50,3 +50,12 @@ def dead_job(task_id: str) -> str:
 def unfit(task_id: str) -> str:
     """Why a waiting job fits no host right now (TTL'd)."""
     return f"{PREFIX}:unfit:{task_id}"
+
+#: JSON {"cpus", "memory", "queues"}: the host shape the autoscaler adds, so agents
+#: do not reject a job that fits a host the autoscaler could start.
+AUTOSCALER_SHAPE = f"{PREFIX}:autoscaler:shape"
+
+
+def attempts(task_id: str) -> str:
+    """Counter of container starts for a job: its attempt number."""
+    return f"{PREFIX}:attempts:{task_id}"

@@ -55,12 +55,12 @@ def docker_client():
 
     client = connect_docker()
     yield client
-    leftovers = [c.name for c in client.containers.list(all=True, filters={"label": "jobyard.agent"})
-                 if c.labels.get("jobyard.agent", "").startswith(SESSION)]
-    for container in client.containers.list(all=True, filters={"label": "jobyard.agent"}):
-        if container.labels.get("jobyard.agent", "").startswith(SESSION):
-            container.remove(force=True)
-    assert not leftovers, f"containers left behind by the suite: {leftovers}"
+    # Raw listing: other test sessions' containers may vanish while we look.
+    ours = [c for c in client.api.containers(all=True, filters={"label": "jobyard.agent"})
+            if c["Labels"].get("jobyard.agent", "").startswith(SESSION)]
+    for container in ours:
+        client.api.remove_container(container["Id"], force=True)
+    assert not ours, f"containers left behind by the suite: {[c['Names'] for c in ours]}"
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,265 @@
+"""Placement on one agent: admit a job now, let it wait here, or hand it back.
+
+Rules, in order, for a job this agent has received:
+
+1. **Impossible**: its requests exceed the capacity of every known host serving its
+   queue (live agents, plus the autoscaler's host shape if one is published) →
+   :class:`~tasks.errors.JobRejected` naming the resource, the request and the
+   largest host. It never sits in a queue forever.
+2. **Fits now** and no waiting job has passed the starvation bound → admitted.
+3. **Another host has room now** (from the agents' published state) → handed back
+   to the *head* of its queue, keeping its turn, for that host to take. A job too
+   big for this host but not for another is *parked* here (this agent keeps taking
+   other work) until a host that can hold it has room, then handed back.
+4. Otherwise it **waits here**. Smaller jobs keep flowing around it (backfill) until
+   it has waited ``max_wait`` seconds; from then on this agent admits nothing else
+   and takes no new messages, so it starts as soon as running jobs release enough
+   capacity. A waiting job therefore starts within ``max_wait`` plus the longest
+   remaining run time (at most the timeout) of the jobs running when the bound hits.
+
+The intake gate keeps the worker from *taking* messages it probably cannot run:
+the consumer's prefetch limit is kept at (jobs held here) + 1 while there is free
+capacity and room for a waiter, and at (jobs held here) otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from tasks import keys
+from tasks.errors import JobRejected, Revoked
+from tasks.units import format_memory
+
+from .capacity import Ledger
+from .container import JobCall
+
+log = logging.getLogger(__name__)
+
+#: Seconds a job may wait while smaller jobs are admitted around it.
+DEFAULT_MAX_WAIT = 30.0
+#: Jobs one agent holds without admitting them.
+DEFAULT_MAX_WAITING = 2
+#: After handing a job back, this agent takes nothing new for this long, so
+#: another host gets the chance to take it.
+HAND_BACK_PAUSE = 1.0
+#: How often a waiting job re-checks whether another host has room for it.
+RECHECK_SECONDS = 2.0
+#: How often a job parked here (too big for this host) looks for a host with room.
+PARK_POLL_SECONDS = 0.5
+#: The smallest job worth taking a message for.
+MIN_CPUS = 0.01
+MIN_MEMORY = 6 * 1024**2
+
+
+class HandBack(Exception):
+    """Internal: give this job back to its queue for another host."""
+
+
+@dataclass
+class Waiter:
+    """A job held here until capacity frees up."""
+
+    call: JobCall
+    since: float
+
+
+class Placement:
+    """Admission with fairness and a starvation bound for one agent."""
+
+    def __init__(self, ledger: Ledger, fleet: "FleetView", hostname: str, queues: tuple[str, ...],
+                 max_wait: float = DEFAULT_MAX_WAIT, max_waiting: int = DEFAULT_MAX_WAITING,
+                 max_jobs: int = 16):
+        self.ledger = ledger
+        self.fleet = fleet
+        self.hostname = hostname
+        self.queues = queues
+        self.max_wait = max_wait
+        self.max_waiting = max_waiting
+        self.max_jobs = max_jobs
+        self.waiters: dict[str, Waiter] = {}
+        self.parked: dict[str, JobCall] = {}
+        self.draining = False
+        self._paused_until = 0.0
+        self.on_change: Callable[[], None] = lambda: None
+
+    def admit(self, call: JobCall, stop_requested: Callable[[], bool]) -> float:
+        """Block until ``call`` is admitted; return the seconds it waited.
+
+        Raises JobRejected (impossible anywhere), HandBack (another host has room
+        now) or Revoked (terminated while waiting).
+        """
+        self._reject_if_impossible(call)
+        if not self.ledger.capacity.holds(call.spec):
+            self._park(call, stop_requested)
+        started = time.monotonic()
+        with self.ledger.changed:
+            if self._try_admit(call, waiting=False):
+                return 0.0
+        if self.fleet.other_host_has_room(call, self.hostname):
+            self._hand_back_pause()
+            raise HandBack()
+        with self.ledger.changed:
+            self.waiters[call.task_id] = Waiter(call, time.monotonic())
+        self.on_change()
+        try:
+            return self._wait(call, stop_requested, started)
+        finally:
+            with self.ledger.changed:
+                self.waiters.pop(call.task_id, None)
+            self.on_change()
+
+    def _park(self, call: JobCall, stop_requested: Callable[[], bool]) -> None:
+        """Hold a job that can never run here until a host that can has room.
+
+        It does not count as a waiter, so this agent keeps taking other work; it
+        always ends by being handed back (or revoked, or rejected).
+        """
+        with self.ledger.changed:
+            self.parked[call.task_id] = call
+        self.on_change()
+        try:
+            while not self.fleet.other_host_has_room(call, self.hostname):
+                if stop_requested():
+                    raise Revoked(f"{call.spec.name} was revoked while waiting for a host")
+                self._reject_if_impossible(call)
+                time.sleep(PARK_POLL_SECONDS)
+        finally:
+            with self.ledger.changed:
+                self.parked.pop(call.task_id, None)
+        self._hand_back_pause()
+        raise HandBack()
+
+    def _wait(self, call: JobCall, stop_requested: Callable[[], bool], started: float) -> float:
+        next_check = time.monotonic() + RECHECK_SECONDS
+        while True:
+            with self.ledger.changed:
+                if self._try_admit(call, waiting=True):
+                    return time.monotonic() - started
+                self.ledger.changed.wait(timeout=0.25)
+            if stop_requested():
+                raise Revoked(f"{call.spec.name} was revoked while waiting for capacity")
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + RECHECK_SECONDS
+                self._reject_if_impossible(call)
+                if self.fleet.other_host_has_room(call, self.hostname):
+                    self._hand_back_pause()
+                    raise HandBack()
+
+    def _try_admit(self, call: JobCall, waiting: bool) -> bool:
+        """Admit ``call`` if it fits and admitting it does not starve an older waiter."""
+        oldest = self._oldest_waiter()
+        if oldest is not None and oldest.call.task_id != call.task_id:
+            if time.monotonic() - oldest.since >= self.max_wait:
+                return False  # past the bound: capacity drains to the oldest waiter
+            if waiting and self.ledger.fits(oldest.call.spec):
+                return False  # let the older waiter go first when it fits too
+        return self.ledger.admit(call.task_id, call.spec) is not None
+
+    def _oldest_waiter(self) -> Waiter | None:
+        return min(self.waiters.values(), key=lambda w: w.since, default=None)
+
+    def _reject_if_impossible(self, call: JobCall) -> None:
+        spec = call.spec
+        own = {"cpus": self.ledger.capacity.cpus, "memory": self.ledger.capacity.memory}
+        hosts = [own, *self.fleet.host_capacities(spec.queue)]
+        for resource, request, largest in (
+            ("memory", spec.memory, max(h["memory"] for h in hosts)),
+            ("cpus", spec.cpus, max(h["cpus"] for h in hosts)),
+        ):
+            if request > largest + (1e-9 if resource == "cpus" else 0):
+                shown = format_memory if resource == "memory" else (lambda v: f"{v:g}")
+                raise JobRejected(
+                    f"{spec.name}: requests {resource}={shown(request)}, more than the largest host "
+                    f"serving queue {spec.queue!r} has ({shown(largest)}); it can never run",
+                    {"resource": resource, "request": request, "largest_host": largest, "queue": spec.queue})
+
+    def _hand_back_pause(self) -> None:
+        self._paused_until = time.monotonic() + HAND_BACK_PAUSE
+        self.on_change()
+        timer = threading.Timer(HAND_BACK_PAUSE + 0.05, self.on_change)
+        timer.daemon = True
+        timer.start()
+
+    def allowance(self) -> int:
+        """How many more messages the worker should take now: 0 or 1."""
+        if self.draining or time.monotonic() < self._paused_until:
+            return 0
+        with self.ledger.changed:
+            held = len(self.ledger.running()) + len(self.waiters) + len(self.parked)
+            oldest = self._oldest_waiter()
+            if oldest is not None and time.monotonic() - oldest.since >= self.max_wait:
+                return 0
+            if len(self.waiters) >= self.max_waiting or held + 1 > self.max_jobs:
+                return 0
+            cpus, memory = self.ledger.free()
+        return 1 if cpus >= MIN_CPUS and memory >= MIN_MEMORY else 0
+
+    def held(self) -> int:
+        """Jobs this agent holds: admitted, waiting and parked."""
+        with self.ledger.changed:
+            return len(self.ledger.running()) + len(self.waiters) + len(self.parked)
+
+    def waiting_state(self) -> list[dict[str, Any]]:
+        """Published form of the waiting jobs."""
+        with self.ledger.changed:
+            return [{"task_id": w.call.task_id, "name": w.call.spec.name, "cpus": w.call.spec.cpus,
+                     "memory": w.call.spec.memory, "started": time.time() - (time.monotonic() - w.since),
+                     "timeout": w.call.spec.timeout} for w in self.waiters.values()]
+
+
+class FleetView:
+    """What this agent knows of other hosts, from their published state in Redis."""
+
+    def __init__(self, redis_client, cache_seconds: float = 0.5):
+        self.redis = redis_client
+        self.cache_seconds = cache_seconds
+        self._cached: tuple[float, list[dict[str, Any]]] = (0.0, [])
+        self._lock = threading.Lock()
+
+    def agents(self) -> list[dict[str, Any]]:
+        """Live agents' published states (cached briefly)."""
+        with self._lock:
+            fetched, states = self._cached
+            if time.monotonic() - fetched < self.cache_seconds:
+                return states
+        try:
+            names = self.redis.zrange(keys.AGENTS, 0, -1)
+            raw = self.redis.mget([keys.agent(name) for name in names]) if names else []
+            states = [json.loads(item) for item in raw if item]
+        except Exception as exc:  # noqa: BLE001 - without a view, decide locally
+            log.warning("cannot read the fleet's state: %s", exc)
+            states = []
+        with self._lock:
+            self._cached = (time.monotonic(), states)
+        return states
+
+    def host_capacities(self, queue: str) -> list[dict[str, float]]:
+        """Capacities of live hosts serving ``queue``, plus the autoscaler's host shape."""
+        hosts = [s["capacity"] for s in self.agents() if queue in s.get("queues", ())]
+        try:
+            shape = self.redis.get(keys.AUTOSCALER_SHAPE)
+            if shape:
+                data = json.loads(shape)
+                if queue in data.get("queues", [queue]):
+                    hosts.append({"cpus": float(data["cpus"]), "memory": int(data["memory"])})
+        except Exception as exc:  # noqa: BLE001
+            log.debug("no autoscaler shape: %s", exc)
+        return hosts
+
+    def other_host_has_room(self, call: JobCall, me: str) -> bool:
+        """Whether another live, non-draining host serving the queue can run it now."""
+        spec = call.spec
+        for state in self.agents():
+            if state.get("hostname") == me or state.get("draining") or spec.queue not in state.get("queues", ()):
+                continue
+            free_cpus = state["capacity"]["cpus"] - state["reserved"]["cpus"]
+            free_memory = state["capacity"]["memory"] - state["reserved"]["memory"]
+            if spec.cpus <= free_cpus + 1e-9 and spec.memory <= free_memory:
+                return True
+        return False
+
