@@ -1,4 +1,138 @@
-"""CLI commands of the autoscaler."""
+"""CLI commands of the autoscaler: ``jobyard autoscale`` and ``jobyard autoscale plot``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+
+import click
+
+# The agent's option parsers, so both commands read sizes and queue lists alike.
+from executor.commands import _memory, _queues
+
+from .errors import AutoscalerError
+
+
+@click.group(invoke_without_command=True)
+@click.option("--provider", type=click.Choice(["local", "docker", "aws"]), default="local", show_default=True)
+@click.option("--min", "minimum", type=click.IntRange(min=0), default=0, show_default=True, help="Fewest hosts.")
+@click.option("--max", "maximum", type=click.IntRange(min=0), default=None, help="Most hosts (required).")
+@click.option("--poll", type=click.FloatRange(min=0.05), default=1.0, show_default=True, help="Seconds between polls.")
+@click.option("--stabilisation", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds demand must stay below the fleet before scaling in.")
+@click.option("--cooldown", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds after any action before a scale-in.")
+@click.option("--hysteresis", type=click.FloatRange(0, 0.95), default=0.2, show_default=True,
+              help="Scale in only when demand fits hosts filled to 1 - this.")
+@click.option("--host-cpus", type=click.FloatRange(min=0.01), default=1.0, show_default=True, help="CPUs per host.")
+@click.option("--host-memory", callback=_memory, default="1Gi", show_default=True, help="Memory per host.")
+@click.option("--queues", callback=_queues, default="default", show_default=True, help="Comma-separated queues.")
+@click.option("--jobs-per-host", type=click.IntRange(min=1), default=None, help="Also keep at most N jobs per host.")
+@click.option("--signal", "signal_kind", type=click.Choice(["full", "llen"]), default="full", show_default=True,
+              help="full: ready+priority+in-flight+running with demand; llen: KEDA-like list length only.")
+@click.option("--record", type=click.Path(dir_okay=False), default=None,
+              help="Write a timeline: .csv for CSV, otherwise JSON lines.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on 127.0.0.1:P.")
+@click.option("--state-dir", default=None, help="local: where agent pidfiles, logs and state dirs live.")
+@click.option("--host-prefix", default=None, help="local/docker: host names are PREFIX-N (default: this hostname).")
+@click.option("--agent-arg", "agent_args", multiple=True, help="local/docker: extra argument for each agent (repeatable).")
+@click.option("--image", default=None, help="docker: the agent image (default $JOBYARD_AGENT_IMAGE or jobyard/agent:latest).")
+@click.option("--asg-name", default=None, help="aws: the Auto Scaling group.")
+@click.option("--region", default=None, help="aws: the region (default: boto3's).")
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.pass_context
+def autoscale(ctx, **options):
+    """Grow and shrink the fleet from backlog and demand; drain hosts before removing them."""
+    if ctx.invoked_subcommand is not None:
+        return
+    logging.basicConfig(level=options["loglevel"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if options["maximum"] is None:
+        raise click.UsageError("--max is required")
+    try:
+        _run(options)
+    except AutoscalerError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _run(options: dict) -> None:
+    from tasks.app import app
+    from tasks.state import state_client
+
+    from .drain import Drainer
+    from .loop import Autoscaler, Policy
+    from .metrics import BrokerMetrics, ListLengthMetrics
+    from .report import DecisionLog, RedisReporter
+    from .strategy import BinPacking, ListLength
+    from .telemetry import Telemetry
+    from .timeline import TimelineWriter
+
+    client = state_client()
+    policy = Policy(minimum=options["minimum"], maximum=options["maximum"], poll=options["poll"],
+                    cooldown=options["cooldown"], stabilisation=options["stabilisation"],
+                    hysteresis=options["hysteresis"])
+    if options["signal_kind"] == "llen":
+        source, strategy = ListLengthMetrics(client, options["queues"]), ListLength(options["jobs_per_host"] or 5)
+    else:
+        source, strategy = BrokerMetrics(client, options["queues"]), BinPacking(options["jobs_per_host"])
+    listeners = [DecisionLog(), RedisReporter(client)]
+    if options["record"]:
+        listeners.append(TimelineWriter(options["record"]))
+    if options["metrics_port"]:
+        telemetry = Telemetry()
+        telemetry.serve(options["metrics_port"])
+        listeners.append(telemetry)
+    autoscaler = Autoscaler(source, make_provider(options), Drainer(app, client), policy, strategy, listeners)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    logging.getLogger("autoscaler").info("autoscaling %s between %d and %d hosts", ",".join(options["queues"]),
+                                         policy.minimum, policy.maximum)
+    autoscaler.run(stop)
+
+
+def make_provider(options: dict):
+    """The host provider the options name."""
+    from .shape import HostShape
+
+    shape = HostShape(options["host_cpus"], options["host_memory"])
+    prefix = options.get("host_prefix") or socket.gethostname().split(".")[0]
+    if options["provider"] == "local":
+        from executor.agent import default_state_dir
+
+        from .providers.local import LocalProvider
+
+        state_dir = options.get("state_dir") or os.path.join(default_state_dir(), "autoscaler")
+        return LocalProvider(shape, state_dir, prefix, options["queues"], tuple(options.get("agent_args") or ()))
+    if options["provider"] == "docker":
+        from .providers.docker import DockerProvider
+
+        image = options.get("image") or os.environ.get("JOBYARD_AGENT_IMAGE") or "jobyard/agent:latest"
+        return DockerProvider(shape, image, prefix, options["queues"], tuple(options.get("agent_args") or ()))
+    from .providers.aws import AwsProvider
+
+    if not options.get("asg_name"):
+        raise click.UsageError("--asg-name is required for --provider aws")
+    return AwsProvider(shape, options["asg_name"], region=options.get("region"))
+
+
+@autoscale.command("plot")
+@click.argument("timeline", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", default=None, help="PNG to write (default: TIMELINE with .png).")
+@click.option("--title", default=None, help="Plot title.")
+def plot(timeline, output, title):
+    """Render a ``--record`` timeline as a PNG."""
+    from .plot import plot_timeline
+
+    output = output or os.path.splitext(timeline)[0] + ".png"
+    try:
+        plot_timeline(timeline, output, title=title)
+    except AutoscalerError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(output)
+
 
 #: Subcommands this module adds to ``jobyard``.
-commands = []
+commands = [autoscale]

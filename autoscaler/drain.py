@@ -1,0 +1,80 @@
+"""Draining a host: mark it in Redis, stop it consuming, and tell when it is empty.
+
+The mark (zset :data:`tasks.keys.DRAINING`, hostname -> start time) is what makes a
+drain survive an autoscaler restart: the next autoscaler finds it and carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+from celery import Celery
+
+from tasks import keys
+
+from .errors import MetricError
+from .metrics import AgentState
+
+log = logging.getLogger(__name__)
+
+
+def worker_name(hostname: str) -> str:
+    """The Celery nodename of the agent on ``hostname``."""
+    return f"jobyard@{hostname}"
+
+
+class Drainer:
+    """Drains hosts through Celery remote control and the Redis mark."""
+
+    def __init__(self, app: Celery, client: redis.Redis, reply_timeout: float = 1.0):
+        self.app = app
+        self.redis = client
+        self.reply_timeout = reply_timeout
+
+    def draining(self) -> dict[str, float]:
+        """Hosts being drained -> when their drain began."""
+        try:
+            return {name: score for name, score in self.redis.zrange(keys.DRAINING, 0, -1, withscores=True)}
+        except redis.RedisError as exc:
+            raise MetricError(f"cannot read the draining set: {exc}") from exc
+
+    def mark(self, hostname: str) -> None:
+        """Record that ``hostname`` is being drained (kept if already marked)."""
+        self.redis.zadd(keys.DRAINING, {hostname: time.time()}, nx=True)
+
+    def unmark(self, hostname: str) -> None:
+        """Forget ``hostname``'s drain (removed, gone, or resumed)."""
+        self.redis.zrem(keys.DRAINING, hostname)
+
+    def stop_consuming(self, hostname: str, queues: tuple[str, ...]) -> bool:
+        """Cancel the host's consumers; True once its worker confirmed every queue."""
+        worker = worker_name(hostname)
+        for queue in queues:
+            replies = self.app.control.cancel_consumer(queue, destination=[worker], reply=True,
+                                                       timeout=self.reply_timeout)
+            if not any(worker in reply for reply in replies or ()):
+                return False
+        return True
+
+    def resume(self, hostname: str, queues: tuple[str, ...]) -> None:
+        """Undo a drain: consume ``queues`` again and drop the mark."""
+        worker = worker_name(hostname)
+        for queue in queues:
+            self.app.control.add_consumer(queue, destination=[worker], reply=True, timeout=self.reply_timeout)
+        self.unmark(hostname)
+
+    def is_empty(self, hostname: str, state: AgentState | None) -> bool:
+        """Whether the host holds no job: its published state and its worker agree.
+
+        A worker that does not answer is never taken as empty.
+        """
+        if state is not None and state.busy:
+            return False
+        worker = worker_name(hostname)
+        inspector = self.app.control.inspect(destination=[worker], timeout=self.reply_timeout)
+        for held in (inspector.active(), inspector.reserved()):
+            if not held or worker not in held or held[worker]:
+                return False
+        return True

@@ -1,0 +1,244 @@
+"""The metric source: backlog and resource demand, read from Redis without consuming.
+
+Where kombu's Redis transport keeps messages: a queue is a list, with priority
+sub-lists ``f"{queue}\\x06\\x16{step}"`` for steps 3, 6 and 9; a delivered but not yet
+acknowledged message sits in the hash ``unacked`` (tag -> ``[message, exchange,
+routing_key]``). A job's spec rides in the message header ``jobyard_spec``. Running
+jobs and their requests come from the state each agent publishes
+(:meth:`executor.agent.Agent.state`). Only LLEN, LRANGE, HSCAN and GET are used.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import redis
+
+from tasks import keys
+from tasks.app import SPEC_HEADER
+from tasks.spec import JobSpec
+
+from .errors import MetricError
+from .shape import HostShape, Request
+from .strategy import Demand
+
+PRIORITY_SEPARATOR = "\x06\x16"
+PRIORITY_STEPS = (3, 6, 9)
+UNACKED = "unacked"
+#: Messages read per list per poll; the rest of a longer list is assumed to ask
+#: for the mean of those read.
+MAX_SCAN = 10_000
+_DEFAULT = JobSpec.__dataclass_fields__
+
+
+def priority_keys(queue: str) -> list[str]:
+    """The Redis lists that hold ``queue``'s ready messages, highest priority first."""
+    return [queue] + [f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
+
+
+def default_request(task_id: str = "") -> Request:
+    """What a message without a jobyard spec is assumed to ask for (the spec defaults)."""
+    return Request(task_id, _DEFAULT["cpus"].default, _DEFAULT["memory"].default)
+
+
+def message_request(message: dict[str, Any]) -> Request:
+    """The resource request of one kombu message (its ``jobyard_spec`` header)."""
+    headers = message.get("headers") or {}
+    spec = headers.get(SPEC_HEADER) or {}
+    fallback = default_request(str(headers.get("id", "")))
+    try:
+        return Request(fallback.task_id, float(spec.get("cpus", fallback.cpus)),
+                       int(spec.get("memory", fallback.memory)))
+    except (TypeError, ValueError):
+        return fallback
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """One queue's backlog: ready (all priority lists), reserved by a worker but not
+    running, and running."""
+
+    queue: str
+    ready: int = 0
+    reserved: int = 0
+    running: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Delivered and not yet acknowledged (reserved + running)."""
+        return self.reserved + self.running
+
+
+@dataclass(frozen=True)
+class HeldJob:
+    """A job an agent holds: admitted (running) or waiting for capacity."""
+
+    task_id: str
+    cpus: float
+    memory: int
+    started: float
+    timeout: float
+
+    @property
+    def ends_by(self) -> float:
+        """When its timeout kills it at the latest (unix time)."""
+        return self.started + self.timeout
+
+
+@dataclass(frozen=True)
+class AgentState:
+    """What one agent last published."""
+
+    hostname: str
+    worker: str
+    queues: tuple[str, ...]
+    capacity: HostShape
+    running: tuple[HeldJob, ...] = ()
+    waiting: tuple[HeldJob, ...] = ()
+    heartbeat: float = 0.0
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> "AgentState":
+        """Read the JSON an agent publishes at ``jobyard:agent:<hostname>``."""
+        def held(items: Iterable[dict[str, Any]]) -> tuple[HeldJob, ...]:
+            return tuple(HeldJob(i["task_id"], float(i.get("cpus", 0)), int(i.get("memory", 0)),
+                                 float(i.get("started", 0)), float(i.get("timeout", 0))) for i in items)
+
+        capacity = data.get("capacity") or {}
+        return cls(data["hostname"], data.get("worker") or f"jobyard@{data['hostname']}",
+                   tuple(data.get("queues") or ()),
+                   HostShape(float(capacity.get("cpus") or 1e-9), int(capacity.get("memory") or 1)),
+                   held(data.get("running") or ()), held(data.get("waiting") or ()),
+                   float(data.get("heartbeat") or 0))
+
+    @property
+    def busy(self) -> bool:
+        """Whether it holds any job, running or waiting."""
+        return bool(self.running or self.waiting)
+
+    @property
+    def work_ends_by(self) -> float:
+        """When its last held job must end by (0 when idle)."""
+        return max((job.ends_by for job in self.running + self.waiting), default=0.0)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One poll of the broker and the agents."""
+
+    time: float
+    queues: tuple[QueueDepth, ...]
+    demand: Demand
+    agents: dict[str, AgentState] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> int:
+        """Ready messages in all watched queues."""
+        return sum(q.ready for q in self.queues)
+
+    @property
+    def in_flight(self) -> int:
+        """Delivered, unacknowledged messages of the watched queues."""
+        return sum(q.in_flight for q in self.queues)
+
+    @property
+    def running(self) -> int:
+        """Jobs admitted on any agent."""
+        return len(self.demand.running)
+
+
+class BrokerMetrics:
+    """Reads the full backlog signal: ready + reserved + running, and resource demand."""
+
+    def __init__(self, client: redis.Redis, queues: Iterable[str] = ("default",)):
+        self.redis = client
+        self.queues = tuple(queues)
+
+    def read(self) -> Observation:
+        """Take one observation; raise :class:`MetricError` if Redis cannot be read."""
+        try:
+            return self._read()
+        except redis.RedisError as exc:
+            raise MetricError(f"cannot read the broker: {exc}") from exc
+
+    def _read(self) -> Observation:
+        agents = read_agents(self.redis)
+        running = {job.task_id: job for a in agents.values() for job in a.running}
+        ready, ready_requests = self._ready()
+        in_flight = self._unacked()
+        queues, waiting = [], list(ready_requests)
+        for queue in self.queues:
+            held = in_flight.get(queue, [])
+            running_here = sum(1 for r in held if r.task_id in running)
+            waiting.extend(r for r in held if r.task_id not in running)
+            queues.append(QueueDepth(queue, ready[queue], len(held) - running_here, running_here))
+        running_requests = tuple(Request(j.task_id, j.cpus, j.memory) for j in running.values())
+        return Observation(time.time(), tuple(queues), Demand(tuple(waiting), running_requests), agents)
+
+    def _ready(self) -> tuple[dict[str, int], list[Request]]:
+        counts, requests = {}, []
+        for queue in self.queues:
+            counts[queue] = 0
+            for key in priority_keys(queue):
+                found = self._list_requests(key)
+                counts[queue] += len(found)
+                requests.extend(found)
+        return counts, requests
+
+    def _list_requests(self, key: str) -> list[Request]:
+        length = self.redis.llen(key)
+        if not length:
+            return []
+        read = [message_request(_load(raw)) for raw in self.redis.lrange(key, 0, MAX_SCAN - 1)]
+        if length > len(read) and read:
+            mean = Request("", sum(r.cpus for r in read) / len(read), sum(r.memory for r in read) // len(read))
+            read.extend([mean] * (length - len(read)))
+        return read
+
+    def _unacked(self) -> dict[str, list[Request]]:
+        by_queue: dict[str, list[Request]] = {}
+        for _tag, raw in self.redis.hscan_iter(UNACKED, count=1000):
+            entry = _load(raw)
+            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], dict)):
+                continue
+            message, _exchange, routing_key = entry
+            by_queue.setdefault(routing_key, []).append(message_request(message))
+        return by_queue
+
+
+class ListLengthMetrics(BrokerMetrics):
+    """KEDA's signal, for comparison: LLEN of each bare queue, nothing else."""
+
+    def _read(self) -> Observation:
+        queues, waiting = [], []
+        for queue in self.queues:
+            length = self.redis.llen(queue)
+            queues.append(QueueDepth(queue, length))
+            waiting.extend([default_request()] * length)
+        return Observation(time.time(), tuple(queues), Demand(tuple(waiting)), read_agents(self.redis))
+
+
+def read_agents(client: redis.Redis) -> dict[str, AgentState]:
+    """Every agent whose published state has not expired, by hostname."""
+    names = client.zrange(keys.AGENTS, 0, -1)
+    if not names:
+        return {}
+    states = {}
+    for raw in client.mget([keys.agent(name) for name in names]):
+        if raw:
+            try:
+                state = AgentState.parse(json.loads(raw))
+            except (ValueError, KeyError, TypeError):
+                continue
+            states[state.hostname] = state
+    return states
+
+
+def _load(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise MetricError(f"not a kombu message: {raw[:80]!r}") from exc

@@ -1,0 +1,90 @@
+"""Telling people why the fleet scaled: the log, and the decisions list in Redis.
+
+``jobyard status`` reads :data:`tasks.keys.DECISIONS` (newest first, JSON per entry);
+a job that fits no host gets a TTL'd reason at :func:`tasks.keys.unfit`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import redis
+
+from tasks import keys
+from tasks.units import format_memory
+
+from .action import HOLD
+from .loop import Tick
+
+log = logging.getLogger("autoscaler")
+
+#: Decisions kept in Redis.
+DECISIONS_KEPT = 100
+#: Seconds an unfit reason outlives the last poll that saw the job.
+UNFIT_TTL = 60
+
+
+class DecisionLog:
+    """Logs every action, and a hold whenever its reason changes."""
+
+    def __init__(self, logger: logging.Logger = log):
+        self.logger = logger
+        self._last_hold = ""
+
+    def observe(self, tick: Tick) -> None:
+        """Log ``tick``'s decision with its backlog."""
+        action = tick.action
+        summary = (f"ready={tick.observation.ready} in_flight={tick.observation.in_flight} "
+                   f"running={tick.observation.running} hosts={tick.current}/{tick.desired}")
+        if tick.removed:
+            self.logger.info("removed drained host(s) %s", ", ".join(tick.removed))
+        if action.direction != HOLD:
+            self.logger.info("%s (%s)", action.describe(), summary)
+            self._last_hold = ""
+        elif _kind(action.reason) != self._last_hold:
+            self._last_hold = _kind(action.reason)
+            self.logger.info("%s (%s)", action.describe(), summary)
+
+
+def _kind(reason: str) -> str:
+    # Holds whose reasons differ only in counts or seconds are the same hold.
+    return "".join(c for c in reason.split(":")[0] if not c.isdigit())
+
+
+class RedisReporter:
+    """Pushes decisions to :data:`tasks.keys.DECISIONS` and marks unfit jobs."""
+
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+        self._last = None
+
+    def observe(self, tick: Tick) -> None:
+        """Push actions, removals and changed holds; refresh unfit reasons."""
+        try:
+            self._push(tick)
+            self._unfit(tick)
+        except redis.RedisError as exc:
+            log.warning("could not publish the decision: %s", exc)
+
+    def _push(self, tick: Tick) -> None:
+        key = (tick.action.direction, _kind(tick.action.reason), tick.removed)
+        if tick.action.direction == HOLD and not tick.removed and key == self._last:
+            return
+        self._last = key
+        entry = {**tick.row(), "hosts": list(tick.action.hosts), "removed": list(tick.removed)}
+        pipe = self.redis.pipeline()
+        pipe.lpush(keys.DECISIONS, json.dumps(entry))
+        pipe.ltrim(keys.DECISIONS, 0, DECISIONS_KEPT - 1)
+        pipe.execute()
+
+    def _unfit(self, tick: Tick) -> None:
+        if not tick.unfit:
+            return
+        pipe = self.redis.pipeline()
+        for request in tick.unfit:
+            if request.task_id:
+                pipe.set(keys.unfit(request.task_id),
+                         f"requests cpus={request.cpus:g} memory={format_memory(request.memory)}, larger than "
+                         f"any host the autoscaler can add; it will not scale for this job", ex=UNFIT_TTL)
+        pipe.execute()
