@@ -61,12 +61,16 @@ def submit(image, argv, name, memory, cpus, timeout, queue, count, wait):
 
 
 def _wait(results):
-    from .submit import wait_all
+    from .submit import ProgressLines, wait_all
 
     if len(results) == 1:
         return wait_all(results)
-    with click.progressbar(length=len(results), label=f"waiting for {len(results)} jobs",
-                           show_pos=True, file=sys.stderr) as bar:
+    label = f"waiting for {len(results)} jobs"
+    if not sys.stderr.isatty():  # click's bar hides itself off a terminal: print counts instead
+        progress = ProgressLines(len(results), lambda line: click.echo(line, err=True))
+        click.echo(label, err=True)
+        return wait_all(results, on_progress=progress.update)
+    with click.progressbar(length=len(results), label=label, show_pos=True, file=sys.stderr) as bar:
         return wait_all(results, on_progress=bar.update)
 
 

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 USER_ENV = "JOBYARD_FLOWER_USER"
 PASSWORD_ENV = "JOBYARD_FLOWER_PASSWORD"
 #: The columns Flower's tasks table shows for jobyard jobs.
-TASK_COLUMNS = "name,uuid,state,args,kwargs,result,exception,received,runtime,worker"
+TASK_COLUMNS = "name,uuid,state,args,kwargs,result,received,runtime,worker,exception"
 
 
 @dataclass(frozen=True)

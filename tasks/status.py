@@ -213,12 +213,17 @@ def render(status: FleetStatus, now: float | None = None) -> str:
 
 
 def _decision_row(decision: dict[str, Any], now: float) -> tuple[str, str, str, str]:
-    when = decision.get("time", decision.get("at"))
+    # Fields as autoscaler.report.RedisReporter writes them (Tick.row()).
+    when = decision.get("time")
     age = f"{now - float(when):.0f}s ago" if isinstance(when, (int, float)) else str(when or "")
-    current, desired = decision.get("current"), decision.get("desired", decision.get("target"))
-    hosts = f"{current} -> {desired}" if current is not None and desired is not None else str(
-        decision.get("count", desired if desired is not None else ""))
-    return age, str(decision.get("direction", decision.get("action", ""))), hosts, str(decision.get("reason", ""))
+    direction = str(decision.get("decision", ""))
+    if decision.get("count"):
+        direction += f" {decision['count']}"
+    hosts = f"{decision.get('hosts_current', '?')} -> {decision.get('hosts_desired', '?')}"
+    named = decision.get("hosts")
+    if named and isinstance(named, list):
+        hosts += f" [{', '.join(map(str, named))}]"
+    return age, direction, hosts, str(decision.get("reason", ""))
 
 
 def _json(raw: Any) -> Any:

@@ -85,6 +85,23 @@ def wait_all(results: Sequence[AsyncResult], on_progress: Callable[[int], None] 
             for r in results]
 
 
+class ProgressLines:
+    """A progress counter for logs: ``done 3/10``, at most every ``every`` seconds, and at the end."""
+
+    def __init__(self, total: int, write: Callable[[str], None], every: float = 2.0):
+        self.total, self.write, self.every = total, write, every
+        self.done = 0
+        self.last = 0.0
+
+    def update(self, finished: int) -> None:
+        """Count ``finished`` more jobs, printing a line when due."""
+        self.done += finished
+        now = time.monotonic()
+        if self.done >= self.total or now - self.last >= self.every:
+            self.last = now
+            self.write(f"done {self.done}/{self.total}")
+
+
 def summary(ends: Sequence[Ended]) -> str:
     """A table of every job's end and one line of totals by outcome."""
     table = render_table(["task id", "outcome", "exit code", "detail"],

@@ -1,0 +1,162 @@
+"""``jobyard status``, ``job``, ``logs`` and ``submit`` against a live agent."""
+
+import json
+import threading
+import time
+
+from click.testing import CliRunner
+
+from tasks import keys
+from tasks.cli import main
+from tests.conftest import BUSYBOX_IMAGE, wait_for
+
+
+def run(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_status_shows_the_live_host_and_a_queue_backlog(obs_agent, redis_client):
+    from sample_jobs import add
+
+    waiting = add.apply_async((1, 2), queue="obs-backlog", memory="96Mi", cpus=0.25)
+    text = run("status")
+    assert "QUEUES" in text and "HOSTS" in text and "AUTOSCALER DECISIONS" in text
+    host_line = next(line for line in text.splitlines() if line.startswith(obs_agent.hostname))
+    assert "default" in host_line and "/2 " in host_line and "/2Gi" in host_line and "s ago" in host_line
+    backlog = next(line for line in text.splitlines() if line.startswith("obs-backlog "))
+    assert backlog.split()[1:3] == ["1", "0"], "1 ready, 0 in flight"
+    assert backlog.split()[-2:] == ["0.25", "96Mi"], "demand is the waiting job's request"
+
+    data = json.loads(run("status", "--json"))
+    queue = next(q for q in data["queues"] if q["queue"] == "obs-backlog")
+    assert queue["ready"] == 1 and queue["demand_memory"] == 96 * 1024**2
+    host = next(h for h in data["hosts"] if h["hostname"] == obs_agent.hostname)
+    assert host["capacity_cpus"] == 2 and host["capacity_memory"] == 2 * 1024**3 and not host["draining"]
+    assert host["heartbeat_age"] < 10
+    waiting.revoke()
+    redis_client.delete("obs-backlog")
+
+
+def test_status_counts_a_running_job_in_flight_and_reserved(obs_agent):
+    from sample_jobs import sleep_for
+
+    job = sleep_for.apply_async((3,), memory="200Mi")
+    wait_for(lambda: json.loads(run("status", "--json"))["queues"][0]["in_flight"] == 1, timeout=20,
+             message="the job in flight")
+    data = json.loads(run("status", "--json"))
+    host = next(h for h in data["hosts"] if h["hostname"] == obs_agent.hostname)
+    assert host["running"] == 1 and host["reserved_memory"] == 200 * 1024**2
+    assert job.get(timeout=30) == 3
+
+
+def test_status_explains_jobs_that_fit_no_host_and_the_autoscalers_decisions(obs_agent, redis_client):
+    from sample_jobs import add
+
+    queue = "obs-small-hosts"
+    # A host of 1 CPU / 1Gi serving the queue: no agent takes from it, so the job waits.
+    redis_client.set(keys.agent("obs-small"), json.dumps({
+        "hostname": "obs-small", "queues": [queue], "capacity": {"cpus": 1, "memory": 1024**3},
+        "reserved": {"cpus": 0, "memory": 0}, "running": [], "waiting": [], "draining": False,
+        "heartbeat": time.time()}), ex=60)
+    redis_client.zadd(keys.AGENTS, {"obs-small": time.time()})
+    too_big = add.apply_async((1, 1), queue=queue, memory="4Gi")
+    recorded = "requests cpus=1 memory=8Gi, larger than any host the autoscaler can add"
+    redis_client.set(keys.unfit("recorded-by-autoscaler"), recorded, ex=60)
+    redis_client.lpush(keys.DECISIONS, json.dumps({
+        "time": time.time() - 5, "decision": "out", "count": 2, "hosts_current": 1, "hosts_desired": 3,
+        "reason": "3 waiting pack onto 3 host(s)", "hosts": ["h-1", "h-2"], "removed": []}))
+    try:
+        text = run("status")
+        unfit = next(line for line in text.splitlines() if line.startswith(too_big.id))
+        assert queue in unfit and "asks for 0.5 cpus, 4Gi; the largest host on queue" in unfit
+        assert "1 cpus, 1Gi" in unfit and unfit.rstrip().endswith("status")
+        assert any(line.startswith("recorded-by-autoscaler") and recorded in line for line in text.splitlines())
+        decision = next(line for line in text.splitlines() if "pack onto 3 host(s)" in line)
+        assert "out 2" in decision and "1 -> 3 [h-1, h-2]" in decision and "s ago" in decision
+    finally:
+        too_big.revoke()
+        redis_client.delete(keys.agent("obs-small"), queue, keys.DECISIONS, keys.unfit("recorded-by-autoscaler"))
+        redis_client.zrem(keys.AGENTS, "obs-small")
+
+
+def test_job_shows_container_facts(batch):
+    text = run("job", batch.oom.id)
+    assert text.startswith(f"sample_jobs.balloon  {batch.oom.id}")
+    rows = dict(line.split(None, 1) for line in text.splitlines()[3:])
+    assert rows["exit_code"].strip() == "137" and rows["oom_killed"].strip() == "true"
+    assert rows["memory_limit"].strip() == "64Mi" and rows["peak_memory"].strip() == "64Mi"
+    assert rows["image"].strip() == "jobyard-test/python:latest" and rows["attempt"].strip() == "1"
+    assert len(rows["container"].strip()) == 12
+    assert json.loads(run("job", batch.oom.id, "--json"))["exit_code"] == 137
+
+
+def test_logs_of_a_finished_job_after_its_container_is_gone(batch, docker_client):
+    assert not docker_client.containers.list(all=True, filters={"label": f"jobyard.job={batch.success.id}"})
+    assert run("logs", batch.success.id) == "adding 20 and 22\n"
+
+
+def test_logs_follow_a_running_job_to_its_end(obs_agent):
+    from tasks import command_job
+
+    ticker = command_job("obs.ticker", image=BUSYBOX_IMAGE, memory="16Mi",
+                         command=["sh", "-c", "echo first; sleep 2; echo second; sleep 1; echo third"])
+    job = ticker.delay()
+    wait_for(lambda: _running_in_docker(job.id), timeout=20, message="the ticker's container")
+    assert run("logs", job.id).startswith("first"), "a running job's output comes from its container"
+    done = threading.Event()
+    job_thread = threading.Thread(target=lambda: (job.get(timeout=30), done.set()))
+    job_thread.start()
+    output = run("logs", "--follow", "--timeout", "30", job.id)
+    assert output == "first\nsecond\nthird\n"
+    job_thread.join(30)
+    assert done.is_set()
+
+
+def _running_in_docker(task_id: str) -> bool:
+    from tasks.logs import local_container
+
+    container = local_container(task_id)
+    return container is not None and container.status == "running"
+
+
+def test_logs_of_an_unknown_job_is_a_clear_error(redis_server):
+    result = CliRunner().invoke(main, ["logs", "no-such-job"])
+    assert result.exit_code == 1 and "no job no-such-job" in result.output
+
+
+def test_submit_one_command_and_wait_prints_its_output(obs_agent):
+    result = CliRunner().invoke(main, ["submit", BUSYBOX_IMAGE, "--memory", "16Mi", "--wait", "--",
+                                       "echo", "hello", "from the shell"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "hello from the shell\n"
+
+
+def test_submit_a_failing_command_reports_its_exit_code(obs_agent):
+    result = CliRunner().invoke(main, ["submit", BUSYBOX_IMAGE, "--memory", "16Mi", "--wait", "--",
+                                       "sh", "-c", "echo oops; exit 3"])
+    assert result.exit_code == 1
+    assert result.stdout == "oops\n"
+    assert "failed: cli.sh exited with code 3: oops" in result.stderr
+
+
+def test_submit_many_shows_progress_and_a_summary(obs_agent):
+    result = CliRunner().invoke(main, ["submit", BUSYBOX_IMAGE, "--memory", "16Mi", "--cpus", "0.25",
+                                       "--count", "4", "--wait", "--", "echo", "batch"])
+    assert result.exit_code == 0, result.output
+    assert "waiting for 4 jobs" in result.stderr and result.stderr.rstrip().endswith("done 4/4")
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["TASK", "ID", "OUTCOME", "EXIT", "CODE", "DETAIL"]
+    rows = [line.split() for line in lines[2:6]]
+    assert all(row[1:] == ["succeeded", "0", "batch"] for row in rows), result.stdout
+    assert lines[-1] == "4 succeeded"
+
+
+def test_submit_without_wait_prints_task_ids(obs_agent):
+    from celery.result import AsyncResult
+
+    output = run("submit", BUSYBOX_IMAGE, "--memory", "16Mi", "--count", "2", "--", "true")
+    ids = output.split()
+    assert len(ids) == 2
+    assert [AsyncResult(i).get(timeout=30)["exit_code"] for i in ids] == [0, 0]
