@@ -32,6 +32,7 @@ def run_worker(agent: Agent, loglevel: str = "INFO") -> int:
         without_mingle=True,
         without_gossip=True,
         optimization="fair",
+        consumer_cls="executor.intake:IntakeConsumer",
     )
     try:
         worker.start()

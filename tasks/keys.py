@@ -59,3 +59,8 @@ AUTOSCALER_SHAPE = f"{PREFIX}:autoscaler:shape"
 def attempts(task_id: str) -> str:
     """Counter of container starts for a job: its attempt number."""
     return f"{PREFIX}:attempts:{task_id}"
+
+
+def rejected() -> str:
+    """Capped list of raw messages agents refused (JSON: reason, queue, host, raw), newest first."""
+    return f"{PREFIX}:rejected"

@@ -90,7 +90,12 @@ class JobSpec:
         """Rebuild a spec from its wire form, validating everything."""
         if not isinstance(data, dict):
             raise _fail("spec", "missing or not an object")
-        return cls.build(**data)
+        try:
+            return cls.build(**data)
+        except InvalidJobSpec:
+            raise
+        except (TypeError, ValueError, AttributeError) as exc:  # e.g. a required field missing
+            raise _fail("spec", f"malformed: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON wire form."""

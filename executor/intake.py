@@ -1,0 +1,295 @@
+"""What an agent accepts from its queues, and where it puts what it refuses.
+
+Celery and kombu trust the queue. A raw Redis list item that is not JSON, or whose
+envelope is not kombu's, raises inside the worker's event loop and kills the agent;
+a message that breaks Celery after kombu recorded it as unacked comes back after
+the restart and kills it again. So the agent screens every message twice before
+anything runs:
+
+1. :class:`IntakeChannel` screens the raw item straight off BRPOP/RPOP: the size
+   cap, JSON, kombu's envelope. What it refuses never reaches kombu.
+2. :class:`IntakeConsumer` screens the decoded message: Celery's own refusals
+   (undecodable body, a disallowed content type such as pickle, an unknown task or
+   format) and jobyard's (a ``jobyard.run`` call without its spec header, arguments
+   that are not a list, ...).
+
+Each refused message is logged once, set aside with its reason in the capped list
+:func:`tasks.keys.rejected`, and acknowledged, so it never comes back. A refused
+call that names a task id gets a failed result, so a caller waiting on it sees a
+terminal state. A well-formed call whose spec is invalid still reaches the task,
+which ends it with ``InvalidJobSpec``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from celery.exceptions import NotRegistered
+from celery.utils.collections import AttributeDict
+from celery.worker.consumer import Consumer
+from kombu.exceptions import ContentDisallowed, DecodeError
+from kombu.transport import redis as kombu_redis
+from vine import promise
+
+from tasks import keys
+from tasks.app import RUN_TASK, SPEC_HEADER
+from tasks.errors import InvalidJobSpec
+
+log = logging.getLogger(__name__)
+
+#: Rejected messages kept, newest first.
+REJECTED_KEEP = 1000
+#: Bytes of each rejected raw message kept for inspection.
+SAMPLE_BYTES = 16 * 1024
+#: The default cap on one raw message, as a multiple of the call payload cap: the
+#: body is base64 (4/3) and headers carry the spec and canvas callbacks.
+MESSAGE_CAP_FACTOR = 4
+
+
+def message_cap(app) -> int:
+    """The largest raw message an agent accepts: ``JOBYARD_MAX_MESSAGE`` bytes."""
+    configured = os.environ.get("JOBYARD_MAX_MESSAGE")
+    if configured:
+        return int(configured)
+    return MESSAGE_CAP_FACTOR * app.jobyard_settings.max_payload
+
+
+def raw_problem(raw: bytes, cap: int) -> str | None:
+    """Why a raw queue item is not a message kombu can take, or None."""
+    if len(raw) > cap:
+        return f"oversized: {len(raw)} bytes, over the {cap}-byte cap"
+    try:
+        payload = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except ValueError as exc:
+        return f"not JSON: {exc}"
+    return envelope_problem(payload)
+
+
+def envelope_problem(payload: Any) -> str | None:
+    """Why a decoded item is not a kombu Redis envelope, or None."""
+    if not isinstance(payload, dict):
+        return f"envelope is a JSON {type(payload).__name__}, not an object"
+    properties = payload.get("properties")
+    if not isinstance(properties, dict):
+        return "envelope has no properties object"
+    tag = properties.get("delivery_tag")
+    if not isinstance(tag, str) or not 0 < len(tag) <= 200:
+        return "envelope has no delivery_tag string"
+    info = properties.get("delivery_info")
+    if not isinstance(info, dict) or not all(isinstance(info.get(k), str) for k in ("exchange", "routing_key")):
+        return "envelope has no delivery_info with exchange and routing_key"
+    for name in ("content-type", "content-encoding"):
+        if payload.get(name) is not None and not isinstance(payload[name], str):
+            return f"envelope {name} is not a string"
+    if payload.get("headers") is not None and not isinstance(payload["headers"], dict):
+        return "envelope headers are not an object"
+    return body_problem(payload.get("body"), properties.get("body_encoding"))
+
+
+def body_problem(body: Any, encoding: Any) -> str | None:
+    """Why an envelope's body cannot be decoded, or None."""
+    if body is None:
+        return None
+    if not isinstance(body, str):
+        return "envelope body is not a string"
+    if encoding not in (None, "base64"):
+        return f"unknown body_encoding {encoding!r}"
+    if encoding == "base64":
+        try:
+            base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            return "envelope body is not base64"
+    return None
+
+
+def call_problem(headers: dict, body: Any) -> str | None:
+    """Why a decoded ``jobyard.run`` message is not a job call, or None.
+
+    The spec's own fields are not checked here: the task validates them and ends
+    the job with ``InvalidJobSpec``, which its caller sees.
+    """
+    if not isinstance(headers.get(SPEC_HEADER), dict):
+        return f"no {SPEC_HEADER} header object"
+    if not (isinstance(body, (list, tuple)) and len(body) == 3):
+        return "body is not [args, kwargs, embed]"
+    args, kwargs, embed = body
+    if not isinstance(args, list):
+        return f"args is a {type(args).__name__}, not a list"
+    if not isinstance(kwargs, dict):
+        return f"kwargs is a {type(kwargs).__name__}, not an object"
+    if embed is not None and not isinstance(embed, dict):
+        return "embed is not an object"
+    retries = headers.get("retries")
+    if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
+        return "retries is not a non-negative integer"
+    return None
+
+
+def headers_problem(headers: Any) -> str | None:
+    """Why a message's headers cannot name a task, or None."""
+    if not isinstance(headers, dict):
+        return "no headers object"
+    if not isinstance(headers.get("task"), str) or not isinstance(headers.get("id"), str):
+        return "headers lack task and id strings"
+    return None
+
+
+def rejection(raw: bytes, reason: str, queue: str | None, host: str | None) -> str:
+    """The JSON record set aside for one refused message."""
+    sample = raw[:SAMPLE_BYTES]
+    try:
+        text, encoding = sample.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(sample).decode(), "base64"
+    return json.dumps({"reason": reason, "queue": queue, "host": host, "at": time.time(), "size": len(raw),
+                       "truncated": len(raw) > SAMPLE_BYTES, "raw_encoding": encoding, "raw": text})
+
+
+class IntakeChannel(kombu_redis.Channel):
+    """kombu's Redis channel, refusing raw items that are not messages it can take."""
+
+    from_transport_options = kombu_redis.Channel.from_transport_options + ("max_message", "intake_host")
+    max_message = 4 * 1024 * 1024
+    intake_host = None
+
+    def _get_client(self):
+        factory = super()._get_client()
+
+        def client(**kwargs):
+            made = factory(**kwargs)
+            made.parse_response = self._screening(made.parse_response)
+            return made
+
+        return client
+
+    def _screening(self, parse_response):
+        # kombu hands BRPOP/RPOP replies straight to json.loads and its envelope
+        # code; screening the reply is the last point before either can raise.
+        def screened(connection, command_name, **options):
+            response = parse_response(connection, command_name, **options)
+            if command_name == "BRPOP" and response:
+                queue, item = response
+                return response if self._admit(item, _text(queue)) else None
+            if command_name == "RPOP" and isinstance(response, (bytes, str)):
+                return response if self._admit(response, None) else None
+            return response
+
+        return screened
+
+    def _admit(self, item: bytes | str, queue: str | None) -> bool:
+        raw = item.encode() if isinstance(item, str) else item
+        problem = raw_problem(raw, int(self.max_message))
+        if problem is None:
+            return True
+        self.set_aside(raw, problem, queue)
+        return False
+
+    def set_aside(self, raw: bytes, reason: str, queue: str | None) -> None:
+        """Log a refused message once and keep it, with ``reason``, in the rejected list."""
+        log.warning("refused a message from queue %s (%d bytes): %s; set aside in %s",
+                    queue, len(raw), reason, keys.rejected())
+        try:
+            with self.conn_or_acquire() as client:
+                client.pipeline().lpush(keys.rejected(), rejection(raw, reason, queue, self.intake_host)) \
+                    .ltrim(keys.rejected(), 0, REJECTED_KEEP - 1).execute()
+        except self.connection_errors as exc:
+            log.warning("could not set the refused message aside: %s", exc)
+
+
+class IntakeTransport(kombu_redis.Transport):
+    """kombu's Redis transport with :class:`IntakeChannel`."""
+
+    Channel = IntakeChannel
+
+
+class IntakeConsumer(Consumer):
+    """Celery's worker consumer, refusing bad messages once instead of crashing.
+
+    Set as the agent's ``consumer_cls``; see the module docstring.
+    """
+
+    def connection_for_read(self, heartbeat=None):
+        options = {"max_message": message_cap(self.app), "intake_host": self.hostname}
+        return self.ensure_connected(self.app.connection_for_read(
+            heartbeat=heartbeat, transport=IntakeTransport, transport_options=options))
+
+    def on_decode_error(self, message, exc):
+        self.refuse(message, f"undecodable body: {exc}")
+
+    def on_unknown_message(self, body, message):
+        self.refuse(message, "not a task message")
+
+    def on_unknown_task(self, body, message, exc):
+        name = (message.headers or {}).get("task")
+        self.refuse(message, f"unknown task {name!r}", NotRegistered(name))
+
+    def on_invalid_task(self, body, message, exc):
+        reason = "content type refused" if isinstance(exc, ContentDisallowed) else "invalid task message"
+        self.refuse(message, f"{reason}: {exc}")
+
+    def create_task_handler(self, promise=promise):
+        handle = super().create_task_handler(promise)
+
+        def on_task_received(message):
+            try:
+                problem = self._screen(message)
+            except ContentDisallowed as exc:
+                return self.on_invalid_task(None, message, exc)
+            except DecodeError as exc:
+                return self.on_decode_error(message, exc)
+            if problem:
+                return self.refuse(message, problem, InvalidJobSpec(problem, field="call"))
+            try:
+                return handle(message)
+            except self.connection_errors:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the agent
+                if message.acknowledged:
+                    raise
+                return self.refuse(message, f"broke the consumer: {exc!r}")
+
+        return on_task_received
+
+    @staticmethod
+    def _screen(message) -> str | None:
+        problem = headers_problem(message.headers)
+        if problem or message.headers["task"] != RUN_TASK:
+            return problem
+        return call_problem(message.headers, message.decode())
+
+    def refuse(self, message, reason: str, error: Exception | None = None) -> None:
+        """Set ``message`` aside with ``reason``, acknowledge it, and fail its task id."""
+        raw = json.dumps(getattr(message, "_raw", None) or {"body": _text(message.body)}).encode()
+        queue = (message.delivery_info or {}).get("routing_key")
+        if isinstance(message.channel, IntakeChannel):
+            message.channel.set_aside(raw, reason, queue)
+        else:
+            log.warning("refused a message from queue %s: %s", queue, reason)
+        message.reject_log_error(log, self.connection_errors)
+        if error is not None:
+            self._fail(message.headers, error)
+
+    def _fail(self, headers: Any, error: Exception) -> None:
+        task_id = headers.get("id") if isinstance(headers, dict) else None
+        if not isinstance(task_id, str):
+            return
+        request = AttributeDict(name=headers.get("task"), chord=None, root_id=headers.get("root_id"),
+                                correlation_id=task_id, reply_to=None, errbacks=None)
+        try:
+            self.app.backend.mark_as_failure(task_id, error, request=request)
+        except Exception as exc:  # noqa: BLE001 - the refusal stands even if the backend is down
+            log.warning("could not record the failure of refused message %s: %s", task_id, exc)
+        if self.event_dispatcher:
+            self.event_dispatcher.send("task-failed", uuid=task_id, exception=repr(error))
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
