@@ -1,0 +1,124 @@
+"""deploy/docker-compose.yml end to end with Debian's docker-compose: the image built
+from local files, Redis with a password and AOF, an agent running jobs on this host's
+engine, Flower behind basic auth, the autoscaler; jobs submitted from this host.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import redis
+import requests
+
+from tasks import keys
+from tests.conftest import PYTHON_IMAGE, wait_for
+
+from .conftest import IMAGE_UID, submit
+
+pytestmark = pytest.mark.slow
+
+JOBS = """
+import json
+from celery import group
+from sample_jobs import add, balloon
+from tasks.errors import ContainerOOMKilled
+
+outcome = {"add": add.delay(2, 3).get(timeout=120),
+           "group": group(add.s(i, i) for i in range(4))().get(timeout=120)}
+try:
+    outcome["oom"] = balloon.apply_async((300,), memory="64Mi").get(timeout=120)
+except ContainerOOMKilled as exc:
+    outcome["oom"] = {"error": type(exc).__name__, "exit_code": exc.exit_code,
+                      "memory_limit": exc.memory_limit, "host": exc.details.get("host")}
+print(json.dumps(outcome))
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(compose_stack, docker_client, python_image):
+    """The stack, up, with its agent registered in Redis."""
+    compose_stack.compose("up", "-d")
+    client = redis.Redis.from_url(compose_stack.broker_url, decode_responses=True)
+    agents = wait_for(lambda: client.keys(keys.agent("*")), timeout=60, interval=0.5,
+                      message="the compose agent to publish its state")
+    compose_stack.agent_name = agents[0].removeprefix(keys.agent(""))
+    compose_stack.redis = client
+    return compose_stack
+
+
+def test_image_runs_as_non_root_and_bakes_in_no_secrets(jobyard_image, docker_client):
+    config = docker_client.images.get(jobyard_image).attrs["Config"]
+    assert config["User"] == f"{IMAGE_UID}:{IMAGE_UID}"
+    for variable in config["Env"]:
+        name, _, value = variable.partition("=")
+        assert "PASSWORD" not in name and "BROKER" not in name and "redis://" not in value, variable
+    output = docker_client.containers.run(jobyard_image, ["jobyard", "--version"], remove=True,
+                                          network_mode="none")
+    assert b"jobyard, version" in output
+
+
+def test_redis_keeps_an_aof_and_refuses_clients_without_the_password(stack, docker_client):
+    assert stack.redis.config_get("appendonly") == {"appendonly": "yes"}
+    assert stack.redis.config_get("appendfsync") == {"appendfsync": "everysec"}
+    anonymous = redis.Redis(port=int(stack.settings["JOBYARD_REDIS_PORT"]), socket_timeout=5)
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
+    (server,) = stack.containers(docker_client, "redis")
+    bindings = server.attrs["HostConfig"]["PortBindings"]["6379/tcp"]
+    assert [b["HostIp"] for b in bindings] == ["127.0.0.1"], "Redis must be published on loopback only"
+
+
+def test_only_the_agent_and_the_autoscaler_get_the_docker_socket(stack, docker_client):
+    holders = set()
+    for container in stack.containers(docker_client):
+        sources = {mount["Source"] for mount in container.attrs["Mounts"]}
+        if "/var/run/docker.sock" in sources:
+            holders.add(container.labels["com.docker.compose.service"])
+    assert holders == {"agent", "autoscaler"}
+    (agent,) = stack.containers(docker_client, "agent")
+    assert agent.attrs["Config"]["User"] == f"{IMAGE_UID}:{IMAGE_UID}"
+    assert agent.attrs["HostConfig"]["ReadonlyRootfs"] and agent.attrs["HostConfig"]["CapDrop"] == ["ALL"]
+
+
+def test_jobs_from_this_host_come_back_and_an_oom_is_reported(stack, docker_client):
+    outcome = submit(stack, JOBS)
+    assert outcome["add"] == 5
+    assert outcome["group"] == [0, 2, 4, 6]
+    assert outcome["oom"] == {"error": "ContainerOOMKilled", "exit_code": 137,
+                              "memory_limit": 64 * 1024**2, "host": stack.agent_name}
+    assert not docker_client.containers.list(all=True, filters={"label": f"jobyard.agent={stack.agent_name}"}), \
+        "job containers must be gone once their jobs ended"
+    state = json.loads(stack.redis.get(keys.agent(stack.agent_name)))
+    assert state["running"] == [] and state["capacity"]["cpus"] == 2
+
+
+def test_flower_requires_basic_auth_and_sees_the_agent(stack):
+    assert requests.get(stack.flower_url + "/", timeout=10).status_code == 401
+    wrong = (stack.settings["JOBYARD_FLOWER_USER"], "not-the-password")
+    assert requests.get(stack.flower_url + "/", auth=wrong, timeout=10).status_code == 401
+    auth = (stack.settings["JOBYARD_FLOWER_USER"], stack.settings["JOBYARD_FLOWER_PASSWORD"])
+    workers = wait_for(lambda: requests.get(stack.flower_url + "/api/workers", auth=auth, timeout=10).json(),
+                       timeout=30, interval=1, message="Flower to list the agent's worker")
+    assert f"jobyard@{stack.agent_name}" in workers
+
+
+def test_the_autoscaler_runs_and_reports_to_redis(stack, docker_client):
+    (autoscaler,) = stack.containers(docker_client, "autoscaler")
+    wait_for(lambda: stack.redis.exists(keys.DECISIONS), timeout=60, interval=1,
+             message=f"the autoscaler's first decision (logs: {autoscaler.logs(tail=20)!r})")
+    autoscaler.reload()
+    assert autoscaler.status == "running" and autoscaler.attrs["RestartCount"] == 0
+
+
+def test_down_leaves_nothing_behind(stack, docker_client):
+    started = time.monotonic()
+    stack.down()
+    assert time.monotonic() - started < 60
+    assert not stack.containers(docker_client)
+    project = {"label": f"com.docker.compose.project={stack.project}"}
+    assert not docker_client.networks.list(filters=project)
+    assert not docker_client.volumes.list(filters=project)
+    assert not docker_client.containers.list(all=True, filters={"label": f"jobyard.agent={stack.agent_name}"})
+    assert docker_client.images.get(PYTHON_IMAGE), "down must not touch the host's job images"
