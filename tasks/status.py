@@ -92,13 +92,14 @@ def collect(client: redis.Redis, broker: str, queues: Iterable[str] = (),
     names = known_queues(client, hosts, queues)
     status = FleetStatus(broker, hosts=hosts, decisions=read_decisions(client, decisions))
     computed: list[UnfitRow] = []
+    shape = _json(client.get(keys.AUTOSCALER_SHAPE))
     for queue in names:
         observation = BrokerMetrics(client, [queue]).read()
         depth = observation.queues[0]
         demand = observation.demand
         status.queues.append(QueueRow(queue, depth.ready, depth.in_flight, depth.running, len(demand.waiting),
                                       demand.cpus, demand.memory))
-        computed.extend(unfit_requests(queue, demand.waiting, hosts))
+        computed.extend(unfit_requests(queue, demand.waiting, hosts, shape if isinstance(shape, dict) else None))
     status.unfit = merge_unfit(read_recorded_unfit(client), computed)
     return status
 
@@ -138,8 +139,13 @@ def _host_row(state: dict[str, Any], draining: set[str], now: float) -> HostRow:
         heartbeat_age=max(0.0, now - float(state.get("heartbeat") or now)))
 
 
-def unfit_requests(queue: str, waiting: Iterable[Any], hosts: list[HostRow]) -> list[UnfitRow]:
-    """Waiting requests larger than every live host that consumes ``queue``."""
+def unfit_requests(queue: str, waiting: Iterable[Any], hosts: list[HostRow],
+                   shape: dict[str, Any] | None = None) -> list[UnfitRow]:
+    """Waiting requests larger than every live host that consumes ``queue``.
+
+    ``shape`` is the host the autoscaler adds (``{"cpus", "memory", "queues"}``); a
+    job that fits it is still listed, with the note that it waits for a scale-out.
+    """
     consumers = [h for h in hosts if queue in h.queues and not h.draining]
     if not consumers:
         return []
@@ -154,8 +160,19 @@ def unfit_requests(queue: str, waiting: Iterable[Any], hosts: list[HostRow]) -> 
         if not fits:
             reason = (f"asks for {request.cpus:g} cpus, {format_memory(request.memory)}; the largest host on "
                       f"queue {queue} has {largest_cpus:g} cpus, {format_memory(largest_memory)}")
+            if shape and _shape_holds(shape, queue, request):
+                reason += (f"; fits the hosts the autoscaler adds ({shape['cpus']:g} cpus, "
+                           f"{format_memory(int(shape['memory']))}): waiting for a scale-out")
             rows.append(UnfitRow(request.task_id, reason, "status", queue, request.cpus, request.memory))
     return rows
+
+
+def _shape_holds(shape: dict[str, Any], queue: str, request: Any) -> bool:
+    try:
+        serves = queue in (shape.get("queues") or [queue])
+        return serves and request.cpus <= float(shape["cpus"]) + 1e-9 and request.memory <= int(shape["memory"])
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def read_recorded_unfit(client: redis.Redis) -> list[UnfitRow]:

@@ -11,6 +11,13 @@ from tasks.cli import main
 from tests.conftest import BUSYBOX_IMAGE, wait_for
 
 
+def abandon(result) -> None:
+    """Revoke a job that will never run, and stop listening for its result now,
+    while Redis is up (otherwise the result's finaliser complains at exit)."""
+    result.revoke()
+    result.backend.remove_pending_result(result)
+
+
 def run(*args: str) -> str:
     result = CliRunner().invoke(main, list(args), catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -35,7 +42,7 @@ def test_status_shows_the_live_host_and_a_queue_backlog(obs_agent, redis_client)
     host = next(h for h in data["hosts"] if h["hostname"] == obs_agent.hostname)
     assert host["capacity_cpus"] == 2 and host["capacity_memory"] == 2 * 1024**3 and not host["draining"]
     assert host["heartbeat_age"] < 10
-    waiting.revoke()
+    abandon(waiting)
     redis_client.delete("obs-backlog")
 
 
@@ -43,41 +50,60 @@ def test_status_counts_a_running_job_in_flight_and_reserved(obs_agent):
     from sample_jobs import sleep_for
 
     job = sleep_for.apply_async((3,), memory="200Mi")
-    wait_for(lambda: json.loads(run("status", "--json"))["queues"][0]["in_flight"] == 1, timeout=20,
-             message="the job in flight")
-    data = json.loads(run("status", "--json"))
+
+    def admitted():
+        data = json.loads(run("status", "--json"))
+        host = next(h for h in data["hosts"] if h["hostname"] == obs_agent.hostname)
+        return data if host["running"] == 1 else None
+
+    data = wait_for(admitted, timeout=20, message="the job admitted on the agent")
     host = next(h for h in data["hosts"] if h["hostname"] == obs_agent.hostname)
-    assert host["running"] == 1 and host["reserved_memory"] == 200 * 1024**2
+    assert host["reserved_memory"] == 200 * 1024**2 and host["reserved_cpus"] == 1
+    default = next(q for q in data["queues"] if q["queue"] == "default")
+    assert default["in_flight"] == 1 and default["running"] == 1 and default["ready"] == 0
     assert job.get(timeout=30) == 3
 
 
 def test_status_explains_jobs_that_fit_no_host_and_the_autoscalers_decisions(obs_agent, redis_client):
+    from autoscaler.action import Action
+    from autoscaler.loop import Tick
+    from autoscaler.metrics import BrokerMetrics
+    from autoscaler.report import RedisReporter
+    from autoscaler.shape import HostShape, Request
     from sample_jobs import add
 
     queue = "obs-small-hosts"
-    # A host of 1 CPU / 1Gi serving the queue: no agent takes from it, so the job waits.
+    # A live host of 1 CPU / 1Gi serving the queue, as an agent publishes it; no
+    # process consumes the queue, so its jobs stay waiting.
     redis_client.set(keys.agent("obs-small"), json.dumps({
         "hostname": "obs-small", "queues": [queue], "capacity": {"cpus": 1, "memory": 1024**3},
         "reserved": {"cpus": 0, "memory": 0}, "running": [], "waiting": [], "draining": False,
         "heartbeat": time.time()}), ex=60)
     redis_client.zadd(keys.AGENTS, {"obs-small": time.time()})
-    too_big = add.apply_async((1, 1), queue=queue, memory="4Gi")
-    recorded = "requests cpus=1 memory=8Gi, larger than any host the autoscaler can add"
-    redis_client.set(keys.unfit("recorded-by-autoscaler"), recorded, ex=60)
-    redis_client.lpush(keys.DECISIONS, json.dumps({
-        "time": time.time() - 5, "decision": "out", "count": 2, "hosts_current": 1, "hosts_desired": 3,
-        "reason": "3 waiting pack onto 3 host(s)", "hosts": ["h-1", "h-2"], "removed": []}))
+    bigger = add.apply_async((1, 1), queue=queue, memory="4Gi")
+    huge = add.apply_async((1, 1), queue=queue, memory="64Gi")
+    # What the autoscaler writes on a tick: a decision, the unfit job, its host shape.
+    observation = BrokerMetrics(redis_client, [queue]).read()
+    tick = Tick(time.time() - 5, observation, 1, 3, (), Action("out", 2, "2 waiting pack onto 3 host(s)",
+                                                                 ("h-1", "h-2")),
+                unfit=(Request(huge.id, 0.5, 64 * 1024**3),))
+    RedisReporter(redis_client, HostShape(8, 8 * 1024**3), (queue,)).observe(tick)
     try:
-        text = run("status")
-        unfit = next(line for line in text.splitlines() if line.startswith(too_big.id))
-        assert queue in unfit and "asks for 0.5 cpus, 4Gi; the largest host on queue" in unfit
-        assert "1 cpus, 1Gi" in unfit and unfit.rstrip().endswith("status")
-        assert any(line.startswith("recorded-by-autoscaler") and recorded in line for line in text.splitlines())
-        decision = next(line for line in text.splitlines() if "pack onto 3 host(s)" in line)
+        lines = run("status").splitlines()
+        computed = next(line for line in lines if line.startswith(bigger.id))
+        assert queue in computed and computed.rstrip().endswith("status")
+        assert "asks for 0.5 cpus, 4Gi; the largest host on queue obs-small-hosts has 1 cpus, 1Gi" in computed
+        assert "fits the hosts the autoscaler adds (8 cpus, 8Gi): waiting for a scale-out" in computed
+        recorded = next(line for line in lines if line.startswith(huge.id))
+        assert "memory=64Gi, larger than any host the autoscaler can add" in recorded
+        assert recorded.rstrip().endswith("autoscaler")
+        decision = next(line for line in lines if "pack onto 3 host(s)" in line)
         assert "out 2" in decision and "1 -> 3 [h-1, h-2]" in decision and "s ago" in decision
     finally:
-        too_big.revoke()
-        redis_client.delete(keys.agent("obs-small"), queue, keys.DECISIONS, keys.unfit("recorded-by-autoscaler"))
+        for job in (bigger, huge):
+            abandon(job)
+        redis_client.delete(keys.agent("obs-small"), queue, keys.DECISIONS, keys.unfit(huge.id),
+                            keys.AUTOSCALER_SHAPE)
         redis_client.zrem(keys.AGENTS, "obs-small")
 
 
