@@ -6,6 +6,7 @@ Each command only parses options and prints; the work is in :mod:`tasks.submit`,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -23,6 +24,19 @@ def _client():
     from .state import state_client
 
     return state_client(_settings())
+
+
+@contextlib.contextmanager
+def _broker_errors():
+    """Turn an unreachable broker into one clear line (with the URL redacted)."""
+    import redis
+
+    from autoscaler.errors import MetricError
+
+    try:
+        yield
+    except (redis.RedisError, MetricError) as exc:
+        raise click.ClickException(f"cannot read the broker at {redact(_settings().broker_url)}: {exc}") from None
 
 
 @click.command()
@@ -83,7 +97,8 @@ def status(as_json, queues, decisions):
     """Queues, hosts, jobs that fit no host, and the autoscaler's decisions."""
     from .status import collect, render
 
-    fleet = collect(_client(), redact(_settings().broker_url), queues, decisions)
+    with _broker_errors():
+        fleet = collect(_client(), redact(_settings().broker_url), queues, decisions)
     click.echo(json.dumps(fleet.to_json(), indent=2) if as_json else render(fleet))
 
 
@@ -96,7 +111,8 @@ def job_view(task_id, as_json):
     from .state import job_facts
     from .table import render_table
 
-    facts = job_facts(task_id, _client())
+    with _broker_errors():
+        facts = job_facts(task_id, _client())
     if not facts:
         raise click.ClickException(f"no job {task_id}: unknown, expired, or not started yet")
     if as_json:
@@ -117,10 +133,11 @@ def logs(task_id, follow, timeout):
     def write(text: str) -> None:
         click.echo(text, nl=False)
 
-    if follow:
-        follow_logs(task_id, _client(), write, timeout=timeout)
-    else:
-        write(read_logs(task_id, _client()))
+    with _broker_errors():
+        if follow:
+            follow_logs(task_id, _client(), write, timeout=timeout)
+        else:
+            write(read_logs(task_id, _client()))
 
 
 @click.command()

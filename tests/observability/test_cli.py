@@ -147,6 +147,17 @@ def _running_in_docker(task_id: str) -> bool:
     return container is not None and container.status == "running"
 
 
+def test_an_unreachable_broker_is_one_clear_line_without_the_password():
+    from tests.support.services import free_port
+
+    url = f"redis://jobyard:s3cret-pw@127.0.0.1:{free_port()}/0"
+    for args in (["status"], ["job", "some-id"], ["logs", "some-id"]):
+        result = CliRunner().invoke(main, args, env={"JOBYARD_BROKER_URL": url})
+        assert result.exit_code == 1, result.output
+        assert "cannot read the broker at redis://jobyard:***@127.0.0.1:" in result.output
+        assert "s3cret-pw" not in result.output and "Traceback" not in result.output
+
+
 def test_logs_of_an_unknown_job_is_a_clear_error(redis_server):
     result = CliRunner().invoke(main, ["logs", "no-such-job"])
     assert result.exit_code == 1 and "no job no-such-job" in result.output
