@@ -36,13 +36,12 @@ class AgentMetrics(AgentObserver):
         self.host = host
         self.registry = registry or CollectorRegistry()
         labels = ["host"]
-        gauge = lambda name, doc: Gauge(name, doc, labels, registry=self.registry)  # noqa: E731
-        self.capacity_cpus = gauge("jobyard_agent_capacity_cpus", "CPUs this agent may allocate to jobs.")
-        self.capacity_memory = gauge("jobyard_agent_capacity_memory_bytes",
-                                     "Memory this agent may allocate to jobs.")
-        self.reserved_cpus = gauge("jobyard_agent_reserved_cpus", "CPUs reserved by admitted jobs.")
-        self.reserved_memory = gauge("jobyard_agent_reserved_memory_bytes", "Memory reserved by admitted jobs.")
-        self.running = gauge("jobyard_agent_running_containers", "Jobs admitted and running right now.")
+        self.capacity_cpus = self._gauge("jobyard_agent_capacity_cpus", "CPUs this agent may allocate to jobs.")
+        self.capacity_memory = self._gauge("jobyard_agent_capacity_memory_bytes",
+                                           "Memory this agent may allocate to jobs.")
+        self.reserved_cpus = self._gauge("jobyard_agent_reserved_cpus", "CPUs reserved by admitted jobs.")
+        self.reserved_memory = self._gauge("jobyard_agent_reserved_memory_bytes", "Memory reserved by admitted jobs.")
+        self.running = self._gauge("jobyard_agent_running_containers", "Jobs admitted and running right now.")
         self.start_latency = Histogram("jobyard_agent_container_start_seconds",
                                        "Time to create and start a job's container.", labels,
                                        buckets=START_BUCKETS, registry=self.registry)
@@ -53,6 +52,9 @@ class AgentMetrics(AgentObserver):
                                 ["host", "outcome"], registry=self.registry)
         for outcome in KNOWN_OUTCOMES:
             self.finished.labels(host, outcome)
+
+    def _gauge(self, name: str, documentation: str) -> Gauge:
+        return Gauge(name, documentation, ["host"], registry=self.registry)
 
     def job_admitted(self, agent: Agent, call: JobCall, waited: float) -> None:
         """Record how long the job waited for its reservation."""

@@ -137,7 +137,7 @@ def logs(task_id, follow, timeout):
         if follow:
             follow_logs(task_id, _client(), write, timeout=timeout)
         else:
-            write(read_logs(task_id, _client()))
+            write(read_logs(task_id, _client(), note=lambda text: click.echo(text, err=True)))
 
 
 @click.command()

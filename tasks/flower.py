@@ -135,5 +135,8 @@ def run_flower(config: FlowerConfig, settings: Settings | None = None) -> None:
                     "on (--unauthenticated-api)" if config.unauthenticated_api else
                     f"off (set {USER_ENV}/{PASSWORD_ENV} to enable it)")
     log.info("Flower for %s on http://%s:%d/", redact(settings.broker_url), config.address, config.port)
-    argv = ["-A", "tasks.app:app", "flower", f"--address={config.address}", f"--port={config.port}"]
+    # --conf=/dev/null: a stray flowerconfig.py in the working directory must not
+    # change who may log in; other Flower options still come from FLOWER_* variables.
+    argv = ["-A", "tasks.app:app", "flower", f"--address={config.address}", f"--port={config.port}",
+            "--conf=/dev/null"]
     celery_command.main(args=argv, prog_name="jobyard flower", standalone_mode=True)

@@ -28,8 +28,12 @@ def is_running(facts: dict) -> bool:
     return facts.get("state") == "running"
 
 
-def read_logs(task_id: str, client: redis.Redis) -> str:
-    """A job's output so far: streamed from a local container while it runs, else the kept copy."""
+def read_logs(task_id: str, client: redis.Redis, note: Callable[[str], None] = lambda text: None) -> str:
+    """A job's output so far: from its container while it runs here, else the kept copy.
+
+    ``note`` is told when the job runs on another host, whose output is kept only
+    when it ends.
+    """
     facts = job_facts(task_id, client)
     if not facts:
         raise click.ClickException(f"no job {task_id}: unknown, expired, or not started yet (try --follow)")
@@ -37,6 +41,8 @@ def read_logs(task_id: str, client: redis.Redis) -> str:
         container = local_container(task_id)
         if container is not None:
             return container.logs(stdout=True, stderr=True).decode("utf-8", errors="replace")
+        note(f"job {task_id} is running on {facts.get('host', 'another host')}; its output is kept when it "
+             "ends (use --follow to wait for it)")
     return job_logs(task_id, client)
 
 

@@ -140,6 +140,23 @@ def test_logs_follow_a_running_job_to_its_end(obs_agent):
     assert done.is_set()
 
 
+def test_logs_of_a_job_on_another_host_wait_for_its_end(obs_agent, monkeypatch):
+    import tasks.logs
+    from tasks import command_job
+
+    remote = command_job("obs.remote", image=BUSYBOX_IMAGE, memory="16Mi",
+                         command=["sh", "-c", "echo from afar; sleep 2"])
+    job = remote.delay()
+    wait_for(lambda: _running_in_docker(job.id), timeout=20, message="the job's container")
+    # From here on this machine's Docker does not have it: as if it ran elsewhere.
+    monkeypatch.setattr(tasks.logs, "local_container", lambda task_id: None)
+    now = CliRunner().invoke(main, ["logs", job.id])
+    assert now.exit_code == 0 and now.stdout == ""
+    assert f"job {job.id} is running on {obs_agent.hostname}; its output is kept when it ends" in now.stderr
+    assert run("logs", "--follow", "--timeout", "30", job.id) == "from afar\n"
+    assert job.get(timeout=10)["exit_code"] == 0
+
+
 def _running_in_docker(task_id: str) -> bool:
     from tasks.logs import local_container
 
