@@ -77,14 +77,15 @@ def _run(options: dict) -> None:
         source, strategy = ListLengthMetrics(client, options["queues"]), ListLength(options["jobs_per_host"] or 5)
     else:
         source, strategy = BrokerMetrics(client, options["queues"]), BinPacking(options["jobs_per_host"])
-    listeners = [DecisionLog(), RedisReporter(client)]
+    provider = make_provider(options)
+    listeners = [DecisionLog(), RedisReporter(client, provider.shape, options["queues"], policy.poll)]
     if options["record"]:
         listeners.append(TimelineWriter(options["record"]))
     if options["metrics_port"]:
         telemetry = Telemetry()
         telemetry.serve(options["metrics_port"])
         listeners.append(telemetry)
-    autoscaler = Autoscaler(source, make_provider(options), Drainer(app, client), policy, strategy, listeners)
+    autoscaler = Autoscaler(source, provider, Drainer(app, client), policy, strategy, listeners)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -5,7 +5,8 @@ sub-lists ``f"{queue}\\x06\\x16{step}"`` for steps 3, 6 and 9; a delivered but n
 acknowledged message sits in the hash ``unacked`` (tag -> ``[message, exchange,
 routing_key]``). A job's spec rides in the message header ``jobyard_spec``. Running
 jobs and their requests come from the state each agent publishes
-(:meth:`executor.agent.Agent.state`). Only LLEN, LRANGE, HSCAN and GET are used.
+(:meth:`executor.agent.Agent.state`). Only LLEN, LRANGE, HGETALL, ZRANGE and MGET are used;
+nothing is consumed.
 """
 
 from __future__ import annotations
@@ -167,46 +168,49 @@ class BrokerMetrics:
     def _read(self) -> Observation:
         agents = read_agents(self.redis)
         running = {job.task_id: job for a in agents.values() for job in a.running}
-        ready, ready_requests = self._ready()
-        in_flight = self._unacked()
-        queues, waiting = [], list(ready_requests)
+        ready, in_flight = self._snapshot()
+        queues, waiting = [], [r for requests in ready.values() for r in requests]
         for queue in self.queues:
             held = in_flight.get(queue, [])
             running_here = sum(1 for r in held if r.task_id in running)
             waiting.extend(r for r in held if r.task_id not in running)
-            queues.append(QueueDepth(queue, ready[queue], len(held) - running_here, running_here))
+            queues.append(QueueDepth(queue, len(ready[queue]), len(held) - running_here, running_here))
         running_requests = tuple(Request(j.task_id, j.cpus, j.memory) for j in running.values())
         return Observation(time.time(), tuple(queues), Demand(tuple(waiting), running_requests), agents)
 
-    def _ready(self) -> tuple[dict[str, int], list[Request]]:
-        counts, requests = {}, []
-        for queue in self.queues:
-            counts[queue] = 0
-            for key in priority_keys(queue):
-                found = self._list_requests(key)
-                counts[queue] += len(found)
-                requests.extend(found)
-        return counts, requests
+    def _snapshot(self) -> tuple[dict[str, list[Request]], dict[str, list[Request]]]:
+        """Ready requests by queue and unacked requests by routing key, read atomically
+        (MULTI), so a message moving between a list and ``unacked`` is seen once."""
+        pipe = self.redis.pipeline(transaction=True)
+        lists = [(queue, key) for queue in self.queues for key in priority_keys(queue)]
+        for _queue, key in lists:
+            pipe.llen(key)
+            pipe.lrange(key, 0, MAX_SCAN - 1)
+        pipe.hgetall(UNACKED)
+        replies = pipe.execute()
+        ready: dict[str, list[Request]] = {queue: [] for queue in self.queues}
+        for index, (queue, _key) in enumerate(lists):
+            ready[queue].extend(_requests(replies[2 * index], replies[2 * index + 1]))
+        return ready, _unacked(replies[-1].values())
 
-    def _list_requests(self, key: str) -> list[Request]:
-        length = self.redis.llen(key)
-        if not length:
-            return []
-        read = [message_request(_load(raw)) for raw in self.redis.lrange(key, 0, MAX_SCAN - 1)]
-        if length > len(read) and read:
-            mean = Request("", sum(r.cpus for r in read) / len(read), sum(r.memory for r in read) // len(read))
-            read.extend([mean] * (length - len(read)))
-        return read
 
-    def _unacked(self) -> dict[str, list[Request]]:
-        by_queue: dict[str, list[Request]] = {}
-        for _tag, raw in self.redis.hscan_iter(UNACKED, count=1000):
-            entry = _load(raw)
-            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], dict)):
-                continue
+def _requests(length: int, raws: list[str]) -> list[Request]:
+    """Requests of a list's messages; those past MAX_SCAN ask for the mean of the rest."""
+    read = [message_request(_load(raw)) for raw in raws]
+    if length > len(read) and read:
+        mean = Request("", sum(r.cpus for r in read) / len(read), sum(r.memory for r in read) // len(read))
+        read.extend([mean] * (length - len(read)))
+    return read
+
+
+def _unacked(raws: Iterable[str]) -> dict[str, list[Request]]:
+    by_queue: dict[str, list[Request]] = {}
+    for raw in raws:
+        entry = _load(raw)
+        if isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], dict):
             message, _exchange, routing_key = entry
             by_queue.setdefault(routing_key, []).append(message_request(message))
-        return by_queue
+    return by_queue
 
 
 class ListLengthMetrics(BrokerMetrics):

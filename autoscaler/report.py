@@ -1,7 +1,9 @@
-"""Telling people why the fleet scaled: the log, and the decisions list in Redis.
+"""Telling people and agents what the autoscaler does: the log, and Redis.
 
 ``jobyard status`` reads :data:`tasks.keys.DECISIONS` (newest first, JSON per entry);
-a job that fits no host gets a TTL'd reason at :func:`tasks.keys.unfit`.
+a job that fits no host gets a TTL'd reason at :func:`tasks.keys.unfit`; agents read
+the host shape at :data:`tasks.keys.AUTOSCALER_SHAPE`, so they do not reject a job
+that fits a host the autoscaler could add.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from tasks.units import format_memory
 
 from .action import HOLD
 from .loop import Tick
+from .shape import HostShape
 
 log = logging.getLogger("autoscaler")
 
@@ -53,15 +56,19 @@ def _kind(reason: str) -> str:
 
 
 class RedisReporter:
-    """Pushes decisions to :data:`tasks.keys.DECISIONS` and marks unfit jobs."""
+    """Pushes decisions to :data:`tasks.keys.DECISIONS`, marks unfit jobs and
+    publishes the host shape (TTL'd, so it disappears with the autoscaler)."""
 
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, shape: HostShape, queues: tuple[str, ...], poll: float = 1.0):
         self.redis = client
+        self.shape = json.dumps({"cpus": shape.cpus, "memory": shape.memory, "queues": list(queues)})
+        self.shape_ttl = int(3 * poll + 10)
         self._last = None
 
     def observe(self, tick: Tick) -> None:
-        """Push actions, removals and changed holds; refresh unfit reasons."""
+        """Push actions, removals and changed holds; refresh unfit reasons and the shape."""
         try:
+            self.redis.set(keys.AUTOSCALER_SHAPE, self.shape, ex=self.shape_ttl)
             self._push(tick)
             self._unfit(tick)
         except redis.RedisError as exc:
