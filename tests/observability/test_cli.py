@@ -130,7 +130,9 @@ def test_logs_follow_a_running_job_to_its_end(obs_agent):
                          command=["sh", "-c", "echo first; sleep 2; echo second; sleep 1; echo third"])
     job = ticker.delay()
     wait_for(lambda: _running_in_docker(job.id), timeout=20, message="the ticker's container")
-    assert run("logs", job.id).startswith("first"), "a running job's output comes from its container"
+    wait_for(lambda: run("logs", job.id).startswith("first"), timeout=10,
+             message="a running job's output, from its container")
+    assert not job.ready()
     done = threading.Event()
     job_thread = threading.Thread(target=lambda: (job.get(timeout=30), done.set()))
     job_thread.start()
@@ -145,7 +147,7 @@ def test_logs_of_a_job_on_another_host_wait_for_its_end(obs_agent, monkeypatch):
     from tasks import command_job
 
     remote = command_job("obs.remote", image=BUSYBOX_IMAGE, memory="16Mi",
-                         command=["sh", "-c", "echo from afar; sleep 2"])
+                         command=["sh", "-c", "echo from afar; sleep 4"])
     job = remote.delay()
     wait_for(lambda: _running_in_docker(job.id), timeout=20, message="the job's container")
     # From here on this machine's Docker does not have it: as if it ran elsewhere.
