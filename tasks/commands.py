@@ -50,7 +50,14 @@ def _broker_errors():
 @click.option("--count", type=click.IntRange(1, 100_000), default=1, show_default=True, help="How many runs.")
 @click.option("--wait", is_flag=True, help="Wait for the jobs and report how each ended.")
 def submit(image, argv, name, memory, cpus, timeout, queue, count, wait):
-    """Run ARGV in IMAGE as a job: jobyard submit IMAGE -- ARGV..."""
+    """Run ARGV in IMAGE as a job (options go before the --).
+
+    \b
+      jobyard submit --memory 64Mi --wait IMAGE -- ARGV...
+
+    Prints the task ids; with --wait, one job's output, or for many a progress
+    count and a summary table. Exits 1 if any job did not succeed.
+    """
     from .errors import InvalidJobSpec
     from .submit import submit as send
 
