@@ -57,25 +57,31 @@ def facts_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 class _FinishedFacts:
-    """Facts of finished jobs, kept in memory: they no longer change."""
+    """Facts of finished jobs, kept in memory: they no longer change.
+
+    Keyed by task id *and* the event that finished it, so a job delivered again
+    (a new attempt) is read afresh.
+    """
 
     def __init__(self, size: int = _CACHE_SIZE):
         self.size = size
-        self.items: OrderedDict[str, str] = OrderedDict()
+        self.items: OrderedDict[tuple, str] = OrderedDict()
         self.lock = threading.Lock()
         self.client = None
 
-    def line(self, task_id: str, final: bool) -> str:
+    def line(self, task_id: str, finished_by: tuple | None) -> str:
+        """The facts line of ``task_id``; ``finished_by`` is None while it runs."""
+        key = (task_id, finished_by)
         with self.lock:
-            if task_id in self.items:
-                self.items.move_to_end(task_id)
-                return self.items[task_id]
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
         if self.client is None:
             self.client = state_client()
         text = describe_facts(job_facts(task_id, self.client))
-        if final and text:
+        if finished_by is not None and text:
             with self.lock:
-                self.items[task_id] = text
+                self.items[key] = text
                 while len(self.items) > self.size:
                     self.items.popitem(last=False)
         return text
@@ -91,7 +97,9 @@ def add_container_facts(task: Any) -> Any:
     ``_fields`` makes Flower's task page render it as a row.
     """
     try:
-        text = _finished.line(task.uuid, getattr(task, "state", None) in FINAL_STATES)
+        state = getattr(task, "state", None)
+        finished_by = (state, getattr(task, "timestamp", None)) if state in FINAL_STATES else None
+        text = _finished.line(task.uuid, finished_by)
     except Exception as exc:  # noqa: BLE001 - the page must render even if Redis is away
         log.warning("no container facts for %s: %s", task.uuid, exc)
         return task

@@ -28,6 +28,16 @@ def is_running(facts: dict) -> bool:
     return facts.get("state") == "running"
 
 
+def has_ended(task_id: str, facts: dict) -> bool:
+    """Whether the job ended: by its facts, or by its result when its container never ran
+    (the facts of a job whose image was missing still say "running")."""
+    if facts and not is_running(facts):
+        return True
+    from .app import app
+
+    return app.AsyncResult(task_id).ready()
+
+
 def read_logs(task_id: str, client: redis.Redis, note: Callable[[str], None] = lambda text: None) -> str:
     """A job's output so far: from its container while it runs here, else the kept copy.
 
@@ -52,7 +62,7 @@ def follow_logs(task_id: str, client: redis.Redis, write: Callable[[str], None],
     deadline = None if timeout is None else time.monotonic() + timeout
     while deadline is None or time.monotonic() < deadline:
         facts = job_facts(task_id, client)
-        if facts and not is_running(facts):
+        if has_ended(task_id, facts):
             write(job_logs(task_id, client))
             return
         container = local_container(task_id) if facts else None
@@ -71,7 +81,7 @@ def _write_missed_tail(streamed: str, task_id: str, client: redis.Redis, write: 
     # The container may be removed before the stream delivered its last lines;
     # the copy the agent keeps then has them.
     deadline = time.monotonic() + SETTLE_SECONDS
-    while is_running(job_facts(task_id, client)) and time.monotonic() < deadline:
+    while not has_ended(task_id, job_facts(task_id, client)) and time.monotonic() < deadline:
         time.sleep(POLL_SECONDS / 4)
     kept = job_logs(task_id, client)
     if len(kept) > len(streamed) and kept.startswith(streamed):

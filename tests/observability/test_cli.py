@@ -4,6 +4,7 @@ import json
 import threading
 import time
 
+import pytest
 from click.testing import CliRunner
 
 from tasks import keys
@@ -175,6 +176,19 @@ def test_an_unreachable_broker_is_one_clear_line_without_the_password():
         assert result.exit_code == 1, result.output
         assert "cannot read the broker at redis://jobyard:***@127.0.0.1:" in result.output
         assert "s3cret-pw" not in result.output and "Traceback" not in result.output
+
+
+def test_logs_follow_ends_when_a_job_ends_before_its_container_runs(obs_agent):
+    from tasks import command_job
+    from tasks.errors import ImageNotFound
+
+    missing = command_job("obs.missing", image="jobyard-test/absent:latest", memory="16Mi", command=["true"])
+    job = missing.delay()
+    with pytest.raises(ImageNotFound):
+        job.get(timeout=30)
+    started = time.monotonic()
+    assert run("logs", "--follow", "--timeout", "20", job.id) == ""
+    assert time.monotonic() - started < 5
 
 
 def test_logs_of_an_unknown_job_is_a_clear_error(redis_server):
