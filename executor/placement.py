@@ -84,6 +84,7 @@ class Placement:
         self.waiters: dict[str, Waiter] = {}
         self.parked: dict[str, JobCall] = {}
         self.draining = False
+        self.stopping = False
         self._paused_until = 0.0
         self.on_change: Callable[[], None] = lambda: None
 
@@ -123,7 +124,7 @@ class Placement:
             self.parked[call.task_id] = call
         self.on_change()
         try:
-            while not self.fleet.other_host_has_room(call, self.hostname):
+            while not self.stopping and not self.fleet.other_host_has_room(call, self.hostname):
                 if stop_requested():
                     raise Revoked(f"{call.spec.name} was revoked while waiting for a host")
                 self._reject_if_impossible(call)
@@ -143,6 +144,8 @@ class Placement:
                 self.ledger.changed.wait(timeout=0.25)
             if stop_requested():
                 raise Revoked(f"{call.spec.name} was revoked while waiting for capacity")
+            if self.stopping:
+                raise HandBack()
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + RECHECK_SECONDS
                 self._reject_if_impossible(call)
@@ -178,6 +181,12 @@ class Placement:
                     f"serving queue {spec.queue!r} has ({shown(largest)}); it can never run",
                     {"resource": resource, "request": request, "largest_host": largest, "queue": spec.queue})
 
+    def stop(self) -> None:
+        """The agent is shutting down: hand back every job not started yet."""
+        self.stopping = True
+        with self.ledger.changed:
+            self.ledger.changed.notify_all()
+
     def _hand_back_pause(self) -> None:
         self._paused_until = time.monotonic() + HAND_BACK_PAUSE
         self.on_change()
@@ -187,14 +196,16 @@ class Placement:
 
     def allowance(self) -> int:
         """How many more messages the worker should take now: 0 or 1."""
-        if self.draining or time.monotonic() < self._paused_until:
+        if self.draining or self.stopping or time.monotonic() < self._paused_until:
             return 0
         with self.ledger.changed:
             held = len(self.ledger.running()) + len(self.waiters) + len(self.parked)
             oldest = self._oldest_waiter()
             if oldest is not None and time.monotonic() - oldest.since >= self.max_wait:
                 return 0
-            if len(self.waiters) >= self.max_waiting or held + 1 > self.max_jobs:
+            if len(self.waiters) >= self.max_waiting or len(self.parked) >= self.max_waiting:
+                return 0
+            if held + 1 > self.max_jobs:
                 return 0
             cpus, memory = self.ledger.free()
         return 1 if cpus >= MIN_CPUS and memory >= MIN_MEMORY else 0

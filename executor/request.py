@@ -9,7 +9,9 @@ thread of ours anyway: ``revoke(terminate=True)`` marks the job in
 
 from __future__ import annotations
 
+import json
 import threading
+import uuid
 from typing import Any
 
 from celery.worker.request import Request
@@ -47,26 +49,36 @@ messages = _Registry()
 class ContainerRequest(Request):
     """Request whose terminate stops the job's container instead of a process."""
 
-    def execute_using_pool(self, pool, **kwargs):
-        messages.add(self.id, self._message)
-        return super().execute_using_pool(pool, **kwargs)
+    def __init__(self, message, *args, **kwargs):
+        # Celery's strategy subclasses this class and replaces execute_using_pool,
+        # so the message is recorded here.
+        super().__init__(message, *args, **kwargs)
+        messages.add(self.id, message)
 
     def terminate(self, pool, signal=None):
         terminations.add(self.id)
 
 
 def hand_back(task_id: str) -> bool:
-    """Put the job's message back at the head of its queue; True if it was.
+    """Put a copy of the job's message at the head of its queue; True if it was.
 
-    kombu's ``reject(requeue=True)`` would push it to the tail, losing its turn;
-    restoring by tag with ``leftmost=False`` puts it where consumers pop next.
+    The caller then acknowledges the original. kombu's ``reject(requeue=True)``
+    would push it to the tail, losing its turn, and restoring by tag would reuse
+    the delivery tag, so the original's ack could cancel the copy's delivery.
+    Pushing first means a crash in between duplicates the message, never loses it.
     """
     message = messages.pop(task_id)
     if message is None:
         return False
-    qos = getattr(message.channel, "qos", None)
-    if qos is None or not hasattr(qos, "restore_by_tag"):
-        message.reject(requeue=True)  # a transport without head-restore: tail is all we have
+    channel = message.channel
+    if not hasattr(channel, "_q_for_pri"):
+        message.reject(requeue=True)  # not kombu's Redis transport: the tail is all we have
         return True
-    qos.restore_by_tag(message.delivery_tag, leftmost=False)
+    payload = json.loads(json.dumps(message._raw))
+    payload["properties"]["delivery_tag"] = uuid.uuid4().hex
+    info = message.delivery_info or {}
+    priority = channel._get_message_priority(payload, reverse=False)
+    with channel.conn_or_acquire() as client:
+        for queue in channel._lookup(info.get("exchange"), info.get("routing_key")):
+            client.rpush(channel._q_for_pri(queue, priority), json.dumps(payload))
     return True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from celery.signals import worker_shutting_down
+
 from .agent import Agent
 from .gate import GateStep
 
@@ -22,6 +24,7 @@ def run_worker(agent: Agent, loglevel: str = "INFO") -> int:
     log.info("agent %s: capacity %s, queues %s", agent.name, agent.config.capacity.describe(),
              ",".join(agent.config.queues))
     agent.app.steps["consumer"].add(GateStep)
+    worker_shutting_down.connect(lambda **_: agent.placement.stop(), weak=False)
     worker = agent.app.Worker(
         hostname=f"jobyard@{agent.name}",
         pool="threads",

@@ -1,0 +1,174 @@
+"""Placement by CPU and memory requests on real agents with different capacities."""
+
+import json
+import threading
+import time
+
+import pytest
+
+from tasks import keys
+from tasks.errors import JobRejected
+from tasks.state import job_facts
+from tests.conftest import wait_for
+
+MI = 1024**2
+
+
+class CapacitySampler:
+    """Samples every agent's published state; records any overcommit."""
+
+    def __init__(self, redis_client, interval=0.05):
+        self.redis = redis_client
+        self.interval = interval
+        self.samples = 0
+        self.violations = []
+        self.peak_running = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self):
+        while not self._stop.is_set():
+            for name in self.redis.zrange(keys.AGENTS, 0, -1):
+                raw = self.redis.get(keys.agent(name))
+                if not raw:
+                    continue
+                state = json.loads(raw)
+                cap, res = state["capacity"], state["reserved"]
+                running = state["running"]
+                self.samples += 1
+                self.peak_running[name] = max(self.peak_running.get(name, 0), len(running))
+                summed = sum(r["memory"] for r in running), sum(r["cpus"] for r in running)
+                if res["memory"] > cap["memory"] or res["cpus"] > cap["cpus"] + 1e-9 or \
+                        summed[0] > cap["memory"] or summed[1] > cap["cpus"] + 1e-9:
+                    self.violations.append((name, state))
+            time.sleep(self.interval)
+
+
+def _intervals(results):
+    spans = []
+    for result in results:
+        facts = job_facts(result.id)
+        spans.append((facts["started_at"], facts["finished_at"], facts["host"]))
+    return spans
+
+
+def _max_overlap(spans):
+    events = sorted([(s, 1) for s, _, _ in spans] + [(e, -1) for _, e, _ in spans])
+    current = peak = 0
+    for _, delta in events:
+        current += delta
+        peak = max(peak, current)
+    return peak
+
+
+def test_six_400mi_jobs_on_1gi_run_two_at_a_time(agents, redis_client):
+    from sample_jobs import sleep_for
+
+    agents.start("pack", "--cpus", "4", "--memory", "1Gi", "--queues", "pack")
+    with CapacitySampler(redis_client) as sampler:
+        results = [sleep_for.apply_async((1.5,), memory="400Mi", cpus=0.5, queue="pack") for _ in range(6)]
+        assert [r.get(timeout=120) for r in results] == [1.5] * 6
+    assert _max_overlap(_intervals(results)) == 2
+    assert sampler.samples > 10 and not sampler.violations
+
+
+def test_mixed_workload_never_overcommits_any_agent(agents, redis_client):
+    from sample_jobs import sleep_for
+
+    agents.start("mixA", "--cpus", "2", "--memory", "768Mi", "--queues", "mixed")
+    agents.start("mixB", "--cpus", "1", "--memory", "1Gi", "--queues", "mixed")
+    sizes = [(64, 0.25), (300, 0.5), (500, 1.0), (128, 0.5), (700, 0.5), (200, 1.0)] * 3
+    with CapacitySampler(redis_client) as sampler:
+        results = [sleep_for.apply_async((0.8,), memory=f"{mem}Mi", cpus=cpu, queue="mixed")
+                   for mem, cpu in sizes]
+        for result in results:
+            assert result.get(timeout=180) == 0.8
+    assert sampler.samples > 20
+    assert not sampler.violations, sampler.violations[:2]
+    hosts = {host for _, _, host in _intervals(results)}
+    assert len(hosts) == 2, "both agents should have taken work"
+
+
+def test_large_job_starts_within_the_bound_while_small_jobs_flow(agents, redis_client):
+    from sample_jobs import sleep_for
+
+    max_wait = 3.0
+    agents.start("fair", "--cpus", "2", "--memory", "1Gi", "--queues", "fair", "--max-wait", str(max_wait))
+    small = [sleep_for.apply_async((1.5,), memory="300Mi", cpus=0.25, queue="fair") for _ in range(3)]
+    time.sleep(0.5)
+    large = sleep_for.apply_async((0.5,), memory="900Mi", cpus=0.5, queue="fair")
+    submitted = time.time()
+    stream = []
+    deadline = time.monotonic() + 12
+    while time.monotonic() < deadline and not large.ready():
+        stream.append(sleep_for.apply_async((1.0,), memory="300Mi", cpus=0.25, queue="fair"))
+        time.sleep(0.4)
+    assert large.get(timeout=60) == 0.5
+    for result in small + stream:
+        result.get(timeout=120)
+    large_started = job_facts(large.id)["started_at"]
+    # Documented bound: max_wait + the longest remaining run of jobs running then (1.5 s) + slack.
+    assert large_started - submitted <= max_wait + 1.5 + 3.0
+    backfilled = [r for r in stream if job_facts(r.id)["started_at"] < large_started]
+    assert backfilled, "small jobs submitted after the large one should run while it waits"
+
+
+def test_impossible_job_is_rejected_in_seconds_with_the_reason(agents):
+    from sample_jobs import add
+
+    agents.start("small", "--cpus", "1", "--memory", "512Mi", "--queues", "tight")
+    started = time.monotonic()
+    with pytest.raises(JobRejected) as info:
+        add.apply_async((1, 2), memory="3Gi", queue="tight").get(timeout=30)
+    assert time.monotonic() - started < 10
+    message = str(info.value)
+    assert "memory" in message and "3Gi" in message and "512Mi" in message
+    assert info.value.resource == "memory" and info.value.largest_host == 512 * MI
+
+
+def test_job_too_big_for_one_host_goes_to_one_that_fits(agents):
+    from sample_jobs import add
+
+    little = agents.start("little", "--cpus", "1", "--memory", "256Mi", "--queues", "sized")
+    big = agents.start("big", "--cpus", "2", "--memory", "1536Mi", "--queues", "sized")
+    results = [add.apply_async((i, 1), memory="1Gi", queue="sized") for i in range(4)]
+    assert [r.get(timeout=60) for r in results] == [1, 2, 3, 4]
+    assert {job_facts(r.id)["host"] for r in results} == {big.hostname}
+    assert little.alive
+
+
+def test_agents_run_only_their_own_queues(agents):
+    from sample_jobs import add
+
+    red = agents.start("red", "--cpus", "1", "--memory", "512Mi", "--queues", "red")
+    blue = agents.start("blue", "--cpus", "1", "--memory", "512Mi", "--queues", "blue,green")
+    reds = [add.apply_async((i, 0), queue="red") for i in range(3)]
+    blues = [add.apply_async((i, 0), queue=q) for i, q in enumerate(["blue", "green", "blue"])]
+    for result in reds + blues:
+        result.get(timeout=60)
+    assert {job_facts(r.id)["host"] for r in reds} == {red.hostname}
+    assert {job_facts(r.id)["host"] for r in blues} == {blue.hostname}
+
+
+def test_priorities_are_honoured(agents):
+    from sample_jobs import sleep_for
+
+    agents.start("prio", "--cpus", "1", "--memory", "128Mi", "--queues", "prio")
+    blocker = sleep_for.apply_async((1.5,), memory="100Mi", queue="prio")
+    wait_for(lambda: job_facts(blocker.id).get("state") == "running", timeout=20, message="blocker running")
+    low = [sleep_for.apply_async((0.1,), memory="100Mi", queue="prio", priority=9) for _ in range(3)]
+    high = sleep_for.apply_async((0.1,), memory="100Mi", queue="prio", priority=0)
+    for result in [blocker, high, *low]:
+        result.get(timeout=60)
+    high_start = job_facts(high.id)["started_at"]
+    # At most one low job may already have been taken before the high one arrived.
+    earlier = [r for r in low if job_facts(r.id)["started_at"] < high_start]
+    assert len(earlier) <= 1
