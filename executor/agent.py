@@ -62,6 +62,7 @@ class AgentConfig:
     state_dir: str = field(default_factory=default_state_dir)
     max_jobs: int = 16
     max_wait: float = DEFAULT_MAX_WAIT
+    slots: int | None = None
 
 
 class AgentObserver:
@@ -93,7 +94,7 @@ class Agent:
         self.config = config
         self.app = celery_app or default_app
         self.docker = client or connect_docker()
-        self.ledger = Ledger(config.capacity)
+        self.ledger = Ledger(config.capacity, slots=config.slots)
         self.launcher = ContainerLauncher(self.docker, config.state_dir, config.hostname)
         self.redis = state_client(self.app.jobyard_settings)
         self._stopping = threading.Event()

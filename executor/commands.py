@@ -36,6 +36,8 @@ def _queues(_ctx, _param, value):
 @click.option("--max-jobs", type=click.IntRange(min=1), default=16, show_default=True, help="Most jobs at once.")
 @click.option("--max-wait", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds a waiting job lets smaller jobs start before it (starvation bound).")
+@click.option("--slots", type=click.IntRange(min=1), default=None,
+              help="Admit a fixed number of jobs regardless of their requests (for comparisons only).")
 @click.option("--allow-image", "allowed_images", multiple=True, help="Glob of images jobs may use (repeatable; default any local image).")
 @click.option("--max-job-cpus", type=float, default=None, help="Largest CPU limit one job may ask for.")
 @click.option("--max-job-memory", callback=_memory, default=None, help="Largest memory limit one job may ask for.")
@@ -43,7 +45,7 @@ def _queues(_ctx, _param, value):
 @click.option("--state-dir", default=None, help="Where job input/output dirs live (JOBYARD_STATE_DIR).")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
-def agent(hostname, cpus, memory, queues, max_jobs, max_wait, allowed_images, max_job_cpus, max_job_memory,
+def agent(hostname, cpus, memory, queues, max_jobs, max_wait, slots, allowed_images, max_job_cpus, max_job_memory,
           allow_network, state_dir, loglevel, metrics_port):
     """Run an executor agent on this host."""
     from .agent import Agent, AgentConfig, default_state_dir
@@ -57,7 +59,7 @@ def agent(hostname, cpus, memory, queues, max_jobs, max_wait, allowed_images, ma
                         max_memory=max_job_memory, allow_network=allow_network)
     config = AgentConfig(hostname=hostname or socket.gethostname(), capacity=Capacity.detect(cpus, memory),
                          queues=queues, policy=policy, state_dir=state_dir or default_state_dir(),
-                         max_jobs=max_jobs, max_wait=max_wait)
+                         max_jobs=max_jobs, max_wait=max_wait, slots=slots)
     try:
         job_agent = Agent(config)
         if metrics_port:

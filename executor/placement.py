@@ -95,7 +95,7 @@ class Placement:
         now) or Revoked (terminated while waiting).
         """
         self._reject_if_impossible(call)
-        if not self.ledger.capacity.holds(call.spec):
+        if self.ledger.slots is None and not self.ledger.capacity.holds(call.spec):
             self._park(call, stop_requested)
         started = time.monotonic()
         with self.ledger.changed:
