@@ -52,22 +52,27 @@ class FlowerProcess:
                 self.process.wait()
 
 
-def start_flower(broker_url: str, user: str, password: str, timeout: float = 30.0) -> FlowerProcess:
-    """Start ``jobyard flower`` on a free loopback port, credentials from the environment."""
+def start_flower(broker_url: str, user: str = "", password: str = "", *args: str,
+                 timeout: float = 30.0) -> FlowerProcess:
+    """Start ``jobyard flower`` on a free loopback port, credentials (if any) from the environment."""
     port = free_port()
     os.makedirs(ARTIFACTS, exist_ok=True)
     log_path = os.path.join(ARTIFACTS, f"flower-{port}.log")
-    env = {**os.environ, "JOBYARD_BROKER_URL": broker_url,
-           "JOBYARD_FLOWER_USER": user, "JOBYARD_FLOWER_PASSWORD": password}
-    process = subprocess.Popen([sys.executable, "-m", "tasks.cli", "flower", "--port", str(port)], env=env,
-                               stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBYARD_FLOWER_", "FLOWER_"))}
+    env["JOBYARD_BROKER_URL"] = broker_url
+    if user:
+        env.update(JOBYARD_FLOWER_USER=user, JOBYARD_FLOWER_PASSWORD=password)
+    process = subprocess.Popen([sys.executable, "-m", "tasks.cli", "flower", "--port", str(port), *args],
+                               env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
     flower = FlowerProcess(f"http://127.0.0.1:{port}", user, password, process, log_path)
 
     def healthy() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"flower exited: {flower.log()[-3000:]}")
         try:
-            return requests.get(f"{flower.url}/healthcheck", auth=flower.auth, timeout=2).status_code == 200
+            auth = flower.auth if user else None
+            return requests.get(f"{flower.url}/healthcheck", auth=auth, timeout=2).status_code == 200
         except requests.ConnectionError:
             return False
 

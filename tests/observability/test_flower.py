@@ -67,11 +67,34 @@ def test_credentials_never_reach_the_log_or_the_process_list(flower_server, batc
         assert flower_server.password.encode() not in handle.read()
 
 
+def test_on_loopback_without_credentials_the_ui_is_open_and_the_api_off_unless_asked(redis_server):
+    from tests.observability.conftest import start_flower
+
+    closed = start_flower(redis_server.url)
+    try:
+        assert requests.get(f"{closed.url}/tasks", timeout=10).status_code == 200
+        api = requests.get(f"{closed.url}/api/workers", timeout=10)
+        assert api.status_code == 401 and "FLOWER_UNAUTHENTICATED_API" in api.text
+        assert "HTTP API off (set JOBYARD_FLOWER_USER/JOBYARD_FLOWER_PASSWORD to enable it)" in closed.log()
+    finally:
+        closed.stop()
+    opened = start_flower(redis_server.url, "", "", "--unauthenticated-api")
+    try:
+        assert requests.get(f"{opened.url}/api/workers", timeout=10).status_code == 200
+    finally:
+        opened.stop()
+
+
 def test_flower_refuses_other_addresses_without_credentials(redis_server):
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBYARD_FLOWER_")}
-    result = CliRunner().invoke(main, ["flower", "--address", "0.0.0.0", "--port", "1"], env=env)
-    assert result.exit_code != 0
-    assert "refusing to serve Flower on 0.0.0.0 without authentication" in result.output
+    for address in ("0.0.0.0", "", "192.0.2.1"):
+        result = CliRunner().invoke(main, ["flower", "--address", address, "--port", "1"], env=env)
+        assert result.exit_code != 0
+        assert "without authentication" in result.output
+        assert f"refusing to serve Flower on {address or 'all interfaces'}" in result.output
+    result = CliRunner().invoke(main, ["flower", "--address", "0.0.0.0", "--unauthenticated-api"],
+                                env={"JOBYARD_FLOWER_USER": "u", "JOBYARD_FLOWER_PASSWORD": "p"})
+    assert result.exit_code != 0 and "only allowed on a loopback address" in result.output
 
 
 def test_flower_refuses_a_half_configured_login(redis_server):
