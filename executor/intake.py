@@ -29,11 +29,13 @@ import logging
 import os
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery.exceptions import NotRegistered
 from celery.utils.collections import AttributeDict
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed, DecodeError
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 from vine import promise
 
@@ -210,6 +212,13 @@ class IntakeTransport(kombu_redis.Transport):
     Channel = IntakeChannel
 
 
+#: Transport names by broker URL scheme; the name is what the worker's
+#: "Connected to ..." line shows.
+TRANSPORTS = {"redis": "redis-screened", "rediss": "rediss-screened"}
+for _name in TRANSPORTS.values():
+    TRANSPORT_ALIASES[_name] = f"{__name__}:IntakeTransport"
+
+
 class IntakeConsumer(Consumer):
     """Celery's worker consumer, refusing bad messages once instead of crashing.
 
@@ -218,8 +227,9 @@ class IntakeConsumer(Consumer):
 
     def connection_for_read(self, heartbeat=None):
         options = {"max_message": message_cap(self.app), "intake_host": self.hostname}
+        transport = TRANSPORTS[urlsplit(self.app.conf.broker_url).scheme]
         return self.ensure_connected(self.app.connection_for_read(
-            heartbeat=heartbeat, transport=IntakeTransport, transport_options=options))
+            heartbeat=heartbeat, transport=transport, transport_options=options))
 
     def on_decode_error(self, message, exc):
         self.refuse(message, f"undecodable body: {exc}")
@@ -247,6 +257,9 @@ class IntakeConsumer(Consumer):
                 return self.on_decode_error(message, exc)
             if problem:
                 return self.refuse(message, problem, InvalidJobSpec(problem, field="call"))
+            problem = self._seal_problem(message)
+            if problem:
+                return self.refuse(message, problem)
             try:
                 return handle(message)
             except self.connection_errors:
@@ -264,6 +277,14 @@ class IntakeConsumer(Consumer):
         if problem or message.headers["task"] != RUN_TASK:
             return problem
         return call_problem(message.headers, message.decode())
+
+    def _seal_problem(self, message) -> str | None:
+        # With signing on, a job's spec header must be sealed to its signed body
+        # (tasks.security): Celery's signature covers the body only.
+        sealer = getattr(self.app, "jobyard_sealer", None)
+        if sealer is None or message.headers["task"] != RUN_TASK:
+            return None
+        return sealer.problem(message.headers, message.decode())
 
     def refuse(self, message, reason: str, error: Exception | None = None) -> None:
         """Set ``message`` aside with ``reason``, acknowledge it, and fail its task id."""

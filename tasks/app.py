@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from celery import Celery, Task
 
+from . import security
 from .config import Settings
 
 RUN_TASK = "jobyard.run"
@@ -27,8 +28,13 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 def configure(celery_app: Celery, settings: Settings) -> Celery:
     """(Re)configure ``celery_app`` from ``settings``; call before it first connects."""
+    # The lease: kombu requeues an unacked message whose unacked_index score is
+    # older than visibility_timeout; agents renew the score of every message they
+    # hold (executor.agent.Agent.renew_leases), and every live agent sweeps.
     transport = {
-        "visibility_timeout": settings.visibility_timeout,
+        "visibility_timeout": settings.lease_seconds,
+        "unacked_restore_interval": max(1, settings.lease_seconds // 5),
+        "unacked_restore_throttle": 1,
         "socket_keepalive": True,
         "retry_on_timeout": True,
         "health_check_interval": 10,
@@ -44,13 +50,15 @@ def configure(celery_app: Celery, settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A job's container does not depend on the broker connection; its lease
+        # and the agent's own ack after the result is stored handle a reconnect.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_connection_retry_on_startup=True,
         broker_connection_retry=True,
         broker_connection_max_retries=None,
         broker_transport_options=transport,
         result_backend_transport_options={"retry_policy": {"timeout": 5.0}, "health_check_interval": 10},
-        visibility_timeout=settings.visibility_timeout,
+        visibility_timeout=settings.lease_seconds,
         task_default_queue="default",
         task_create_missing_queues=True,
         task_track_started=True,
@@ -61,6 +69,7 @@ def configure(celery_app: Celery, settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         broker_heartbeat=0,
     )
+    security.apply(celery_app, settings)
     celery_app.jobyard_settings = settings
     return celery_app
 

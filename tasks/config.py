@@ -3,8 +3,10 @@
 ``JOBYARD_BROKER_URL``      broker (default ``redis://127.0.0.1:6379/0``)
 ``JOBYARD_RESULT_BACKEND``  results (default: the broker's Redis, db 1)
 ``JOBYARD_DEFAULT_IMAGE``   image for jobs that name none (default ``jobyard/python:latest``)
-``JOBYARD_VISIBILITY_TIMEOUT`` seconds before Redis redelivers an unacked message
+``JOBYARD_LEASE_SECONDS``  a running job's lease: its agent renews it every few
+                            seconds; a job whose lease is this old is requeued (default 10)
 ``JOBYARD_MAX_PAYLOAD``     largest call payload in bytes (default 1 MiB)
+``JOBYARD_BROKER_SSL_*``, ``JOBYARD_SIGNING_*``  TLS and message signing (:mod:`tasks.security`)
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+from .security import Signing, tls_url
+
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_IMAGE = "jobyard/python:latest"
-DEFAULT_VISIBILITY_TIMEOUT = 6 * 3600
+DEFAULT_LEASE_SECONDS = 10
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
 
@@ -26,20 +30,22 @@ class Settings:
     broker_url: str
     result_backend: str
     default_image: str
-    visibility_timeout: int
+    lease_seconds: int
     max_payload: int
+    signing: Signing | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
         """Read settings from ``environ`` (default ``os.environ``)."""
         env = os.environ if environ is None else environ
-        broker = env.get("JOBYARD_BROKER_URL") or DEFAULT_BROKER_URL
+        broker = tls_url(env.get("JOBYARD_BROKER_URL") or DEFAULT_BROKER_URL, env)
         return cls(
             broker_url=broker,
-            result_backend=env.get("JOBYARD_RESULT_BACKEND") or redis_db(broker, 1),
+            result_backend=tls_url(env.get("JOBYARD_RESULT_BACKEND") or redis_db(broker, 1), env),
             default_image=env.get("JOBYARD_DEFAULT_IMAGE") or DEFAULT_IMAGE,
-            visibility_timeout=int(env.get("JOBYARD_VISIBILITY_TIMEOUT") or DEFAULT_VISIBILITY_TIMEOUT),
+            lease_seconds=int(env.get("JOBYARD_LEASE_SECONDS") or DEFAULT_LEASE_SECONDS),
             max_payload=int(env.get("JOBYARD_MAX_PAYLOAD") or DEFAULT_MAX_PAYLOAD),
+            signing=Signing.from_env(env),
         )
 
 
