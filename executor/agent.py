@@ -31,12 +31,13 @@ from .errors import DockerUnavailable
 from .gate import IntakeGate
 from .placement import DEFAULT_MAX_WAIT, FleetView, Placement
 from .policy import HostPolicy
-from .request import messages, terminations
+from .request import renew, settle, terminations
 from .verdict import verdict
 
 log = logging.getLogger(__name__)
 
-#: Seconds between heartbeats that publish this agent's state.
+#: Seconds between heartbeats that publish this agent's state and renew leases
+#: (never more than a quarter of the lease).
 HEARTBEAT_SECONDS = 2.0
 #: An agent's published state expires this long after its last heartbeat.
 STATE_TTL_SECONDS = 10
@@ -163,7 +164,6 @@ class Agent:
             raise
         finally:
             terminations.discard(call.task_id)
-            messages.discard(call.task_id)
             self.ledger.release(call.task_id)
             self.gate.refresh()
             self.publish()
@@ -270,9 +270,25 @@ class Agent:
         self._notify("state_published", state)
 
     def heartbeat_forever(self) -> None:
-        """Publish state every HEARTBEAT_SECONDS until :meth:`stop`."""
-        while not self._stopping.wait(HEARTBEAT_SECONDS):
+        """Renew leases and publish state every heartbeat until :meth:`stop`."""
+        interval = min(HEARTBEAT_SECONDS, self.app.jobyard_settings.lease_seconds / 4)
+        while not self._stopping.wait(interval):
+            self.renew_leases()
             self.publish()
+
+    def renew_leases(self) -> None:
+        """Renew the lease of every message this agent holds."""
+        try:
+            renew(self.redis, time.time())
+        except Exception as exc:  # noqa: BLE001 - next beat retries; the lease has slack
+            log.warning("lease renewal failed: %s", exc)
+
+    def settle(self, task_id: str) -> None:
+        """After a job's outcome is stored: drop its message from the broker's unacked set."""
+        try:
+            settle(task_id, self.redis)
+        except Exception as exc:  # noqa: BLE001 - Celery's own ack still applies
+            log.warning("could not settle %s: %s", task_id, exc)
 
     def start_heartbeat(self) -> threading.Thread:
         """Start publishing state in a daemon thread."""

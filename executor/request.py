@@ -32,6 +32,14 @@ class _Registry:
         with self._lock:
             return self._items.pop(task_id, None)
 
+    def get(self, task_id: str) -> Any:
+        with self._lock:
+            return self._items.get(task_id)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._items)
+
     def discard(self, task_id: str) -> None:
         self.pop(task_id)
 
@@ -42,7 +50,8 @@ class _Registry:
 
 #: Task ids whose containers must be stopped.
 terminations = _Registry()
-#: Task id -> the kombu message being worked on.
+#: Task id -> the kombu message this agent holds (received, not yet settled).
+#: Every message here has its lease renewed by the agent's heartbeat.
 messages = _Registry()
 
 
@@ -59,6 +68,41 @@ class ContainerRequest(Request):
         terminations.add(self.id)
 
 
+def settle(task_id: str, client) -> None:
+    """Forget the message and remove it from kombu's unacked set ourselves.
+
+    Called after the task's outcome is stored. Celery acks too, but through the
+    consumer's channel, which may be a dead connection after a broker restart;
+    a message left in ``unacked`` would be requeued and run again.
+    """
+    message = messages.pop(task_id)
+    if message is None or not hasattr(message.channel, "unacked_key"):
+        return
+    pipe = client.pipeline()
+    pipe.zrem(message.channel.unacked_index_key, message.delivery_tag)
+    pipe.hdel(message.channel.unacked_key, message.delivery_tag)
+    pipe.execute()
+
+
+def renew(client, now: float) -> int:
+    """Renew the lease of every held message; return how many were renewed.
+
+    A lease is the message's score in kombu's ``unacked_index``: kombu requeues
+    entries older than the visibility timeout. ``XX`` never resurrects an entry
+    that was acknowledged meanwhile.
+    """
+    held = messages.snapshot()
+    if not held:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for message in held.values():
+        key = getattr(message.channel, "unacked_index_key", None)
+        if key:
+            pipe.zadd(key, {message.delivery_tag: now}, xx=True)
+    pipe.execute()
+    return len(held)
+
+
 def hand_back(task_id: str) -> bool:
     """Put a copy of the job's message at the head of its queue; True if it was.
 
@@ -67,7 +111,7 @@ def hand_back(task_id: str) -> bool:
     the delivery tag, so the original's ack could cancel the copy's delivery.
     Pushing first means a crash in between duplicates the message, never loses it.
     """
-    message = messages.pop(task_id)
+    message = messages.get(task_id)
     if message is None:
         return False
     channel = message.channel

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from celery.signals import worker_shutting_down
+from celery.signals import task_postrun, worker_shutting_down
 
 from .agent import Agent
 from .gate import GateStep
@@ -25,6 +25,7 @@ def run_worker(agent: Agent, loglevel: str = "INFO") -> int:
              ",".join(agent.config.queues))
     agent.app.steps["consumer"].add(GateStep)
     worker_shutting_down.connect(lambda **_: agent.placement.stop(), weak=False)
+    task_postrun.connect(lambda task_id=None, **_: agent.settle(task_id), weak=False)
     worker = agent.app.Worker(
         hostname=f"jobyard@{agent.name}",
         pool="threads",

@@ -1,0 +1,45 @@
+"""Leases: a dead host's jobs come back in seconds; a healthy long job runs once."""
+
+import time
+
+from tasks.state import job_facts
+from tests.conftest import wait_for
+
+
+def _running_on(result, host):
+    facts = job_facts(result.id)
+    return facts.get("state") == "running" and facts.get("host") == host and facts.get("container_id")
+
+
+def test_dead_hosts_job_is_requeued_within_seconds_and_says_so(agents, docker_client):
+    from sample_jobs import sleep_for
+
+    doomed = agents.start("doomed", "--cpus", "1", "--memory", "512Mi", "--queues", "lease")
+    result = sleep_for.apply_async((6,), queue="lease")
+    wait_for(lambda: _running_on(result, doomed.hostname), timeout=30, message="job running on the doomed host")
+    orphan = job_facts(result.id)["container_id"]
+    rescuer = agents.start("rescuer", "--cpus", "1", "--memory", "512Mi", "--queues", "lease")
+    doomed.kill()
+    killed_at = time.monotonic()
+    wait_for(lambda: _running_on(result, rescuer.hostname), timeout=30, message="job restarted on the rescuer")
+    recovery = time.monotonic() - killed_at
+    assert recovery <= 10 + 2 + 4, f"requeued {recovery:.1f}s after the host died"
+    assert job_facts(result.id)["attempt"] == 2
+    assert result.get(timeout=60) == 6
+    # The returning agent removes the container it left behind.
+    doomed.start(agents.redis_client)
+    wait_for(lambda: not docker_client.api.containers(all=True, filters={"id": orphan}), timeout=20,
+             message="orphan container reaped by the returning agent")
+
+
+def test_job_longer_than_the_lease_runs_exactly_once(agents, redis_client):
+    from sample_jobs import sleep_for
+
+    runner = agents.start("steady", "--cpus", "1", "--memory", "512Mi", "--queues", "steady",
+                          env={"JOBYARD_LEASE_SECONDS": "3"})
+    result = sleep_for.apply_async((9,), queue="steady")
+    assert result.get(timeout=60) == 9
+    facts = job_facts(result.id)
+    assert facts["attempt"] == 1 and facts["host"] == runner.hostname
+    assert runner.log().count(f"[{result.id}] received") == 1
+    assert not redis_client.hgetall("unacked"), "nothing may stay unacknowledged"
