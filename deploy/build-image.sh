@@ -82,10 +82,8 @@ assemble_context() {
     local version
     version="$(docker run --rm --network none "$BASE_IMAGE" python3 -c 'import platform; print(platform.python_version())')"
     log "downloading jobyard's dependencies as wheels for Python $version"
-    "$PYTHON" "$ROOT/deploy/wheelhouse.py" "$context/deploy/wheels" "$version" "$ROOT" "setuptools>=68" wheel \
+    "$PYTHON" "$ROOT/deploy/wheelhouse.py" "$context/deploy/wheels" "$version" "$ROOT/pyproject.toml" \
         >"$WORK/wheels.log" 2>&1 || { tail -30 "$WORK/wheels.log" >&2; exit 1; }
-    # jobyard's own wheel is dropped: the image installs the source tree itself.
-    rm -f "$context"/deploy/wheels/jobyard-*.whl
     echo "$context"
 }
 

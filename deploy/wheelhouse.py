@@ -1,6 +1,10 @@
 """Fill a directory with the wheels jobyard needs on another Python of the same minor.
 
-    python deploy/wheelhouse.py DIR TARGET_VERSION REQUIREMENT...
+    python deploy/wheelhouse.py DIR TARGET_VERSION PYPROJECT
+
+The wheels are those of the project's build requirements and dependencies (never the
+project itself, which the image builds from source), so ``pip install --no-index
+--find-links DIR SOURCE`` needs nothing else.
 
 pip resolves environment markers with the interpreter it runs on. An image's Python can
 be an older patch release than this host's (Debian bookworm has 3.11.2), and markers
@@ -17,10 +21,18 @@ import glob
 import os
 import subprocess
 import sys
+import tomllib
 import zipfile
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
+
+
+def requirements_of(pyproject: str) -> list[str]:
+    """The build requirements and dependencies a ``pyproject.toml`` declares."""
+    with open(pyproject, "rb") as handle:
+        data = tomllib.load(handle)
+    return [*data.get("build-system", {}).get("requires", []), *data.get("project", {}).get("dependencies", [])]
 
 
 def build(directory: str, requirements: list[str]) -> None:
@@ -56,11 +68,11 @@ def _requires(wheel: str) -> list[str]:
 
 def main(argv: list[str]) -> int:
     """Build the wheelhouse; see the module docstring."""
-    if len(argv) < 3:
+    if len(argv) != 3:
         print(__doc__, file=sys.stderr)
         return 2
-    directory, target_version, requirements = argv[0], argv[1], argv[2:]
-    build(directory, requirements)
+    directory, target_version, pyproject = argv
+    build(directory, requirements_of(pyproject))
     for _ in range(10):
         extra = missing(directory, target_version)
         if not extra:
