@@ -36,10 +36,10 @@ from .errors import AutoscalerError
 @click.option("--record", type=click.Path(dir_okay=False), default=None,
               help="Write a timeline: .csv for CSV, otherwise JSON lines.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on 127.0.0.1:P.")
-@click.option("--state-dir", default=None, help="local: where agent pidfiles, logs and state dirs live.")
+@click.option("--state-dir", default=None, help="local: agent pidfiles, logs and state dirs; docker: the agents' state dirs.")
 @click.option("--host-prefix", default=None, help="local/docker: host names are PREFIX-N (default: this hostname).")
 @click.option("--agent-arg", "agent_args", multiple=True, help="local/docker: extra argument for each agent (repeatable).")
-@click.option("--image", default=None, help="docker: the agent image (default $JOBYARD_AGENT_IMAGE or jobyard/agent:latest).")
+@click.option("--image", default=None, help="docker: the agent image, run as `jobyard agent ...` (default $JOBYARD_AGENT_IMAGE or jobyard/jobyard:latest).")
 @click.option("--asg-name", default=None, help="aws: the Auto Scaling group.")
 @click.option("--region", default=None, help="aws: the region (default: boto3's).")
 @click.option("--loglevel", default="INFO", show_default=True)
@@ -110,8 +110,9 @@ def make_provider(options: dict):
     if options["provider"] == "docker":
         from .providers.docker import DockerProvider
 
-        image = options.get("image") or os.environ.get("JOBYARD_AGENT_IMAGE") or "jobyard/agent:latest"
-        return DockerProvider(shape, image, prefix, options["queues"], tuple(options.get("agent_args") or ()))
+        image = options.get("image") or os.environ.get("JOBYARD_AGENT_IMAGE") or "jobyard/jobyard:latest"
+        return DockerProvider(shape, image, prefix, options["queues"], tuple(options.get("agent_args") or ()),
+                              state_dir=options.get("state_dir"))
     from .providers.aws import AwsProvider
 
     if not options.get("asg_name"):

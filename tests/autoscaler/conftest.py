@@ -110,3 +110,80 @@ def run_loop(redis_client, celery_app):
         loop.stop_event.set()
     for loop in loops:
         loop.thread.join(30)
+
+
+AGENT_IMAGE = f"jobyard-test/agent:{SESSION}"
+
+
+def _closure(names):
+    """Distributions ``names`` need at run time (markers evaluated, no extras)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+
+    seen, todo = {}, list(names)
+    while todo:
+        name = todo.pop().lower().replace("_", "-")
+        if name in seen:
+            continue
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            continue
+        seen[name] = dist
+        for text in dist.requires or ():
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return seen.values()
+
+
+def _bundle_libraries(code):
+    """Copy the shared libraries that compiled modules in ``code`` link to into
+    ``code/.libs`` (the job image carries only the interpreter's own)."""
+    import re
+    import subprocess
+
+    libs = os.path.join(code, ".libs")
+    os.makedirs(libs, exist_ok=True)
+    for folder, _dirs, files in os.walk(code):
+        for name in files:
+            if ".so" not in name:
+                continue
+            output = subprocess.run(["ldd", os.path.join(folder, name)], capture_output=True, text=True).stdout
+            for soname, path in re.findall(r"^\s*(\S+) => (/\S+)", output, re.M):
+                if not os.path.exists(os.path.join(libs, soname)):
+                    shutil.copy(path, os.path.join(libs, soname))
+
+
+#: Environment an agent container from AGENT_IMAGE needs.
+AGENT_IMAGE_ENV = {"LD_LIBRARY_PATH": "/app/code/.libs", "PYTHONTZPATH": "/app/code/.zoneinfo"}
+
+
+@pytest.fixture(scope="session")
+def agent_image(docker_client):
+    """An agent image built from local files: the job image's Python runtime plus
+    jobyard's source and its installed dependencies (no registry, no pip download)."""
+    from executor.image import build_image
+    from tests.conftest import ROOT
+
+    code = temp_dir("jobyard-agent-image-")
+    for dist in _closure(["celery", "kombu", "redis", "docker", "psutil", "click", "flower", "prometheus-client", "packaging"]):
+        for file in dist.files or ():
+            source = str(dist.locate_file(file))
+            if ".." in str(file) or not os.path.isfile(source) or "__pycache__" in str(file):
+                continue
+            target = os.path.join(code, str(file))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copy2(source, target)
+    _bundle_libraries(code)
+    shutil.copytree("/usr/share/zoneinfo", os.path.join(code, ".zoneinfo"), symlinks=True)
+    for package in ("tasks", "executor", "autoscaler"):
+        shutil.copytree(os.path.join(ROOT, package), os.path.join(code, package),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    try:
+        build_image(docker_client, tag=AGENT_IMAGE, code=code)
+    finally:
+        shutil.rmtree(code, ignore_errors=True)
+    yield AGENT_IMAGE
+    docker_client.images.remove(AGENT_IMAGE, force=True)
