@@ -159,7 +159,8 @@ class Agent:
             self._finish(call, outcome, "succeeded")
             return value
         except JobError as exc:
-            if outcome is None:
+            if outcome is None:  # ended before its container produced an outcome
+                self._write_facts(call.task_id, {"state": exc.reason})
                 self._notify("job_finished", call, exc.reason, None)
             raise
         finally:
@@ -167,6 +168,21 @@ class Agent:
             self.ledger.release(call.task_id)
             self.gate.refresh()
             self.publish()
+
+    def dead_letter(self, call: JobCall, error: JobError, why: str) -> None:
+        """Store a job that failed for good in the dead-letter store."""
+        from .deadletter import DeadLetters
+        from .supervisor import dead_letter_payload
+
+        payload, queue_key = dead_letter_payload(call.task_id)
+        record = {"name": call.spec.name, "queue": call.spec.queue, "reason": error.reason,
+                  "error_type": type(error).__name__, "error": str(error), "attempt": call.attempt,
+                  "host": self.name, "why": why,
+                  "details": {k: v for k, v in error.details.items() if k not in ("traceback",)}}
+        try:
+            DeadLetters(self.redis).add(call.task_id, record, payload, queue_key)
+        except Exception as exc:  # noqa: BLE001 - the caller still gets the error
+            log.warning("could not dead-letter %s: %s", call.task_id, exc)
 
     def _admit(self, call: JobCall) -> None:
         waited = self.placement.admit(call, lambda: call.task_id in terminations)

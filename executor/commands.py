@@ -101,5 +101,70 @@ def demo(jobs):
 
     raise SystemExit(run_demo(click.echo, jobs=jobs))
 
+
+
+
+@click.group()
+def dead():
+    """Jobs that failed for good: list, requeue or purge them."""
+
+
+@dead.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+def dead_list(as_json, limit):
+    """List dead-lettered jobs, newest first."""
+    import json
+    import time
+
+    from tasks.state import state_client
+    from tasks.table import render_table
+
+    from .deadletter import DeadLetters
+
+    records = DeadLetters(state_client()).list(limit)
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+        return
+    now = time.time()
+    rows = [[r["task_id"], r.get("name"), r.get("reason"), r.get("attempt"), r.get("host"),
+             f"{now - r.get('died_at', now):.0f}s ago", str(r.get("error", ""))[:80]] for r in records]
+    click.echo(render_table(["task id", "job", "reason", "attempt", "host", "died", "error"], rows))
+
+
+@dead.command("requeue")
+@click.argument("task_ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Requeue every dead job.")
+def dead_requeue(task_ids, everything):
+    """Send dead jobs again, with a fresh retry budget."""
+    from tasks.state import state_client
+
+    from .deadletter import DeadLetters
+
+    store = DeadLetters(state_client())
+    ids = [r["task_id"] for r in store.list(10_000)] if everything else list(task_ids)
+    if not ids:
+        raise click.UsageError("name task ids or pass --all")
+    missing = [task_id for task_id in ids if not store.requeue(task_id)]
+    click.echo(f"requeued {len(ids) - len(missing)} job(s)")
+    if missing:
+        raise click.ClickException(f"not in the dead-letter store (or no message kept): {', '.join(missing)}")
+
+
+@dead.command("purge")
+@click.argument("task_ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Purge every dead job.")
+def dead_purge(task_ids, everything):
+    """Delete dead jobs from the store."""
+    from tasks.state import state_client
+
+    from .deadletter import DeadLetters
+
+    if not task_ids and not everything:
+        raise click.UsageError("name task ids or pass --all")
+    count = DeadLetters(state_client()).purge(None if everything else list(task_ids))
+    click.echo(f"purged {count} job(s)")
+
+
 #: Subcommands this module adds to ``jobyard``.
-commands = [agent, image, demo]
+commands = [agent, image, demo, dead]

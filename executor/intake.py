@@ -265,8 +265,8 @@ class IntakeConsumer(Consumer):
             except self.connection_errors:
                 raise
             except Exception as exc:  # noqa: BLE001 - one bad message must not stop the agent
-                if message.acknowledged:
-                    raise
+                if message.acknowledged:  # already settled: it cannot come back
+                    return log.exception("consumer failed on an acknowledged message")
                 return self.refuse(message, f"broke the consumer: {exc!r}")
 
         return on_task_received

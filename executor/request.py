@@ -114,15 +114,32 @@ def hand_back(task_id: str) -> bool:
     message = messages.get(task_id)
     if message is None:
         return False
-    channel = message.channel
-    if not hasattr(channel, "_q_for_pri"):
+    keys = queue_keys(message)
+    if keys is None:
         message.reject(requeue=True)  # not kombu's Redis transport: the tail is all we have
         return True
+    payload = message_copy(message)
+    with message.channel.conn_or_acquire() as client:
+        for key in keys:
+            client.rpush(key, json.dumps(payload))
+    return True
+
+
+def message_copy(message) -> dict:
+    """The raw broker payload of ``message`` with a fresh delivery tag, not redelivered."""
     payload = json.loads(json.dumps(message._raw))
     payload["properties"]["delivery_tag"] = uuid.uuid4().hex
+    payload["headers"].pop("redelivered", None)
+    payload["properties"].get("delivery_info", {}).pop("redelivered", None)
+    return payload
+
+
+def queue_keys(message) -> list[str] | None:
+    """The Redis list keys ``message`` is delivered from (None if not kombu's Redis)."""
+    channel = message.channel
+    if not hasattr(channel, "_q_for_pri"):
+        return None
     info = message.delivery_info or {}
-    priority = channel._get_message_priority(payload, reverse=False)
-    with channel.conn_or_acquire() as client:
-        for queue in channel._lookup(info.get("exchange"), info.get("routing_key")):
-            client.rpush(channel._q_for_pri(queue, priority), json.dumps(payload))
-    return True
+    priority = channel._get_message_priority(message._raw, reverse=False)
+    return [channel._q_for_pri(queue, priority)
+            for queue in channel._lookup(info.get("exchange"), info.get("routing_key"))]

@@ -2,6 +2,8 @@
 
 Validate the spec the message carries, check it against the host policy, wait for
 capacity, launch the container, and turn its outcome into a value or a typed error.
+A failure the job's retry policy covers is sent again (Celery retry, with more
+memory after an OOM when asked); a job that fails for good is dead-lettered.
 """
 
 from __future__ import annotations
@@ -12,15 +14,22 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore
 
+from tasks import keys
 from tasks.app import SPEC_HEADER
-from tasks.errors import InvalidJobSpec, JobError
+from tasks.errors import HostLost, InvalidJobSpec, JobError, Revoked
 from tasks.spec import JobSpec
 
 from .container import JobCall
 from .placement import HandBack
-from .request import hand_back
+from .request import hand_back, message_copy, messages, queue_keys
+from .retry import MEMORY_SCALE_HEADER, decide
 
 log = logging.getLogger(__name__)
+
+#: A job whose host died this many times is dead-lettered instead of run again.
+MAX_LOST_DELIVERIES = 3
+#: Errors that no requeue could fix: they are not dead-lettered.
+_NOT_DEAD = (InvalidJobSpec, Revoked)
 
 
 def supervise(task: Task, args: tuple, kwargs: dict) -> Any:
@@ -30,13 +39,23 @@ def supervise(task: Task, args: tuple, kwargs: dict) -> Any:
     call = job_call(task.request, args, kwargs)
     agent = Agent.current()
     try:
+        _check_lost(agent, call, task.request)
         return agent.execute(call)
     except HandBack:
         hand_back(call.task_id)
         log.info("job %s[%s] handed back: another host has room for it now", call.spec.name, call.task_id)
         raise Ignore() from None
     except JobError as exc:
+        scale = _memory_scale(task.request)
+        decision = decide(call.spec, exc, int(task.request.retries or 0), scale)
+        if decision.retry:
+            log.info("job %s[%s] attempt %d failed (%s); %s in %.1fs", call.spec.name, call.task_id,
+                     call.attempt, exc.reason, decision.reason, decision.delay)
+            raise task.retry(exc=exc, countdown=decision.delay, max_retries=call.spec.retries,
+                             headers=_retry_headers(call.task_id, decision.memory_scale))
         log.info("job %s[%s] ended: %s: %s", call.spec.name, call.task_id, type(exc).__name__, exc)
+        if not isinstance(exc, _NOT_DEAD):
+            agent.dead_letter(call, exc, decision.reason)
         raise
 
 
@@ -47,7 +66,7 @@ def job_call(request: Any, args: tuple, kwargs: dict) -> JobCall:
         raw = (getattr(request, "headers", None) or {}).get(SPEC_HEADER)
     if raw is None:
         raise InvalidJobSpec(f"message {request.id} carries no {SPEC_HEADER} header", field="spec")
-    spec = JobSpec.from_dict(raw)
+    spec = JobSpec.from_dict(raw).scaled_memory(_memory_scale(request))
     if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
         raise InvalidJobSpec(f"{spec.name}: malformed call arguments", field="args")
     return JobCall(request.id, spec, tuple(args), dict(kwargs), attempt=attempt_of(request))
@@ -56,3 +75,42 @@ def job_call(request: Any, args: tuple, kwargs: dict) -> JobCall:
 def attempt_of(request: Any) -> int:
     """Celery's own count (1 + retries); the agent raises it from its Redis counter."""
     return 1 + int(getattr(request, "retries", 0) or 0)
+
+
+def _memory_scale(request: Any) -> float:
+    value = getattr(request, MEMORY_SCALE_HEADER, None)
+    if value is None:
+        value = (getattr(request, "headers", None) or {}).get(MEMORY_SCALE_HEADER, 1.0)
+    try:
+        return max(1.0, min(float(value), 1024.0))
+    except (TypeError, ValueError):
+        return 1.0
+
+
+def _retry_headers(task_id: str, memory_scale: float) -> dict[str, Any]:
+    message = messages.get(task_id)
+    headers = dict(getattr(message, "headers", None) or {})
+    kept = {k: v for k, v in headers.items() if k.startswith("jobyard_") and k != "jobyard_seal"}
+    kept[MEMORY_SCALE_HEADER] = memory_scale
+    return kept
+
+
+def _check_lost(agent, call: JobCall, request: Any) -> None:
+    """Count a redelivery after a lost host; past the cap, fail it as HostLost."""
+    if not (getattr(request, "delivery_info", None) or {}).get("redelivered"):
+        return
+    lost = agent.redis.incr(keys.lost(call.task_id))
+    agent.redis.expire(keys.lost(call.task_id), 14 * 24 * 3600)
+    if lost > MAX_LOST_DELIVERIES:
+        raise HostLost(f"{call.spec.name}: its host was lost {lost - 1} times; not running it again",
+                       {"lost": lost - 1, "attempt": call.attempt})
+    log.warning("job %s[%s] redelivered after its host was lost (%d so far)", call.spec.name, call.task_id, lost)
+
+
+def dead_letter_payload(task_id: str) -> tuple[dict | None, str | None]:
+    """The message to store with a dead job, and the queue key to requeue it on."""
+    message = messages.get(task_id)
+    if message is None:
+        return None, None
+    keys_ = queue_keys(message)
+    return message_copy(message), (keys_[0] if keys_ else None)

@@ -64,3 +64,8 @@ def attempts(task_id: str) -> str:
 def rejected() -> str:
     """Capped list of raw messages agents refused (JSON: reason, queue, host, raw), newest first."""
     return f"{PREFIX}:rejected"
+
+
+def lost(task_id: str) -> str:
+    """Counter of a job's deliveries whose host died before it finished."""
+    return f"{PREFIX}:lost:{task_id}"

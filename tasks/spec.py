@@ -39,7 +39,12 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 RESOURCE_FIELDS = (
     "image", "cpus", "cpus_limit", "memory", "memory_limit", "pids", "timeout",
     "network", "env", "queue", "retries", "tmpfs", "priority",
+    "retry_on", "retry_delay", "retry_memory_factor", "retry_memory_max",
 )
+
+#: Failure classes a retry policy can name (besides exit codes).
+RETRY_CLASSES = ("oom", "timeout", "failed", "backend", "image")
+DEFAULT_RETRY_ON = ("oom", "timeout", "failed", "backend")
 
 
 def _fail(field_name: str, message: str) -> InvalidJobSpec:
@@ -70,6 +75,10 @@ class JobSpec:
     env: dict[str, str] = field(default_factory=dict)
     queue: str = "default"
     retries: int = 0
+    retry_on: tuple[str | int, ...] = DEFAULT_RETRY_ON
+    retry_delay: float = 1.0
+    retry_memory_factor: float | None = None
+    retry_memory_max: int | None = None
     tmpfs: int = 64 * 1024**2
     priority: int | None = None
 
@@ -101,6 +110,7 @@ class JobSpec:
         """The JSON wire form."""
         data = dataclasses.asdict(self)
         data["command"] = list(self.command)
+        data["retry_on"] = list(self.retry_on)
         return data
 
     def with_overrides(self, **overrides: Any) -> "JobSpec":
@@ -125,6 +135,15 @@ class JobSpec:
     def effective_cpus_limit(self) -> float:
         """The container's CPU quota, in CPUs."""
         return self.cpus_limit or self.cpus
+
+    def scaled_memory(self, scale: float) -> "JobSpec":
+        """A copy whose memory request and limit are ``scale`` times larger, capped."""
+        if scale <= 1:
+            return self
+        cap = self.retry_memory_max or max(self.effective_memory_limit, self.memory) * 1024
+        memory = min(int(self.memory * scale), cap)
+        limit = min(int(self.effective_memory_limit * scale), cap)
+        return dataclasses.replace(self, memory=memory, memory_limit=max(limit, memory))
 
     def describe(self) -> str:
         """One line for logs: name, image and resources."""
@@ -158,7 +177,18 @@ class JobSpec:
             _check(isinstance(value, str), "env", f"{key}: value must be a string")
         _check(isinstance(self.queue, str) and bool(_QUEUE.match(self.queue)), "queue",
                f"{self.queue!r} is not a queue name")
-        _check(isinstance(self.retries, int) and 0 <= self.retries <= 100, "retries", "must be 0..100")
+        _check(isinstance(self.retries, int) and not isinstance(self.retries, bool) and 0 <= self.retries <= 100,
+               "retries", "must be 0..100")
+        for item in self.retry_on:
+            ok = item in RETRY_CLASSES or (isinstance(item, int) and not isinstance(item, bool) and 1 <= item <= 255)
+            _check(ok, "retry_on", f"{item!r} is not one of {', '.join(RETRY_CLASSES)} or an exit code 1..255")
+        _check(isinstance(self.retry_delay, (int, float)) and 0 <= self.retry_delay <= 3600, "retry_delay",
+               "must be 0..3600 seconds")
+        if self.retry_memory_factor is not None:
+            _check(isinstance(self.retry_memory_factor, (int, float)) and 1 <= self.retry_memory_factor <= 16,
+                   "retry_memory_factor", "must be from 1 to 16")
+        if self.retry_memory_max is not None:
+            _check(self.retry_memory_max >= self.memory, "retry_memory_max", "must not be below memory")
         _check(isinstance(self.tmpfs, int) and MIN_MEMORY <= self.tmpfs <= 64 * 1024**3, "tmpfs",
                "must be a size from 6Mi")
         if self.priority is not None:
@@ -183,7 +213,7 @@ def _check_number(field_name: str, value: Any, low: float, high: float) -> None:
 
 def _normalise(values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
-    for name in ("memory", "memory_limit", "tmpfs"):
+    for name in ("memory", "memory_limit", "tmpfs", "retry_memory_max"):
         if out.get(name) is not None:
             try:
                 out[name] = parse_memory(out[name])
@@ -197,6 +227,13 @@ def _normalise(values: dict[str, Any]) -> dict[str, Any]:
             out["command"] = tuple(command)
         except TypeError:
             raise _fail("command", "must be a list of strings") from None
+    if "retry_on" in out:
+        if isinstance(out["retry_on"], (str, int)):
+            out["retry_on"] = (out["retry_on"],)
+        try:
+            out["retry_on"] = tuple(out["retry_on"])
+        except TypeError:
+            raise _fail("retry_on", "must be a list of failure classes or exit codes") from None
     if "env" in out and out["env"] is not None and not isinstance(out["env"], dict):
         raise _fail("env", "must be a mapping of names to strings")
     if isinstance(out.get("cpus"), str):

@@ -9,7 +9,7 @@ def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], empty: s
     """Render ``rows`` under ``headers`` as an aligned text table."""
     text_rows = [["" if cell is None else str(cell) for cell in row] for row in rows]
     if not text_rows:
-        return f"{'  '.join(headers)}\n{empty}"
+        return f"{'  '.join(h.upper() for h in headers)}\n{empty}"
     widths = [len(h) for h in headers]
     for row in text_rows:
         for index, cell in enumerate(row):

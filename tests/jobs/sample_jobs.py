@@ -88,3 +88,12 @@ def fork_bomb():
         os.kill(pid, 9)
         os.waitpid(pid, 0)
     return {"started": len(children), "error": error}
+
+
+@job(memory="64Mi", timeout=60)
+def fail_before_attempt(attempt):
+    """Fail until the job's own attempt number reaches ``attempt``."""
+    current = int(os.environ["JOBYARD_ATTEMPT"])
+    if current < attempt:
+        raise RuntimeError(f"attempt {current} fails on purpose")
+    return current

@@ -1,0 +1,87 @@
+"""The dead-letter store: jobs that failed for good, with reason, error and message.
+
+Each dead job is a hash at ``jobyard:dead:<task_id>`` (kept 14 days) indexed by the
+sorted set ``jobyard:dead``. The stored broker message lets ``jobyard dead requeue``
+send the very same job again, with a fresh retry budget.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from tasks import keys
+
+KEEP_SECONDS = 14 * 24 * 3600
+#: Most dead jobs kept; the oldest are dropped beyond this.
+MAX_DEAD = 10_000
+
+
+class DeadLetters:
+    """Read and write the dead-letter store in the broker's Redis."""
+
+    def __init__(self, client):
+        self.redis = client
+
+    def add(self, task_id: str, record: dict[str, Any], payload: dict | None, queue_key: str | None) -> None:
+        """Store a dead job: ``record`` facts plus the message to requeue it with."""
+        now = time.time()
+        fields = {**record, "task_id": task_id, "died_at": now}
+        if payload is not None and queue_key:
+            fields["message"] = payload
+            fields["queue_key"] = queue_key
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.dead_job(task_id), mapping={k: json.dumps(v) for k, v in fields.items()})
+        pipe.expire(keys.dead_job(task_id), KEEP_SECONDS)
+        pipe.zadd(keys.DEAD, {task_id: now})
+        pipe.zremrangebyrank(keys.DEAD, 0, -MAX_DEAD - 1)
+        pipe.execute()
+
+    def list(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest dead jobs first (without their stored messages)."""
+        ids = self.redis.zrevrange(keys.DEAD, 0, limit - 1)
+        records = []
+        for task_id in ids:
+            record = self.get(task_id)
+            if record is None:
+                self.redis.zrem(keys.DEAD, task_id)  # expired hash: drop the index entry
+                continue
+            record.pop("message", None)
+            records.append(record)
+        return records
+
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        """One dead job's record, or None."""
+        raw = self.redis.hgetall(keys.dead_job(task_id))
+        return {k: json.loads(v) for k, v in raw.items()} if raw else None
+
+    def requeue(self, task_id: str) -> bool:
+        """Send the job again with a fresh retry budget; False if it cannot be."""
+        record = self.get(task_id)
+        if not record or "message" not in record:
+            return False
+        payload = record["message"]
+        payload["headers"]["retries"] = 0
+        payload["headers"].pop("redelivered", None)
+        payload["properties"]["delivery_tag"] = uuid.uuid4().hex
+        payload["properties"].get("delivery_info", {}).pop("redelivered", None)
+        pipe = self.redis.pipeline()
+        pipe.lpush(record["queue_key"], json.dumps(payload))
+        pipe.delete(keys.dead_job(task_id), keys.lost(task_id))
+        pipe.zrem(keys.DEAD, task_id)
+        pipe.execute()
+        return True
+
+    def purge(self, task_ids: list[str] | None = None) -> int:
+        """Delete the given dead jobs, or all of them; return how many."""
+        ids = task_ids if task_ids is not None else self.redis.zrange(keys.DEAD, 0, -1)
+        if not ids:
+            return 0
+        pipe = self.redis.pipeline()
+        for task_id in ids:
+            pipe.delete(keys.dead_job(task_id))
+            pipe.zrem(keys.DEAD, task_id)
+        results = pipe.execute()
+        return sum(1 for deleted in results[1::2] if deleted)

@@ -1,0 +1,80 @@
+"""Retries by failure class, more memory after an OOM, dead letters and their CLI."""
+
+import json
+
+import pytest
+from celery.result import AsyncResult
+from click.testing import CliRunner
+
+from tasks import command_job
+from tasks.cli import main
+from tasks.errors import JobFailed
+from tasks.state import job_facts
+from tests.conftest import BUSYBOX_IMAGE, wait_for
+
+MI = 1024**2
+
+
+@pytest.fixture(scope="module")
+def retry_agent(agents):
+    return agents.start("retry", "--cpus", "2", "--memory", "1Gi", "--queues", "retry")
+
+
+def _cli(*args):
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_oom_retries_with_more_memory(retry_agent):
+    from sample_jobs import balloon
+
+    result = balloon.apply_async((100,), memory="64Mi", retries=2, retry_on=["oom"], retry_memory_factor=2,
+                                 retry_delay=0.2, queue="retry")
+    assert result.get(timeout=90) == 100
+    facts = job_facts(result.id)
+    assert facts["attempt"] == 2
+    assert facts["memory_limit"] == 128 * MI
+
+
+def test_retry_only_for_listed_exit_codes_then_dead_letter(retry_agent):
+    listed = command_job("tools.exit3", image=BUSYBOX_IMAGE, command=["sh", "-c", "exit 3"], memory="16Mi",
+                         retries=2, retry_on=[3], retry_delay=0.1, queue="retry")
+    unlisted = command_job("tools.exit4", image=BUSYBOX_IMAGE, command=["sh", "-c", "exit 4"], memory="16Mi",
+                           retries=2, retry_on=[3], retry_delay=0.1, queue="retry")
+    a, b = listed.delay(), unlisted.delay()
+    with pytest.raises(JobFailed):
+        a.get(timeout=60)
+    with pytest.raises(JobFailed):
+        b.get(timeout=60)
+    assert job_facts(a.id)["attempt"] == 3
+    assert job_facts(b.id)["attempt"] == 1
+    dead = {r["task_id"]: r for r in json.loads(_cli("dead", "list", "--json"))}
+    assert dead[a.id]["reason"] == "failed" and dead[a.id]["attempt"] == 3
+    assert "no retries left" in dead[a.id]["why"]
+    assert "not in retry_on" in dead[b.id]["why"]
+
+
+def test_job_reads_its_attempt_and_requeue_from_dead_letters_runs_it_again(retry_agent):
+    from sample_jobs import fail_before_attempt
+
+    result = fail_before_attempt.apply_async((3,), retries=1, retry_delay=0.1, queue="retry")
+    with pytest.raises(JobFailed) as info:
+        result.get(timeout=60)
+    assert "attempt 2 fails on purpose" in str(info.value)
+    table = _cli("dead", "list")
+    assert result.id in table and "fail_before_attempt" in table
+    assert "requeued 1" in _cli("dead", "requeue", result.id)
+    wait_for(lambda: AsyncResult(result.id).state == "SUCCESS", timeout=60, message="requeued job succeeded")
+    assert AsyncResult(result.id).get(timeout=5) == 3
+    assert result.id not in _cli("dead", "list")
+
+
+def test_purge_empties_the_dead_letter_store(retry_agent):
+    fail = command_job("tools.fail1", image=BUSYBOX_IMAGE, command=["false"], memory="16Mi", queue="retry")
+    result = fail.delay()
+    with pytest.raises(JobFailed):
+        result.get(timeout=60)
+    assert result.id in _cli("dead", "list")
+    assert "purged" in _cli("dead", "purge", "--all")
+    assert json.loads(_cli("dead", "list", "--json")) == []
