@@ -2,8 +2,8 @@
 
 Each benchmark owns one named section of the file, delimited by
 ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``. :func:`update_section` replaces
-that block (or appends it) and stamps it with the command that produced it, the date
-and the machine, so every figure in the file says where it came from. Writers take
+that block (or appends it) and stamps it with the command that produced it, the date,
+the commit (and whether the working tree differed from it) and the machine, so every figure in the file says where it came from. Writers take
 an exclusive lock and replace the file atomically, so benchmarks finishing at the
 same time keep each other's sections.
 """
@@ -15,6 +15,7 @@ import fcntl
 import os
 import re
 import shlex
+import subprocess
 import sys
 import tempfile
 
@@ -24,7 +25,7 @@ RESULTS_PATH = os.path.join(BENCH_DIR, "RESULTS.md")
 PREAMBLE = (
     "# Benchmark results\n\n"
     "Each section below is written by the benchmark it names (through `bench/results.py`)\n"
-    "and starts with the exact command, the date and the machine that produced it.\n"
+    "and starts with the exact command, the date, the commit measured and the machine.\n"
 )
 
 
@@ -44,7 +45,7 @@ def update_section(name: str, markdown: str, command: str | None = None, path: s
 
 def section_block(name: str, markdown: str, command: str) -> str:
     """The delimited block for ``name``: header line, then ``markdown``."""
-    header = f"_`{command}` · {now()} · {machine()}_"
+    header = f"_`{command}` · {now()} · {revision()} · {machine()}_"
     return f"<!-- bench:{name} -->\n{header}\n\n{markdown.strip()}\n<!-- /bench:{name} -->"
 
 
@@ -65,6 +66,21 @@ def command_line() -> str:
 def now() -> str:
     """The current UTC time, to the minute."""
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def revision() -> str:
+    """The checked-out commit, and whether tracked files differ from it (the code measured)."""
+    try:
+        commit = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "commit unknown"
+    return f"commit {commit}" + (" + uncommitted changes" if dirty else "")
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True, check=True,
+                          timeout=10).stdout.strip()
 
 
 def machine() -> str:
