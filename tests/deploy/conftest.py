@@ -104,8 +104,24 @@ class ComposeStack:
         with open(os.path.join(ARTIFACTS, f"compose-{self.project}.log"), "w") as handle:
             handle.write(logs)
 
-    def down(self) -> None:
-        """Stop and remove the project's containers, network and volumes."""
+    @property
+    def autoscaler_prefix(self) -> str:
+        return self.settings["JOBYARD_AUTOSCALE_PREFIX"]
+
+    def autoscaled_hosts(self, docker_client) -> list:
+        """Agent containers the autoscaler's docker provider started (not the project's)."""
+        return docker_client.containers.list(
+            all=True, filters={"label": f"jobyard.autoscaler={self.autoscaler_prefix}"})
+
+    def down(self, docker_client) -> None:
+        """The README's way down: stop the autoscaler, remove the hosts it added, then
+        remove the project's containers, network and volumes."""
+        if self.containers(docker_client):
+            self.save_logs()
+        self.compose("stop", "autoscaler")
+        for container in self.autoscaled_hosts(docker_client):
+            container.stop(timeout=30)
+            container.remove(force=True)
         self.compose("down", "-v", "--remove-orphans", "--timeout", "30")
 
 
@@ -128,12 +144,14 @@ def compose_stack(docker_client, jobyard_image):
         "JOBYARD_FLOWER_PORT": str(free_port()),
         "JOBYARD_AGENT_ARGS": "--cpus 2 --memory 2Gi --loglevel INFO",
         "JOBYARD_AGENT_STOP_GRACE": "30s",
+        "JOBYARD_AUTOSCALE_PREFIX": f"jobyard-{SESSION}",
+        "JOBYARD_AUTOSCALE_MIN": "1",
+        "JOBYARD_AUTOSCALE_MAX": "1",
     }
     stack = ComposeStack(f"jobyard-{SESSION}", workdir, settings)
     stack.write_env()
     yield stack
-    stack.save_logs()
-    stack.down()
+    stack.down(docker_client)
     shutil.rmtree(workdir, ignore_errors=True)
 
 

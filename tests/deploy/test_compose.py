@@ -40,11 +40,11 @@ print(json.dumps(outcome))
 def stack(compose_stack, docker_client, python_image):
     """The stack, up, with its agent registered in Redis."""
     compose_stack.compose("up", "-d")
-    client = redis.Redis.from_url(compose_stack.broker_url, decode_responses=True)
-    agents = wait_for(lambda: client.keys(keys.agent("*")), timeout=60, interval=0.5,
-                      message="the compose agent to publish its state")
-    compose_stack.agent_name = agents[0].removeprefix(keys.agent(""))
-    compose_stack.redis = client
+    (agent,) = compose_stack.containers(docker_client, "agent")
+    compose_stack.agent_name = agent.attrs["Config"]["Hostname"]
+    compose_stack.redis = redis.Redis.from_url(compose_stack.broker_url, decode_responses=True)
+    wait_for(lambda: compose_stack.redis.exists(keys.agent(compose_stack.agent_name)), timeout=60, interval=0.5,
+             message="the compose agent to publish its state")
     return compose_stack
 
 
@@ -82,14 +82,29 @@ def test_only_the_agent_and_the_autoscaler_get_the_docker_socket(stack, docker_c
     assert agent.attrs["HostConfig"]["ReadonlyRootfs"] and agent.attrs["HostConfig"]["CapDrop"] == ["ALL"]
 
 
+def test_the_autoscaler_adds_an_agent_host_that_joins(stack, docker_client):
+    (autoscaler,) = stack.containers(docker_client, "autoscaler")
+    added = f"{stack.autoscaler_prefix}-0"
+    wait_for(lambda: stack.redis.exists(keys.agent(added)), timeout=90, interval=1,
+             message=f"the autoscaler's agent {added} to join (logs: {autoscaler.logs(tail=20)!r})")
+    assert stack.redis.exists(keys.DECISIONS), "the autoscaler reports its decisions in Redis"
+    assert [c.name for c in stack.autoscaled_hosts(docker_client)] == [f"jobyard-host-{added}"]
+    autoscaler.reload()
+    assert autoscaler.status == "running" and autoscaler.attrs["RestartCount"] == 0
+
+
 def test_jobs_from_this_host_come_back_and_an_oom_is_reported(stack, docker_client):
+    agents = {stack.agent_name, f"{stack.autoscaler_prefix}-0"}
     outcome = submit(stack, JOBS)
     assert outcome["add"] == 5
     assert outcome["group"] == [0, 2, 4, 6]
-    assert outcome["oom"] == {"error": "ContainerOOMKilled", "exit_code": 137,
-                              "memory_limit": 64 * 1024**2, "host": stack.agent_name}
-    assert not docker_client.containers.list(all=True, filters={"label": f"jobyard.agent={stack.agent_name}"}), \
-        "job containers must be gone once their jobs ended"
+    oom = outcome["oom"]
+    assert oom["host"] in agents
+    assert oom == {"error": "ContainerOOMKilled", "exit_code": 137, "memory_limit": 64 * 1024**2,
+                   "host": oom["host"]}
+    for agent in agents:
+        assert not docker_client.containers.list(all=True, filters={"label": f"jobyard.agent={agent}"}), \
+            "job containers must be gone once their jobs ended"
     state = json.loads(stack.redis.get(keys.agent(stack.agent_name)))
     assert state["running"] == [] and state["capacity"]["cpus"] == 2
 
@@ -99,26 +114,23 @@ def test_flower_requires_basic_auth_and_sees_the_agent(stack):
     wrong = (stack.settings["JOBYARD_FLOWER_USER"], "not-the-password")
     assert requests.get(stack.flower_url + "/", auth=wrong, timeout=10).status_code == 401
     auth = (stack.settings["JOBYARD_FLOWER_USER"], stack.settings["JOBYARD_FLOWER_PASSWORD"])
-    workers = wait_for(lambda: requests.get(stack.flower_url + "/api/workers", auth=auth, timeout=10).json(),
-                       timeout=30, interval=1, message="Flower to list the agent's worker")
+    # refresh=1: Flower asks the workers now instead of answering from its cache, which
+    # is empty when Flower started before the agent was ready.
+    workers = wait_for(lambda: requests.get(stack.flower_url + "/api/workers?refresh=1", auth=auth,
+                                            timeout=20).json(),
+                       timeout=60, interval=1, message="Flower to list the agent's worker")
     assert f"jobyard@{stack.agent_name}" in workers
-
-
-def test_the_autoscaler_runs_and_reports_to_redis(stack, docker_client):
-    (autoscaler,) = stack.containers(docker_client, "autoscaler")
-    wait_for(lambda: stack.redis.exists(keys.DECISIONS), timeout=60, interval=1,
-             message=f"the autoscaler's first decision (logs: {autoscaler.logs(tail=20)!r})")
-    autoscaler.reload()
-    assert autoscaler.status == "running" and autoscaler.attrs["RestartCount"] == 0
 
 
 def test_down_leaves_nothing_behind(stack, docker_client):
     started = time.monotonic()
-    stack.down()
-    assert time.monotonic() - started < 60
+    stack.down(docker_client)
+    assert time.monotonic() - started < 90
     assert not stack.containers(docker_client)
+    assert not stack.autoscaled_hosts(docker_client)
     project = {"label": f"com.docker.compose.project={stack.project}"}
     assert not docker_client.networks.list(filters=project)
     assert not docker_client.volumes.list(filters=project)
-    assert not docker_client.containers.list(all=True, filters={"label": f"jobyard.agent={stack.agent_name}"})
+    for agent in (stack.agent_name, f"{stack.autoscaler_prefix}-0"):
+        assert not docker_client.containers.list(all=True, filters={"label": f"jobyard.agent={agent}"})
     assert docker_client.images.get(PYTHON_IMAGE), "down must not touch the host's job images"
