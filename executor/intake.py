@@ -11,7 +11,7 @@ anything runs:
 2. :class:`IntakeConsumer` screens the decoded message: Celery's own refusals
    (undecodable body, a disallowed content type such as pickle, an unknown task or
    format) and jobyard's (a ``jobyard.run`` call without its spec header, arguments
-   that are not a list, ...).
+   that are not a list, a Celery built-in task such as ``celery.map``, ...).
 
 Each refused message is logged once, set aside with its reason in the capped list
 :func:`tasks.keys.rejected`, and acknowledged, so it never comes back. A refused
@@ -257,6 +257,11 @@ class IntakeConsumer(Consumer):
                 return self.on_decode_error(message, exc)
             if problem:
                 return self.refuse(message, problem, InvalidJobSpec(problem, field="call"))
+            name = message.headers["task"]
+            if name != RUN_TASK and name in self.app.tasks:
+                # Celery's built-ins (celery.map, celery.chunks, ...) would call
+                # jobyard.run in-process, around these checks; jobs never need them.
+                return self.refuse(message, f"task {name!r} is not run by agents", NotRegistered(name))
             problem = self._seal_problem(message)
             if problem:
                 return self.refuse(message, problem)

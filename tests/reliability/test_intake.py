@@ -69,6 +69,8 @@ CASES = {
                             "content type refused", None),
     "unknown task": (lambda tid: _queued(call_body(["id"]), run_headers(tid, task="os.system")),
                      "unknown task 'os.system'", NotRegistered),
+    "celery built-in task": (lambda tid: _queued(call_body(), run_headers(tid, task="celery.backend_cleanup")),
+                             "'celery.backend_cleanup' is not run by agents", NotRegistered),
     "no spec header": (lambda tid: _queued(call_body(), run_headers(tid, spec=None)),
                        "no jobyard_spec header", InvalidJobSpec),
     "spec header not an object": (lambda tid: _queued(call_body(), run_headers(tid, spec="echo pwned")),
