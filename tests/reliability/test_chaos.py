@@ -1,0 +1,136 @@
+"""Chaos: the short form of bench/chaos.py passes, and a broker outage never loses a popped job.
+
+The short form runs as a subprocess with its own redis-server (AOF always), its own
+agents and its own image: 80 jobs, 3 agent SIGKILLs, one Redis SIGKILL + restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from tests.conftest import ARTIFACTS, ROOT, SESSION, wait_for
+from tests.support.services import AgentProcess, free_port, temp_dir
+
+CHAOS = os.path.join(ROOT, "bench", "chaos.py")
+
+
+@pytest.mark.slow
+def test_short_chaos_run_loses_nothing_and_leaves_nothing(tmp_path):
+    figures_path = tmp_path / "chaos.json"
+    completed = subprocess.run([sys.executable, CHAOS, "--short", "--no-write", "--json", str(figures_path)],
+                               capture_output=True, text=True, timeout=600,
+                               env={**os.environ, "CHAOS_KEEP_LOGS": os.path.join(ARTIFACTS, "chaos-short")})
+    assert figures_path.exists(), f"the bench wrote no figures:\n{completed.stderr[-4000:]}"
+    figures = json.loads(figures_path.read_text())
+    summary = completed.stdout[-4000:]
+    assert figures["agent_kills"] >= 2 and figures["redis_restarts"] == 1, summary
+    assert figures["lost"] == [], summary
+    assert figures["changed"] == [] and figures["extra_terminal_writes"] == [], summary
+    assert figures["reruns"] <= figures["in_flight_agent_kills"] + figures["in_flight_redis_kill"], summary
+    assert figures["runs_after_terminal"] == [], summary
+    assert figures["orphans_running"] == [] and figures["orphans_stopped"] == [], summary
+    assert completed.returncode == 0, summary
+
+
+class CuttingProxy:
+    """A loopback TCP proxy to Redis that plays a broker crash at one exact moment.
+
+    Right after it forwards a reply that contains ``needle`` (the BRPOP that hands
+    a job to the agent), it closes every connection and refuses new ones for
+    ``outage`` seconds: what an agent sees when Redis dies just after a pop.
+    """
+
+    def __init__(self, target_port: int, outage: float):
+        self.target_port = target_port
+        self.outage = outage
+        self.needle: bytes | None = None
+        self.tripped = threading.Event()
+        self.refuse_until = 0.0
+        self.sockets: list[socket.socket] = []
+        self.listener = socket.create_server(("127.0.0.1", free_port()))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.listener.accept()
+            if time.time() < self.refuse_until:
+                client.close()
+                continue
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            self.sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, from_redis: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+                if from_redis and self.needle and self.needle in data and not self.tripped.is_set():
+                    self.cut()
+        except OSError:
+            pass
+
+    def cut(self) -> None:
+        """Drop every connection now and refuse new ones for the outage."""
+        self.refuse_until = time.time() + self.outage
+        self.tripped.set()
+        for sock in self.sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "kombu's Redis transport pops a message (BRPOP) and only then records it in the unacked "
+    "hash, in a second round trip; a broker crash between the two loses an accepted job "
+    "(bench/chaos.py hit it: see the chaos report)"))
+def test_job_popped_just_before_a_broker_outage_still_runs(redis_server, redis_client, docker_client, python_image):
+    from sample_jobs import add
+
+    queue = f"popped-{SESSION}"
+    proxy = CuttingProxy(redis_server.port, outage=3.0)
+    hostname = f"{SESSION}-popped-0"
+    env = {**os.environ, "JOBYARD_BROKER_URL": f"redis://127.0.0.1:{proxy.port}/0"}
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    agent = AgentProcess(hostname, ["--state-dir", temp_dir("jobyard-state-"), "--cpus", "1", "--memory", "1Gi",
+                                    "--queues", queue], env, os.path.join(ARTIFACTS, f"agent-{hostname}.log"))
+    agent.start(redis_client)
+    try:
+        task_id = str(uuid.uuid4())
+        proxy.needle = task_id.encode()
+        result = add.apply_async((1, 2), queue=queue, task_id=task_id)
+        wait_for(proxy.tripped.is_set, timeout=30, message="the agent popping the job")
+        time.sleep(proxy.outage + 1)
+        held = where_held(redis_client, task_id, queue)
+        # Lease (10 s) plus two sweeps and slack: a job Redis still held has run by now.
+        ran = wait_for_result(result, timeout=40)
+        assert ran, f"job {task_id}: no result; after the outage Redis held it in {held or 'no key'}"
+        assert result.get(timeout=5) == 3
+    finally:
+        agent.stop(timeout=20)
+
+
+def where_held(client, task_id: str, queue: str) -> list[str]:
+    """The Redis keys still holding ``task_id``'s message: its queue list, kombu's unacked hash."""
+    places = [f"list {queue}"] if any(task_id in item for item in client.lrange(queue, 0, -1)) else []
+    return places + (["hash unacked"] if any(task_id in item for item in client.hvals("unacked")) else [])
+
+
+def wait_for_result(result, timeout: float) -> bool:
+    """Poll ``result`` until it is ready (True) or ``timeout`` passes (False)."""
+    try:
+        wait_for(result.ready, timeout=timeout, interval=0.5, message="a result")
+    except AssertionError:
+        return False
+    return True
