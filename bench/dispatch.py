@@ -120,6 +120,11 @@ class _RecordingClient:
         self.options = options
 
 
+def raw_agent_name(hostname: str) -> str:
+    """The agent label of raw containers: not the agent's own, or its reaper would take them."""
+    return f"{hostname}-raw"
+
+
 class RawLoop:
     """create → start → wait → remove with the agent launcher's own create() options."""
 
@@ -127,7 +132,7 @@ class RawLoop:
         from executor.container import ContainerLauncher
 
         recorder = _RecordingClient()
-        launcher = ContainerLauncher(recorder, state_dir, hostname)
+        launcher = ContainerLauncher(recorder, state_dir, raw_agent_name(hostname))
         self.client = client
         self.options = []
         # The launcher's own _prepare/_create, on purpose: the baseline must get exactly the
@@ -228,7 +233,8 @@ class Services:
         if self.redis is not None:
             self.redis.stop()
         if self.docker is not None:
-            removed = remove_containers(self.docker, self.hostname)
+            removed = sum(remove_containers(self.docker, name)
+                          for name in (self.hostname, raw_agent_name(self.hostname)))
             log(f"stopped agent and redis-server; removed {removed} leftover container(s)")
         shutil.rmtree(self.workdir, ignore_errors=True)
 
