@@ -22,16 +22,16 @@ import requests.exceptions
 
 from tasks import keys
 from tasks.app import app as default_app
-from tasks.errors import JobError
+from tasks.errors import BackendError, JobError
 from tasks.state import state_client
 
 from .capacity import Capacity, Ledger
-from .container import LABEL_AGENT, ContainerLauncher, JobCall, Outcome
-from .errors import DockerUnavailable
+from .container import LABEL_AGENT, LABEL_JOB, ContainerLauncher, JobCall, Outcome
+from .errors import DockerUnavailable, EngineUnavailable
 from .gate import IntakeGate
-from .placement import DEFAULT_MAX_WAIT, FleetView, Placement
+from .placement import DEFAULT_MAX_WAIT, FleetView, HandBack, Placement
 from .policy import HostPolicy
-from .request import renew, settle, terminations
+from .request import messages, renew, settle, terminations
 from .verdict import verdict
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 #: Seconds between heartbeats that publish this agent's state and renew leases
 #: (never more than a quarter of the lease).
 HEARTBEAT_SECONDS = 2.0
+#: Heartbeats between two sweeps for containers no held job owns.
+REAP_EVERY_BEATS = 8
 #: An agent's published state expires this long after its last heartbeat.
 STATE_TTL_SECONDS = 10
 #: How long facts and logs of a finished job are kept (matches result_expires).
@@ -149,8 +151,14 @@ class Agent:
 
         try:
             self._record(call, state="running")
-            outcome = self.launcher.run(call, should_stop=lambda: call.task_id in terminations,
-                                        on_start=started)
+            try:
+                outcome = self.launcher.run(call, should_stop=lambda: call.task_id in terminations,
+                                            on_start=started)
+            except EngineUnavailable as exc:
+                log.warning("%s; handing %s back and pausing intake", exc, call.task_id)
+                self._engine_lost()
+                self._uncount_attempt(call)
+                raise HandBack() from exc
             try:
                 value = verdict(call, outcome, self.name)
             except JobError as exc:
@@ -159,6 +167,8 @@ class Agent:
             self._finish(call, outcome, "succeeded")
             return value
         except JobError as exc:
+            if isinstance(exc, BackendError):
+                self._check_engine()
             if outcome is None:  # ended before its container produced an outcome
                 self._write_facts(call.task_id, {"state": exc.reason})
                 self._notify("job_finished", call, exc.reason, None)
@@ -189,6 +199,31 @@ class Agent:
         call.attempt = self._count_attempt(call)
         self._notify("job_admitted", call, waited)
         self.publish()
+
+    def _engine_lost(self) -> None:
+        self.placement.engine_down = True
+        self.gate.refresh()
+
+    def _check_engine(self) -> bool:
+        """Ping the engine; pause or resume intake accordingly. True if it answers."""
+        try:
+            self.docker.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            if not self.placement.engine_down:
+                log.warning("Docker Engine unreachable: taking no new jobs until it answers")
+            self._engine_lost()
+            return False
+        if self.placement.engine_down:
+            log.warning("Docker Engine answers again: taking jobs")
+            self.placement.engine_down = False
+            self.gate.refresh()
+        return True
+
+    def _uncount_attempt(self, call: JobCall) -> None:
+        try:
+            self.redis.decr(keys.attempts(call.task_id))
+        except Exception as exc:  # noqa: BLE001 - only the attempt number is off by one
+            log.warning("could not uncount attempt of %s: %s", call.task_id, exc)
 
     def _count_attempt(self, call: JobCall) -> int:
         """Count this start in Redis: the attempt number survives redeliveries."""
@@ -288,9 +323,15 @@ class Agent:
     def heartbeat_forever(self) -> None:
         """Renew leases and publish state every heartbeat until :meth:`stop`."""
         interval = min(HEARTBEAT_SECONDS, self.app.jobyard_settings.lease_seconds / 4)
+        beats = 0
         while not self._stopping.wait(interval):
             self.renew_leases()
+            if self.placement.engine_down:
+                self._check_engine()
             self.publish()
+            beats += 1
+            if beats % REAP_EVERY_BEATS == 0:
+                self.reap(keep=set(messages.snapshot()))
 
     def renew_leases(self) -> None:
         """Renew the lease of every message this agent holds."""
@@ -322,24 +363,31 @@ class Agent:
         except Exception as exc:  # noqa: BLE001
             log.warning("could not withdraw agent state: %s", exc)
 
-    def reap(self) -> int:
-        """Remove containers an earlier run of this agent left behind; return how many."""
+    def reap(self, keep: frozenset[str] | set[str] = frozenset()) -> int:
+        """Remove this agent's containers except those of jobs in ``keep``; return how many.
+
+        At start ``keep`` is empty: everything labelled with this agent was left by
+        an earlier run. While running, the heartbeat reaps containers no held job
+        owns (e.g. ones the engine could not remove while it was restarting).
+        """
         removed = 0
         try:
-            leftovers = self.docker.containers.list(all=True, filters={"label": f"{LABEL_AGENT}={self.name}"})
+            leftovers = self.docker.api.containers(all=True, filters={"label": f"{LABEL_AGENT}={self.name}"})
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             log.warning("could not list leftover containers: %s", exc)
             return 0
         for container in leftovers:
+            if container.get("Labels", {}).get(LABEL_JOB) in keep:
+                continue
             try:
-                container.remove(force=True, v=True)
+                self.docker.api.remove_container(container["Id"], force=True, v=True)
                 removed += 1
             except docker.errors.NotFound:
                 pass
-            except docker.errors.APIError as exc:
-                log.warning("could not reap %s: %s", container.name, exc)
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                log.warning("could not reap %s: %s", container["Id"][:12], exc)
         if removed:
-            log.warning("reaped %d container(s) left by an earlier run of agent %s", removed, self.name)
+            log.warning("reaped %d container(s) of agent %s that no running job owns", removed, self.name)
         return removed
 
 

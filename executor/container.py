@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -24,6 +25,7 @@ from tasks.errors import BackendError, ImageNotFound
 from tasks.spec import PYTHON, JobSpec, render_command
 
 from .cgroup import PeakMemory
+from .errors import EngineUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ MAX_RESULT_BYTES = 16 * 1024 * 1024
 LOG_DRIVER = LogConfig(type="json-file", config={"max-size": "8m", "max-file": "1"})
 
 _DOCKER_DOWN = (requests.exceptions.ConnectionError, docker.errors.DockerException)
+#: Errors meaning the engine itself is unreachable (not that it refused a request).
+_ENGINE_DOWN = (requests.exceptions.ConnectionError,)
 
 
 @dataclass
@@ -101,9 +105,12 @@ class ContainerLauncher:
         outcome = Outcome()
         container = None
         try:
-            container = self._create(call, job_dir)
-            outcome.container_id = container.id
-            container.start()
+            try:
+                container = self._create(call, job_dir)
+                outcome.container_id = container.id
+                container.start()
+            except _ENGINE_DOWN as exc:
+                raise EngineUnavailable(f"Docker Engine unreachable on {self.agent_name}: {exc}") from exc
             outcome.started_at = time.time()
             container.reload()
             peak = PeakMemory(container.attrs["State"].get("Pid") or 0)
@@ -250,20 +257,32 @@ def _kill(container) -> None:
 
 
 def _read_result(path: str) -> dict[str, Any] | None:
+    # The job owns the directory and the agent is root on the host: never follow
+    # a link the job planted, never block on a FIFO, never read a device.
     try:
-        size = os.path.getsize(path)
-    except OSError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
         return None
-    if size > MAX_RESULT_BYTES:
-        return {"ok": False, "kind": "encode", "exc_type": "ResultTooLarge", "exc_module": "jobyard",
-                "message": f"result is {size} bytes, over the {MAX_RESULT_BYTES}-byte cap", "traceback": ""}
-    try:
-        with open(path) as handle:
-            data = json.load(handle)
-    except (OSError, ValueError) as exc:
-        return {"ok": False, "kind": "encode", "exc_type": "CorruptResult", "exc_module": "jobyard",
-                "message": f"unreadable result: {exc}", "traceback": ""}
+    except OSError as exc:
+        return _corrupt(f"unreadable result: {exc.strerror}")
+    with os.fdopen(fd) as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return _corrupt("result is not a regular file")
+        if info.st_size > MAX_RESULT_BYTES:
+            return {"ok": False, "kind": "encode", "exc_type": "ResultTooLarge", "exc_module": "jobyard",
+                    "message": f"result is {info.st_size} bytes, over the {MAX_RESULT_BYTES}-byte cap",
+                    "traceback": ""}
+        try:
+            data = json.loads(handle.read(MAX_RESULT_BYTES + 1))
+        except ValueError as exc:
+            return _corrupt(f"unreadable result: {exc}")
     return data if isinstance(data, dict) else None
+
+
+def _corrupt(message: str) -> dict[str, Any]:
+    return {"ok": False, "kind": "encode", "exc_type": "CorruptResult", "exc_module": "jobyard",
+            "message": message, "traceback": ""}
 
 
 def _install_runner(runner_dir: str) -> None:

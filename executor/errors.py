@@ -18,3 +18,10 @@ class ImageBuildError(AgentError):
 
 class InvalidAgentConfig(AgentError, ValueError):
     """An agent option (capacity, policy, queues) is malformed."""
+
+
+class EngineUnavailable(AgentError):
+    """The Docker Engine could not be reached before a job's container started.
+
+    The job never ran, so it is handed back rather than charged an attempt.
+    """

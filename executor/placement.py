@@ -85,6 +85,8 @@ class Placement:
         self.parked: dict[str, JobCall] = {}
         self.draining = False
         self.stopping = False
+        #: Set while the container engine is unreachable: take no new work.
+        self.engine_down = False
         self._paused_until = 0.0
         self.on_change: Callable[[], None] = lambda: None
 
@@ -196,7 +198,7 @@ class Placement:
 
     def allowance(self) -> int:
         """How many more messages the worker should take now: 0 or 1."""
-        if self.draining or self.stopping or time.monotonic() < self._paused_until:
+        if self.draining or self.stopping or self.engine_down or time.monotonic() < self._paused_until:
             return 0
         with self.ledger.changed:
             held = len(self.ledger.running()) + len(self.waiters) + len(self.parked)

@@ -96,7 +96,8 @@ class AgentFactory:
         self.agents: list[AgentProcess] = []
         self.state_root = temp_dir("jobyard-state-")
 
-    def start(self, name: str = "a", *args: str, env: dict | None = None) -> AgentProcess:
+    def start(self, name: str = "a", *args: str, env: dict | None = None, client=None) -> AgentProcess:
+        """Start an agent; ``client`` is the Redis it publishes to, when not the session's."""
         hostname = f"{SESSION}-{name}-{len(self.agents)}"
         environ = {**os.environ, "JOBYARD_BROKER_URL": self.redis_server.url, **(env or {})}
         state_dir = os.path.join(self.state_root, hostname)
@@ -104,7 +105,7 @@ class AgentFactory:
         agent = AgentProcess(hostname, ["--state-dir", state_dir, "--loglevel", "INFO", *args], environ,
                              os.path.join(ARTIFACTS, f"agent-{hostname}.log"))
         self.agents.append(agent)
-        return agent.start(self.redis_client)
+        return agent.start(client or self.redis_client)
 
     def stop_all(self) -> None:
         for agent in self.agents:

@@ -130,3 +130,54 @@ class AgentProcess:
 
 def temp_dir(prefix: str) -> str:
     return tempfile.mkdtemp(prefix=prefix)
+
+
+@dataclass
+class PrivateDockerd:
+    """A Docker Engine of our own, on its own socket and data root, so a test can
+    stop and restart it without touching the machine's engine."""
+
+    workdir: str
+    process: subprocess.Popen | None = None
+
+    @property
+    def socket(self) -> str:
+        return f"unix://{self.workdir}/docker.sock"
+
+    def start(self, timeout: float = 60.0) -> "PrivateDockerd":
+        import docker
+
+        binary = shutil.which("dockerd")
+        if binary is None:
+            raise RuntimeError("dockerd is not installed (run: bash deploy/setup.sh test)")
+        os.makedirs(self.workdir, exist_ok=True)
+        self.process = subprocess.Popen(
+            [binary, "--host", self.socket, "--data-root", f"{self.workdir}/root", "--exec-root",
+             f"{self.workdir}/exec", "--pidfile", f"{self.workdir}/docker.pid", "--bridge", "none",
+             "--iptables=false", "--ip6tables=false", "--ip-masq=false", "--shutdown-timeout", "2"],
+            stdout=open(os.path.join(self.workdir, "dockerd.log"), "ab"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"private dockerd exited; see {self.workdir}/dockerd.log")
+            try:
+                docker.DockerClient(base_url=self.socket, timeout=5).ping()
+                return self
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.2)
+        raise RuntimeError("private dockerd did not come up")
+
+    def client(self):
+        import docker
+
+        return docker.DockerClient(base_url=self.socket, timeout=120)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
