@@ -52,7 +52,12 @@ def private_engine(docker_client):
     build_busybox(client, "jobyard-test/busybox:latest")
     yield engine
     engine.stop()
+    engine.remove_bridge()
     os.system(f"rm -rf {engine.workdir}")  # noqa: S605 - our own temp dir
+
+
+def test_private_engine_leaves_the_machine_engine_network_alone(private_engine):
+    assert os.path.exists("/sys/class/net/docker0"), "the machine engine's docker0 must survive"
 
 
 def test_engine_restart_under_running_jobs_loses_nothing(agents, private_engine, celery_app):

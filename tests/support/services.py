@@ -139,10 +139,27 @@ class PrivateDockerd:
 
     workdir: str
     process: subprocess.Popen | None = None
+    bridge: str = ""
 
     @property
     def socket(self) -> str:
         return f"unix://{self.workdir}/docker.sock"
+
+    def _make_bridge(self) -> None:
+        # A bridge of its own: with --bridge=none a second engine deletes the
+        # machine engine's docker0 at start.
+        if self.bridge:
+            return
+        self.bridge = f"jy{os.getpid() % 100000}"
+        subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
+        subprocess.run(["ip", "addr", "add", f"10.254.{os.getpid() % 250}.1/24", "dev", self.bridge], check=True)
+        subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
+
+    def remove_bridge(self) -> None:
+        """Delete the engine's own bridge (after the engine stopped for good)."""
+        if self.bridge:
+            subprocess.run(["ip", "link", "del", self.bridge], check=False)
+            self.bridge = ""
 
     def start(self, timeout: float = 60.0) -> "PrivateDockerd":
         import docker
@@ -151,9 +168,10 @@ class PrivateDockerd:
         if binary is None:
             raise RuntimeError("dockerd is not installed (run: bash deploy/setup.sh test)")
         os.makedirs(self.workdir, exist_ok=True)
+        self._make_bridge()
         self.process = subprocess.Popen(
             [binary, "--host", self.socket, "--data-root", f"{self.workdir}/root", "--exec-root",
-             f"{self.workdir}/exec", "--pidfile", f"{self.workdir}/docker.pid", "--bridge", "none",
+             f"{self.workdir}/exec", "--pidfile", f"{self.workdir}/docker.pid", "--bridge", self.bridge,
              "--iptables=false", "--ip6tables=false", "--ip-masq=false", "--shutdown-timeout", "2"],
             stdout=open(os.path.join(self.workdir, "dockerd.log"), "ab"), stderr=subprocess.STDOUT,
             start_new_session=True)
