@@ -6,18 +6,31 @@ drain survive an autoscaler restart: the next autoscaler finds it and carries on
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
 import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from tasks import keys
 
-from .errors import MetricError
+from .errors import ControlError
 from .metrics import AgentState
 
 log = logging.getLogger(__name__)
+
+
+def _translated(method):
+    """Turn Redis and broker errors of a drain step into :class:`ControlError`."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (redis.RedisError, OperationalError, OSError) as exc:
+            raise ControlError(f"{method.__name__}: {exc}") from exc
+    return wrapper
 
 
 def worker_name(hostname: str) -> str:
@@ -33,21 +46,22 @@ class Drainer:
         self.redis = client
         self.reply_timeout = reply_timeout
 
+    @_translated
     def draining(self) -> dict[str, float]:
         """Hosts being drained -> when their drain began."""
-        try:
-            return {name: score for name, score in self.redis.zrange(keys.DRAINING, 0, -1, withscores=True)}
-        except redis.RedisError as exc:
-            raise MetricError(f"cannot read the draining set: {exc}") from exc
+        return dict(self.redis.zrange(keys.DRAINING, 0, -1, withscores=True))
 
+    @_translated
     def mark(self, hostname: str) -> None:
         """Record that ``hostname`` is being drained (kept if already marked)."""
         self.redis.zadd(keys.DRAINING, {hostname: time.time()}, nx=True)
 
+    @_translated
     def unmark(self, hostname: str) -> None:
         """Forget ``hostname``'s drain (removed, gone, or resumed)."""
         self.redis.zrem(keys.DRAINING, hostname)
 
+    @_translated
     def stop_consuming(self, hostname: str, queues: tuple[str, ...]) -> bool:
         """Cancel the host's consumers; True once its worker confirmed every queue."""
         worker = worker_name(hostname)
@@ -58,6 +72,7 @@ class Drainer:
                 return False
         return True
 
+    @_translated
     def resume(self, hostname: str, queues: tuple[str, ...]) -> None:
         """Undo a drain: consume ``queues`` again and drop the mark."""
         worker = worker_name(hostname)
@@ -65,6 +80,7 @@ class Drainer:
             self.app.control.add_consumer(queue, destination=[worker], reply=True, timeout=self.reply_timeout)
         self.unmark(hostname)
 
+    @_translated
     def is_empty(self, hostname: str, state: AgentState | None) -> bool:
         """Whether the host holds no job: its published state and its worker agree.
 

@@ -17,6 +17,10 @@ class MetricError(AutoscalerError):
     """The broker could not be read, or held something that is not a Celery message."""
 
 
+class ControlError(AutoscalerError):
+    """A drain step could not reach Redis or the workers' remote control."""
+
+
 class ProviderError(AutoscalerError):
     """A host provider could not list, add or remove hosts."""
 

@@ -175,10 +175,11 @@ class Autoscaler:
 
     def _remove_failed_boots(self, hosts: dict[str, Host], draining: dict[str, float],
                              observation: Observation, now: float) -> list[str]:
-        failed = [h.name for h in hosts.values() if h.name not in draining and h.name not in observation.agents
+        # Only a host that never heartbeated at all: its worker never consumed a job.
+        # One whose state merely expired (Redis hiccup, hung agent) may run jobs; it stays.
+        failed = [h.name for h in hosts.values() if h.name not in draining and h.name not in observation.registered
                   and now - h.created > self.policy.boot_timeout]
         for name in failed:
-            # It never published state, so its worker never consumed a job.
             log.warning("host %s did not come up within %gs; removing it", name, self.policy.boot_timeout)
             self.provider.remove(name)
         return failed

@@ -134,6 +134,8 @@ class Observation:
     queues: tuple[QueueDepth, ...]
     demand: Demand
     agents: dict[str, AgentState] = field(default_factory=dict)
+    #: Every host that has heartbeated and not stopped cleanly, live or not.
+    registered: frozenset[str] = frozenset()
 
     @property
     def ready(self) -> int:
@@ -166,7 +168,7 @@ class BrokerMetrics:
             raise MetricError(f"cannot read the broker: {exc}") from exc
 
     def _read(self) -> Observation:
-        agents = read_agents(self.redis)
+        registered, agents = read_agents(self.redis)
         running = {job.task_id: job for a in agents.values() for job in a.running}
         ready, in_flight = self._snapshot()
         queues, waiting = [], [r for requests in ready.values() for r in requests]
@@ -176,7 +178,7 @@ class BrokerMetrics:
             waiting.extend(r for r in held if r.task_id not in running)
             queues.append(QueueDepth(queue, len(ready[queue]), len(held) - running_here, running_here))
         running_requests = tuple(Request(j.task_id, j.cpus, j.memory) for j in running.values())
-        return Observation(time.time(), tuple(queues), Demand(tuple(waiting), running_requests), agents)
+        return Observation(time.time(), tuple(queues), Demand(tuple(waiting), running_requests), agents, registered)
 
     def _snapshot(self) -> tuple[dict[str, list[Request]], dict[str, list[Request]]]:
         """Ready requests by queue and unacked requests by routing key, read atomically
@@ -222,14 +224,15 @@ class ListLengthMetrics(BrokerMetrics):
             length = self.redis.llen(queue)
             queues.append(QueueDepth(queue, length))
             waiting.extend([default_request()] * length)
-        return Observation(time.time(), tuple(queues), Demand(tuple(waiting)), read_agents(self.redis))
+        registered, agents = read_agents(self.redis)
+        return Observation(time.time(), tuple(queues), Demand(tuple(waiting)), agents, registered)
 
 
-def read_agents(client: redis.Redis) -> dict[str, AgentState]:
-    """Every agent whose published state has not expired, by hostname."""
+def read_agents(client: redis.Redis) -> tuple[frozenset[str], dict[str, AgentState]]:
+    """Every registered hostname, and the agents whose published state has not expired."""
     names = client.zrange(keys.AGENTS, 0, -1)
     if not names:
-        return {}
+        return frozenset(), {}
     states = {}
     for raw in client.mget([keys.agent(name) for name in names]):
         if raw:
@@ -238,7 +241,7 @@ def read_agents(client: redis.Redis) -> dict[str, AgentState]:
             except (ValueError, KeyError, TypeError):
                 continue
             states[state.hostname] = state
-    return states
+    return frozenset(names), states
 
 
 def _load(raw: str) -> Any:

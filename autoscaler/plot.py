@@ -45,14 +45,19 @@ def _panel(axis, rows: list[dict], label: str) -> None:
     jobs.step(times, [r["running"] for r in rows], where="post", color="tab:green", lw=1, label="running")
     jobs.set_ylabel("jobs")
     jobs.set_ylim(bottom=0)
-    axis.step(times, [r["hosts_current"] for r in rows], where="post", color="tab:blue", lw=2.2, label="hosts")
+    alive = [r["hosts_current"] + r.get("draining", 0) for r in rows]
+    axis.step(times, alive, where="post", color="tab:blue", lw=2.2, label="hosts (incl. draining)")
+    axis.step(times, [r["hosts_current"] for r in rows], where="post", color="tab:blue", lw=1, ls=":",
+              label="hosts taking jobs")
     axis.step(times, [r["hosts_desired"] for r in rows], where="post", color="black", lw=1, ls="--",
               label="hosts desired")
     for time_, row in zip(times, rows):
         if row["decision"] in ("out", "in"):
             axis.axvline(time_, color="tab:red" if row["decision"] == "in" else "tab:cyan", lw=0.8, alpha=0.7)
+    axis.plot([], [], color="tab:cyan", lw=0.8, label="scale-out decision")
+    axis.plot([], [], color="tab:red", lw=0.8, label="scale-in decision (drain)")
     axis.set_ylabel("hosts")
-    axis.set_ylim(bottom=0, top=max(max(r["hosts_current"] for r in rows), max(r["hosts_desired"] for r in rows)) + 1)
+    axis.set_ylim(bottom=0, top=max(max(alive), max(r["hosts_desired"] for r in rows)) + 1)
     axis.set_zorder(jobs.get_zorder() + 1)
     axis.patch.set_visible(False)
     axis.set_title(label, fontsize=11, loc="left")

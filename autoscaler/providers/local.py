@@ -62,11 +62,16 @@ class LocalProvider(HostProvider):
         if record is None:
             return
         pid = record["pid"]
-        if _alive(pid, name):
-            os.kill(pid, signal.SIGTERM)
-            if not self._wait(name, pid, STOP_TIMEOUT):
-                os.kill(pid, signal.SIGKILL)
-                self._wait(name, pid, 5.0)
+        try:
+            if _alive(pid, name):
+                os.kill(pid, signal.SIGTERM)
+                if not self._wait(name, pid, STOP_TIMEOUT):
+                    os.kill(pid, signal.SIGKILL)
+                    self._wait(name, pid, 5.0)
+        except ProcessLookupError:
+            pass  # it exited on its own in between
+        except OSError as exc:
+            raise ProviderError(f"cannot stop agent {name} (pid {pid}): {exc}") from exc
         self._forget(name)
 
     def _start(self, name: str) -> Host:

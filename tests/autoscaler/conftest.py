@@ -19,13 +19,13 @@ _names = itertools.count()
 class Fleet:
     """A LocalProvider whose agents carry the session token; stopped at teardown."""
 
-    def __init__(self, redis_server, cpus, memory, queues, max_jobs):
+    def __init__(self, redis_server, cpus, memory, queues, max_jobs, env=None):
         from autoscaler.providers.local import LocalProvider
         from autoscaler.shape import HostShape
 
         self.state_dir = temp_dir("jobyard-fleet-")
         self.prefix = f"{SESSION}-as{next(_names)}"
-        env = {**os.environ, "JOBYARD_BROKER_URL": redis_server.url}
+        env = {**os.environ, "JOBYARD_BROKER_URL": redis_server.url, **(env or {})}
         self.provider = LocalProvider(HostShape(cpus, memory), self.state_dir, prefix=self.prefix,
                                       queues=tuple(queues), agent_args=("--max-jobs", str(max_jobs)), env=env)
 
@@ -40,8 +40,8 @@ def fleet(redis_server, redis_client, docker_client, python_image):
     """Factory: ``fleet(cpus=1, memory=512Mi, queues=[q], max_jobs=2)``."""
     made = []
 
-    def make(cpus=1.0, memory=512 * 1024**2, queues=("default",), max_jobs=2):
-        made.append(Fleet(redis_server, cpus, memory, queues, max_jobs))
+    def make(cpus=1.0, memory=512 * 1024**2, queues=("default",), max_jobs=2, env=None):
+        made.append(Fleet(redis_server, cpus, memory, queues, max_jobs, env))
         return made[-1]
 
     yield make

@@ -37,3 +37,19 @@ def test_burst_from_zero_scales_out_within_seconds_and_back_to_min(fleet, run_lo
     assert ins and sum(a.count for a in ins) == 2, ticks.actions
     loop.stop()
     assert not redis_client.zrange("jobyard:draining", 0, -1)
+
+
+def test_min_is_kept_and_a_host_that_never_comes_up_is_replaced(fleet, run_loop, queue_name, redis_client):
+    from tests.support.services import free_port
+
+    # Agents of this fleet point at a broker port nothing listens on: they never heartbeat.
+    dead = fleet(queues=[queue_name], env={"JOBYARD_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}).provider
+    loop, ticks = run_loop(dead, [queue_name], minimum=1, maximum=1, poll=0.5, stabilisation=0, cooldown=0,
+                           boot_timeout=3)
+    first = wait_for(lambda: ticks.actions, 10, message="a scale-out to min")[0]
+    assert (first.direction, first.count) == ("out", 1) and "raised to min 1" in first.reason
+    wait_for(lambda: len(ticks.actions) >= 2, 20, message="the silent host replaced")
+    assert first.hosts[0] not in [h.name for h in dead.hosts()]
+    assert all(t.current <= 1 for t in ticks.ticks), "went past max"
+    assert all(t.current >= 1 for t in ticks.ticks), "went below min"
+    loop.stop()
