@@ -135,12 +135,12 @@ class RawLoop:
         launcher = ContainerLauncher(recorder, state_dir, raw_agent_name(hostname))
         self.client = client
         self.options = []
-        # The launcher's own _prepare/_create, on purpose: the baseline must get exactly the
+        # The launcher's own prepare/create, on purpose: the baseline must get exactly the
         # agent's options. One job dir per thread, prepared once: the agent's per-job dir
         # setup is one of the extras being measured, not part of the baseline.
         for slot in range(slots):
             slot_call = dataclasses.replace(call, task_id=f"raw{slot}")
-            launcher._create(slot_call, launcher._prepare(slot_call))
+            launcher.create(slot_call, launcher.prepare(slot_call))
             self.options.append(recorder.options)
 
     def once(self, slot: int) -> None:

@@ -12,19 +12,22 @@ from __future__ import annotations
 import os
 
 CGROUP_ROOT = "/sys/fs/cgroup"
-_V1_FILES = ("memory.max_usage_in_bytes",)
-_V2_FILES = ("memory.peak",)
 
 
 class PeakMemory:
-    """Locate a process's memory cgroup once and read its high-water mark."""
+    """Find a container's memory cgroup by its id and read its high-water mark."""
 
-    def __init__(self, pid: int):
-        self.path = _memory_cgroup_file(pid) if pid else None
+    def __init__(self, container_id: str):
+        self.container_id = container_id
+        self.path: str | None = None
         self.peak: int | None = None
+        self._looked = False
 
     def sample(self) -> int | None:
         """Read the current high-water mark; keep the largest seen."""
+        if not self._looked:
+            self._looked = True
+            self.path = _first_existing(_candidates(self.container_id))
         if not self.path:
             return self.peak
         try:
@@ -36,25 +39,16 @@ class PeakMemory:
         return self.peak
 
 
-def _memory_cgroup_file(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/cgroup") as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            return _first_existing(os.path.join(CGROUP_ROOT, "memory") + path, _V1_FILES)
-    for line in lines:
-        if line.startswith("0::"):
-            return _first_existing(CGROUP_ROOT + line[3:], _V2_FILES)
-    return None
+def _candidates(container_id: str) -> list[str]:
+    """Where Docker puts a container's memory cgroup (cgroupfs or systemd driver, v1 or v2)."""
+    scope = f"docker-{container_id}.scope"
+    return [
+        f"{CGROUP_ROOT}/memory/docker/{container_id}/memory.max_usage_in_bytes",
+        f"{CGROUP_ROOT}/memory/system.slice/{scope}/memory.max_usage_in_bytes",
+        f"{CGROUP_ROOT}/system.slice/{scope}/memory.peak",
+        f"{CGROUP_ROOT}/docker/{container_id}/memory.peak",
+    ]
 
 
-def _first_existing(directory: str, names: tuple[str, ...]) -> str | None:
-    for name in names:
-        candidate = os.path.join(directory, name)
-        if os.path.exists(candidate):
-            return candidate
-    return None
+def _first_existing(paths: list[str]) -> str | None:
+    return next((path for path in paths if os.path.exists(path)), None)

@@ -101,21 +101,20 @@ class ContainerLauncher:
     def run(self, call: JobCall, should_stop: Callable[[], bool] = lambda: False,
             on_start: Callable[[Outcome], None] = lambda outcome: None) -> Outcome:
         """Run ``call`` to completion (or timeout/stop) and return its outcome."""
-        job_dir = self._prepare(call)
+        job_dir = self.prepare(call)
         outcome = Outcome()
         container = None
         try:
             try:
-                container = self._create(call, job_dir)
+                container = self.create(call, job_dir)
                 outcome.container_id = container.id
                 container.start()
             except _ENGINE_DOWN as exc:
                 raise EngineUnavailable(f"Docker Engine unreachable on {self.agent_name}: {exc}") from exc
             outcome.started_at = time.time()
-            container.reload()
-            peak = PeakMemory(container.attrs["State"].get("Pid") or 0)
+            peak = PeakMemory(container.id)
             on_start(outcome)
-            self._wait(container, call.spec, outcome, peak, should_stop)
+            outcome.exit_code = self._wait(container, call.spec, outcome, peak, should_stop)
             outcome.finished_at = time.time()
             self._collect(container, call.spec, outcome, peak, job_dir)
             return outcome
@@ -131,7 +130,8 @@ class ContainerLauncher:
             self._remove(container)
             shutil.rmtree(job_dir, ignore_errors=True)
 
-    def _prepare(self, call: JobCall) -> str:
+    def prepare(self, call: JobCall) -> str:
+        """Create the job's private input/output directory; return its path."""
         job_dir = os.path.join(self.jobs_dir, f"{call.task_id}-{call.attempt}")
         shutil.rmtree(job_dir, ignore_errors=True)
         os.makedirs(os.path.join(job_dir, "in"), mode=0o755)
@@ -150,7 +150,13 @@ class ContainerLauncher:
                 json.dump(payload, handle)
         return job_dir
 
-    def _create(self, call: JobCall, job_dir: str):
+    def create(self, call: JobCall, job_dir: str):
+        """Create (not start) the job's hardened, limited container; return its model."""
+        created = self.client.api.create_container(**self.container_options(call, job_dir))
+        return self.client.containers.prepare_model({"Id": created["Id"]})
+
+    def container_options(self, call: JobCall, job_dir: str) -> dict[str, Any]:
+        """The Engine API options of a job's container: image, argv, limits, hardening."""
         spec = call.spec
         if spec.kind == PYTHON:
             command = ["python3", f"{RUNNER_DIR}/runner.py"]
@@ -170,14 +176,7 @@ class ContainerLauncher:
             Mount(OUT_DIR, os.path.join(job_dir, "out"), type="bind", read_only=False),
             Mount(RUNNER_DIR, self.runner_dir, type="bind", read_only=True),
         ]
-        return self.client.containers.create(
-            image=spec.image,
-            command=command,
-            name=f"jobyard-{call.task_id}-{call.attempt}",
-            user=JOB_USER,
-            environment=environment,
-            labels={LABEL_JOB: call.task_id, LABEL_AGENT: self.agent_name, LABEL_NAME: spec.name,
-                    LABEL_ATTEMPT: str(call.attempt)},
+        host_config = self.client.api.create_host_config(
             network_mode=spec.network,
             read_only=True,
             tmpfs={"/tmp": f"rw,nosuid,nodev,size={spec.tmpfs}"},
@@ -189,38 +188,48 @@ class ContainerLauncher:
             pids_limit=spec.pids,
             mounts=mounts,
             log_config=LOG_DRIVER,
-            working_dir="/tmp",
-            detach=True,
         )
+        return {
+            "image": spec.image,
+            "command": command,
+            "name": f"jobyard-{call.task_id}-{call.attempt}",
+            "user": JOB_USER,
+            "environment": environment,
+            "labels": {LABEL_JOB: call.task_id, LABEL_AGENT: self.agent_name, LABEL_NAME: spec.name,
+                       LABEL_ATTEMPT: str(call.attempt)},
+            "working_dir": "/tmp",
+            "host_config": host_config,
+            "detach": True,
+        }
 
     def _wait(self, container, spec: JobSpec, outcome: Outcome, peak: PeakMemory,
-              should_stop: Callable[[], bool]) -> None:
+              should_stop: Callable[[], bool]) -> int | None:
+        """Wait for exit under the timeout, killing on timeout or revoke; return the exit code."""
         deadline = outcome.started_at + spec.timeout
         while True:
             remaining = deadline - time.time()
             if remaining <= 0:
                 outcome.timed_out = True
                 _kill(container)
-                container.wait(timeout=30)
-                return
+                return container.wait(timeout=30).get("StatusCode")
             if should_stop():
                 outcome.revoked = True
                 _kill(container)
-                container.wait(timeout=30)
-                return
+                return container.wait(timeout=30).get("StatusCode")
             try:
-                container.wait(timeout=min(POLL_SECONDS, remaining))
-                return
+                return container.wait(timeout=min(POLL_SECONDS, remaining)).get("StatusCode")
             except requests.exceptions.RequestException as exc:
                 if not _is_read_timeout(exc):
                     raise
                 peak.sample()  # the wait timed out: still running
 
     def _collect(self, container, spec: JobSpec, outcome: Outcome, peak: PeakMemory, job_dir: str) -> None:
-        container.reload()
-        state = container.attrs["State"]
-        outcome.exit_code = state.get("ExitCode")
-        outcome.oom_killed = bool(state.get("OOMKilled"))
+        if outcome.exit_code != 0 or outcome.timed_out or outcome.revoked:
+            # Only a failure needs the OOM flag; a clean exit skips the inspect.
+            container.reload()
+            state = container.attrs["State"]
+            outcome.exit_code = state.get("ExitCode")
+            outcome.oom_killed = bool(state.get("OOMKilled"))
         raw = container.logs(stdout=True, stderr=True, tail=4000)
         outcome.logs = raw[-LOG_KEEP_BYTES:].decode("utf-8", errors="replace")
         outcome.result = _read_result(os.path.join(job_dir, "out", "result.json"))

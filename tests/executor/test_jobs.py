@@ -52,7 +52,9 @@ def test_oom_kills_only_that_job_and_the_agent_goes_on(agent, docker_client):
 def test_a_job_that_fits_its_limit_is_not_oom(agent):
     from sample_jobs import balloon
 
-    assert balloon.apply_async((100,), memory="256Mi").get(timeout=60) == 100
+    result = balloon.apply_async((100,), memory="256Mi")
+    assert result.get(timeout=60) == 100
+    assert job_facts(result.id)["peak_memory"] >= 100 * 1024**2, "peak memory comes from the cgroup"
 
 
 def test_timeout_kills_the_container_within_two_seconds(agent, docker_client):
