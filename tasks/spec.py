@@ -33,7 +33,7 @@ _NAME = re.compile(r"^[A-Za-z_][\w.-]{0,199}$")
 _ENTRY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _QUEUE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{(\w+)\}")
 
 #: Spec fields a caller may override per call (``apply_async(..., memory="1Gi")``).
 RESOURCE_FIELDS = (
@@ -257,16 +257,19 @@ def render_command(command: tuple[str, ...], args: tuple[Any, ...], kwargs: dict
     """Fill ``{name}`` placeholders from ``kwargs`` and append ``args`` to the argv.
 
     Every value becomes exactly one argument; nothing passes through a shell.
+    ``{{`` and ``}}`` stand for literal braces.
     """
     def fill(arg: str) -> str:
         def one(match: re.Match[str]) -> str:
             key = match.group(1)
+            if key is None:
+                return match.group(0)[0]
             if key not in kwargs:
                 raise _fail("command", f"placeholder {{{key}}} has no value in the call")
             return _argument(kwargs[key], key)
         return _PLACEHOLDER.sub(one, arg)
 
-    used = {m.group(1) for arg in command for m in _PLACEHOLDER.finditer(arg)}
+    used = {m.group(1) for arg in command for m in _PLACEHOLDER.finditer(arg) if m.group(1)}
     extra = sorted(set(kwargs) - used)
     if extra:
         raise _fail("kwargs", f"{extra[0]!r} matches no placeholder in the command")

@@ -85,6 +85,7 @@ def test_from_dict_refuses_non_objects():
     (("cp", "{src}", "{dst}"), (), {"src": "x", "dst": 2}, ["cp", "x", "2"]),
     (("ls",), ("-l", "/tmp"), {}, ["ls", "-l", "/tmp"]),
     (("tool", "--n={n}"), ("extra",), {"n": 5}, ["tool", "--n=5", "extra"]),
+    (("awk", "{{print $1}}", "{f}"), (), {"f": "x"}, ["awk", "{print $1}", "x"]),
 ])
 def test_render_command_makes_one_argument_per_value(command, args, kwargs, expected):
     assert render_command(command, args, kwargs) == expected
