@@ -192,29 +192,12 @@ class Autoscaler:
             self._below_since = None
         elif self._below_since is None:
             self._below_since = now
-        if desired > current:
-            return Action(OUT, desired - current, self._clamp_note(wanted.reason, wanted.hosts, desired))
-        if current > self.policy.maximum:
-            return Action(IN, current - self.policy.maximum, f"{current} hosts exceed max {self.policy.maximum}")
-        if keep >= current:
-            return Action.hold(f"{current} host(s) fit the demand: {wanted.reason}")
-        waited = now - self._below_since
-        if waited < self.policy.stabilisation:
-            return Action.hold(f"demand fits {keep} host(s) for {waited:.0f}s of {self.policy.stabilisation:g}s "
-                               f"stabilisation window")
-        if now - self._last_action < self.policy.cooldown:
-            return Action.hold(f"cooldown: {now - self._last_action:.0f}s of {self.policy.cooldown:g}s since last action")
-        target = max(n for t, n in self._window if t >= self._below_since)
-        if target >= current:
-            return Action.hold(f"{current} host(s) needed within the stabilisation window")
-        return Action(IN, current - target, f"demand has fit {target} host(s) for {waited:.0f}s: {wanted.reason}")
-
-    def _clamp_note(self, reason: str, needed: int, desired: int) -> str:
-        if needed > desired:
-            return f"{reason}; capped at max {self.policy.maximum}"
-        if needed < desired:
-            return f"{reason}; raised to min {self.policy.minimum}"
-        return reason
+        below = self._below_since
+        situation = Situation(current, desired, keep, None if below is None else now - below,
+                              now - self._last_action,
+                              max(n for t, n in self._window if below is None or t >= below), wanted.hosts,
+                              wanted.reason)
+        return decide(self.policy, situation)
 
     def _apply(self, action: Action, observation: Observation, active: list[Host],
                draining: list[str]) -> Action:
@@ -246,6 +229,49 @@ class Autoscaler:
     def _forget(self, name: str) -> None:
         self._stopped.discard(name)
         self._empty_polls.pop(name, None)
+
+
+@dataclass(frozen=True)
+class Situation:
+    """What one decision is made from (hosts counts are clamped to min/max)."""
+
+    current: int
+    desired: int
+    keep: int
+    below_for: float | None
+    since_action: float
+    window_keep: int
+    needed: int
+    reason: str
+
+
+def decide(policy: Policy, now: Situation) -> Action:
+    """The safety rules as a pure function (see the module docstring).
+
+    ``desired`` packs hosts full; ``keep`` (>= desired) packs them to 1 - hysteresis;
+    ``below_for`` is how long ``keep`` has stayed below ``current`` (None: it is not);
+    ``window_keep`` is the most ``keep`` asked for in that time.
+    """
+    if now.desired > now.current:
+        note = ""
+        if now.needed > now.desired:
+            note = f"; capped at max {policy.maximum}"
+        elif now.needed < now.desired:
+            note = f"; raised to min {policy.minimum}"
+        return Action(OUT, now.desired - now.current, now.reason + note)
+    if now.current > policy.maximum:
+        return Action(IN, now.current - policy.maximum, f"{now.current} hosts exceed max {policy.maximum}")
+    if now.below_for is None:
+        return Action.hold(f"{now.current} host(s) fit the demand: {now.reason}")
+    if now.below_for < policy.stabilisation:
+        return Action.hold(f"demand fits {now.keep} host(s) for {now.below_for:.0f}s of {policy.stabilisation:g}s "
+                           "stabilisation window")
+    if now.since_action < policy.cooldown:
+        return Action.hold(f"cooldown: {now.since_action:.0f}s of {policy.cooldown:g}s since last action")
+    if now.window_keep >= now.current:
+        return Action.hold(f"{now.current} host(s) needed within the stabilisation window")
+    return Action(IN, now.current - now.window_keep,
+                  f"demand has fit {now.window_keep} host(s) for {now.below_for:.0f}s: {now.reason}")
 
 
 def choose_victims(candidates: dict[str, AgentState], count: int) -> list[str]:

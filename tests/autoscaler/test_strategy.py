@@ -88,3 +88,49 @@ def _agent(name, *ends):
 ])
 def test_victims_idle_first_then_soonest_end(agents, count, expected):
     assert choose_victims({a.hostname: a for a in agents}, count) == expected
+
+
+def _situation(current, desired, keep=None, below_for=None, since_action=1e9, window_keep=None, needed=None):
+    from autoscaler.loop import Situation
+
+    keep = desired if keep is None else keep
+    return Situation(current, desired, keep, below_for, since_action,
+                     keep if window_keep is None else window_keep, desired if needed is None else needed, "r")
+
+
+@pytest.mark.parametrize("situation, expected", [
+    (_situation(0, 3), ("out", 3)),                                          # scale out at once
+    (_situation(2, 4, needed=9), ("out", 2)),                                # capped at max
+    (_situation(2, 2), ("hold", 0)),                                         # steady
+    (_situation(4, 1, below_for=5), ("hold", 0)),                            # inside the window
+    (_situation(4, 1, below_for=31), ("in", 3)),                             # window passed
+    (_situation(4, 1, below_for=31, since_action=3), ("hold", 0)),           # cooldown
+    (_situation(4, 1, below_for=31, window_keep=3), ("in", 1)),              # the window's peak wins
+    (_situation(4, 1, below_for=31, window_keep=4), ("hold", 0)),
+    (_situation(6, 4), ("in", 2)),                                           # above max: no window needed
+])
+def test_decisions(situation, expected):
+    from autoscaler.loop import decide
+
+    action = decide(Policy(minimum=0, maximum=4, stabilisation=30, cooldown=10), situation)
+    assert (action.direction, action.count) == expected, action
+
+
+def test_min_and_max_notes_say_why():
+    from autoscaler.loop import decide
+
+    policy = Policy(minimum=1, maximum=2)
+    assert "raised to min 1" in decide(policy, _situation(0, 1, needed=0)).reason
+    assert "capped at max 2" in decide(policy, _situation(0, 2, needed=5)).reason
+
+
+def test_hysteresis_band_keeps_a_fleet_whose_demand_wobbles():
+    """Demand wobbling between 4 and 5 half-CPU jobs flips the full packing between one
+    and two 2-CPU hosts, but the 80% packing keeps two: two hosts never scale in."""
+    strategy = BinPacking()
+    fulls, keeps = set(), set()
+    for count in (4, 5, 4, 5, 4, 5):
+        demand = Demand(running=jobs(count))
+        fulls.add(strategy.desired(demand, SHAPE).hosts)
+        keeps.add(strategy.desired(demand, SHAPE, 1 - Policy().hysteresis).hosts)
+    assert fulls == {1, 2} and keeps == {2}
