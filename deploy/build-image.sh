@@ -61,7 +61,7 @@ build_local_base() {
 
 build_local_redis() {
     log "building $REDIS_IMAGE from $LOCAL_BASE"
-    docker build -q -t "$REDIS_IMAGE" --build-arg "BASE_IMAGE=$LOCAL_BASE" - >/dev/null <<'EOF'
+    docker build -q --network none -t "$REDIS_IMAGE" --build-arg "BASE_IMAGE=$LOCAL_BASE" - >/dev/null <<'EOF'
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
 RUN install -d -o redis -g redis -m 0750 /data
@@ -88,14 +88,18 @@ assemble_context() {
 }
 
 pip_args=""
+network=default
 if [ "$BASE_IMAGE" = "$LOCAL_BASE" ]; then
     build_local_base
     build_local_redis
-    pip_args="--no-index"  # no registry in reach: the wheels in the context are all there is
+    # No registry in reach: the wheels in the context are all there is, and the build
+    # needs no network at all.
+    pip_args="--no-index"
+    network=none
 fi
 context="$(assemble_context)"
 log "building $IMAGE from $BASE_IMAGE"
-docker build -q -f "$context/deploy/Dockerfile" -t "$IMAGE" \
+docker build -q --network "$network" -f "$context/deploy/Dockerfile" -t "$IMAGE" \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "PIP_INSTALL_ARGS=$pip_args" \
     --label "org.opencontainers.image.revision=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)" \
     "$context" >/dev/null
