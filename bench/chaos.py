@@ -17,7 +17,8 @@ The ledger is kept from outside the jobs, which have no network:
 * terminal writes: the agents' own log lines for a stored outcome, per job id.
 
 Pass: every accepted job reaches exactly one terminal state, 0 lost, re-runs ≤ jobs in
-flight at the kills, no run after a job's terminal state, 0 orphan containers. Figures
+flight at the kills, no run after a job's terminal state, 0 orphan containers, and no
+agent process ends on its own (agents must ride out the Redis restart). Figures
 go to ``bench/RESULTS.md`` (section ``chaos``, or ``chaos-short`` for ``--short``)::
 
     .venv/bin/python bench/chaos.py            # 500 jobs, 3 agents, an agent kill every 6 s
@@ -88,7 +89,7 @@ class Plan:
     quiet: float = 15.0
     max_kills: int = 1000
     max_jobs: int = 4
-    drain: float = 120.0
+    drain: float = 400.0
     seed: int = 7
 
     @property
@@ -282,6 +283,7 @@ class Fleet:
         self.redis = self.client = self.docker = None
         self.agents: list = []
         self.incarnations = {name: 0 for name in self.names}
+        self.exits: list[str] = []
 
     def start(self) -> None:
         """Start redis-server, build the image, start the agents."""
@@ -338,9 +340,18 @@ class Fleet:
     def kill_agent(self, number: int, ledger: Ledger) -> Fault:
         """SIGKILL agent ``number``; its containers keep running until it returns."""
         agent = self.agents[number]
+        self.note_exit(agent)
         fault = ledger.fault(agent.hostname)
         agent.kill()
         return fault
+
+    def note_exit(self, agent) -> None:
+        """Record an agent process that ended on its own, with its last critical log line."""
+        if agent.process is None or agent.alive:
+            return
+        critical = [line for line in agent.log().splitlines() if " CRITICAL " in line]
+        self.exits.append(f"{agent.hostname} (exit code {agent.process.returncode}): "
+                          f"{critical[-1][:200] if critical else 'no CRITICAL line'}")
 
     def kill_redis(self, ledger: Ledger) -> Fault:
         """SIGKILL redis-server."""
@@ -368,6 +379,7 @@ class Fleet:
     def stop_agents(self) -> None:
         """Warm shutdown of every agent (SIGTERM, then SIGKILL if it hangs)."""
         for agent in self.agents:
+            self.note_exit(agent)
             agent.stop(timeout=30)
 
     def close(self) -> None:
@@ -410,6 +422,7 @@ class Run:
         self.origin = 0.0
         self.submit_errors = 0
         self.poll_errors = 0
+        self.mutex = MutexWatch()
         self.chaos_log: list[str] = []
 
     def execute(self) -> None:
@@ -464,6 +477,7 @@ class Run:
                 return
             for entry in pending:
                 self.observe(entry)
+            self.mutex.sample(self.fleet.client)
             time.sleep(0.5)
         log(f"drain ended with {len(self.ledger.pending())} job(s) not terminal")
 
@@ -527,6 +541,35 @@ class Run:
         self.ledger.adopt_strangers()
 
 
+class MutexWatch:
+    """How long kombu's ``unacked_mutex`` stays held: while it is, no agent sweeps expired leases.
+
+    kombu takes it (SET NX, expiry ``unacked_mutex_expire``, 300 s by default) around
+    every sweep; an agent killed while holding it blocks every sweep until it expires.
+    """
+
+    KEY = "unacked_mutex"
+
+    def __init__(self) -> None:
+        self.holder: str | None = None
+        self.since = 0.0
+        self.longest = 0.0
+
+    def sample(self, client) -> None:
+        """Look at the mutex now; extend the current hold or start a new one."""
+        try:
+            holder = client.get(self.KEY)
+        except Exception:  # noqa: BLE001 - Redis restarting
+            return
+        now = time.time()
+        if holder is not None and holder == self.holder:
+            self.longest = max(self.longest, now - self.since)
+        elif holder is not None:
+            self.holder, self.since = holder, now
+        else:
+            self.holder = None
+
+
 def outcome(result) -> Any:
     """A terminal job's value, or its typed error as ``ClassName: message``."""
     value = result.result
@@ -563,13 +606,15 @@ class Figures:
     in_flight_agent_kills: int
     in_flight_redis_kill: int
     runs_after_terminal: list[str]
-    recovery: list[float]
+    recovery: list[tuple[float, bool]]
     not_rerun: list[str]
     orphans_running: list[str]
     orphans_stopped: list[str]
+    agent_exits: list[str]
     reconnect: dict[str, Any]
     submit_errors: int
     poll_errors: int
+    longest_mutex_hold: float
     strangers: int
     seconds: float
     criteria: dict[str, bool] = field(default_factory=dict)
@@ -582,6 +627,7 @@ class Figures:
             "re-runs <= jobs in flight at the kills": self.reruns <= self.in_flight,
             "no run after a terminal state": not self.runs_after_terminal,
             "0 orphan containers": not (self.orphans_running or self.orphans_stopped),
+            "agents survive the faults (no agent exits on its own)": not self.agent_exits,
         }
         return self
 
@@ -600,7 +646,7 @@ def figures(run: Run, orphans: tuple[list[str], list[str]], logs: dict[str, str]
     agent_faults = [f for f in run.ledger.faults if f.target != "redis"]
     redis_faults = [f for f in run.ledger.faults if f.target == "redis"]
     recovery, not_rerun, in_flight_agents = recoveries(entries, agent_faults)
-    in_flight_redis = sum(len(in_flight(entries, fault)) for fault in redis_faults)
+    in_flight_redis = sum(len(in_flight(entries, fault, redis_faults)) for fault in redis_faults)
     return Figures(
         jobs=len(entries), outcomes=count_outcomes(entries), agent_kills=len(agent_faults),
         redis_restarts=len(redis_faults), lost=[lost_job(run, e) for e in entries if e.state not in TERMINAL],
@@ -609,8 +655,9 @@ def figures(run: Run, orphans: tuple[list[str], list[str]], logs: dict[str, str]
         in_flight_agent_kills=in_flight_agents, in_flight_redis_kill=in_flight_redis,
         runs_after_terminal=[e.id for e in entries if any(s.at > e.observed for s in e.starts if e.observed)],
         recovery=recovery, not_rerun=not_rerun, orphans_running=orphans[0], orphans_stopped=orphans[1],
+        agent_exits=list(run.fleet.exits),
         reconnect=reconnections(run, logs, redis_faults), submit_errors=run.submit_errors,
-        poll_errors=run.poll_errors, strangers=len(run.ledger.strangers), seconds=seconds,
+        poll_errors=run.poll_errors, longest_mutex_hold=round(run.mutex.longest, 1), strangers=len(run.ledger.strangers), seconds=seconds,
     ).judge()
 
 
@@ -634,25 +681,27 @@ def whereabouts(client, job_id: str) -> str:
     return "in Redis: " + (", ".join(places) or "nowhere")
 
 
-def in_flight(entries: list[Entry], fault: Fault) -> list[Entry]:
-    """Jobs whose latest start before ``fault`` was on its target (any agent for Redis), not yet done."""
+def in_flight(entries: list[Entry], fault: Fault, faults: list[Fault]) -> list[Entry]:
+    """Jobs the killed process was running: started on it (any agent, for Redis) since its last kill, not done."""
+    since = max((f.at for f in faults if f.target == fault.target and f.at < fault.at), default=0.0)
     hit = []
     for entry in entries:
         start = entry.started_before(fault.at)
-        if start and (fault.target in ("redis", start.agent)) and not entry.terminal_before(fault.at):
+        if (start and start.at > since and fault.target in ("redis", start.agent)
+                and not entry.terminal_before(fault.at)):
             hit.append(entry)
     return hit
 
 
-def recoveries(entries: list[Entry], faults: list[Fault]) -> tuple[list[float], list[str], int]:
-    """Seconds from each agent kill to the re-run start of each job it was running."""
+def recoveries(entries: list[Entry], faults: list[Fault]) -> tuple[list[tuple[float, bool]], list[str], int]:
+    """Seconds from each agent kill to the re-run start of each job it was running, and whether that job retries."""
     seconds, missing, total = [], [], 0
     for fault in faults:
-        for entry in in_flight(entries, fault):
+        for entry in in_flight(entries, fault, faults):
             total += 1
             later = [s.at for s in entry.starts if s.at > fault.at]
             if later:
-                seconds.append(later[0] - fault.at)
+                seconds.append((later[0] - fault.at, entry.kind == "doomed"))
             else:
                 missing.append(f"{entry.id} ({entry.state})")
     return seconds, missing, total
@@ -731,6 +780,11 @@ def _log_time(stamp: str) -> float:
     return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
+def spread(values: list[float]) -> str:
+    """``p50 / max`` of ``values`` in seconds, with their count."""
+    return f"{percentile(values, 50):.1f} s / {max(values, default=math.nan):.1f} s (n={len(values)})"
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile ``q`` (0-100); NaN for no values."""
     if not values:
@@ -752,14 +806,23 @@ def report(plan: Plan, f: Figures, load: tuple[float, float]) -> str:
         ("re-runs (container starts beyond the job's own)", f.reruns),
         ("jobs in flight at the agent kills / at the Redis kill", f"{f.in_flight_agent_kills} / {f.in_flight_redis_kill}"),
         ("runs after a job's terminal state", len(f.runs_after_terminal)),
-        ("recovery, kill → re-run start: p50 / max", f"{percentile(f.recovery, 50):.1f} s / {max(f.recovery, default=math.nan):.1f} s"),
+        ("recovery, kill → re-run start: p50 / max (all)", spread([r for r, _ in f.recovery])),
+        ("recovery of jobs that never retry / of the failing kind (Celery retries)",
+         f"{spread([r for r, retries in f.recovery if not retries])} · {spread([r for r, retries in f.recovery if retries])}"),
         ("in-flight jobs never re-run", len(f.not_rerun)),
+        ("longest hold of kombu's `unacked_mutex` (no lease sweeps meanwhile)", f"{f.longest_mutex_hold:.0f} s"),
         ("orphan containers: after the run / after stopping agents", f"{len(f.orphans_running)} / {len(f.orphans_stopped)}"),
+        ("agents that exited on their own (not killed by the bench)", len(f.agent_exits)),
         ("submissions refused during the Redis outage (resubmitted)", f.submit_errors),
         ("total time", f"{f.seconds:.0f} s"),
     ]
     table = "\n".join(["| figure | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
     verdicts = "\n".join(f"- {'PASS' if ok else '**FAIL**'}: {name}" for name, ok in f.criteria.items())
+    details = [*(f"- lost: {line}" for line in f.lost), *(f"- in flight, never re-run: {line}" for line in f.not_rerun),
+               *(f"- run after its terminal state: {line}" for line in f.runs_after_terminal),
+               *(f"- agent exited on its own: {line}" for line in f.agent_exits)]
+    if details:
+        verdicts += "\n\n" + "\n".join(details)
     return (
         f"{table}\n\n{verdicts}\n\n"
         f"Agents after the Redis restart (seconds from Redis back; `starts` = jobs it started before its "
@@ -769,11 +832,26 @@ def report(plan: Plan, f: Figures, load: tuple[float, float]) -> str:
         f"lease {lease_seconds()} s; an agent SIGKILLed every {plan.kill_every} s during submission and "
         f"restarted {plan.agent_down} s later; Redis SIGKILLed once at {plan.redis_at:.0%} of submission "
         f"and restarted {plan.redis_down} s later on the same port and AOF directory, then {plan.quiet} s "
-        f"without kills. In flight at a kill = the job's latest container start before the kill was on "
+        f"without kills. A kill at a multiple of the submission interval lands on a submission: a job is "
+        f"accepted as the process dies (the short form's kills all do). In flight at a kill = the job's latest container start before the kill was on "
         f"the killed agent (any agent for Redis) and its outcome was not stored yet. Re-runs count container "
         f"starts (Docker events) beyond one per job (two for the failing kind). Load average "
         f"{load[0]:.1f} at the start, {load[1]:.1f} at the end, on a machine shared with other test runs."
     )
+
+
+def ledger_dump(run: Run) -> dict[str, Any]:
+    """The whole ledger, times relative to the first submission, for a post-mortem."""
+    origin = run.origin
+
+    def rel(moment: float | None) -> float | None:
+        return None if moment is None else round(moment - origin, 3)
+
+    return {"faults": [{"target": f.target, "at": rel(f.at), "back": rel(f.back)} for f in run.ledger.faults],
+            "jobs": [{"id": e.id, "kind": e.kind, "accepted": rel(e.accepted), "state": e.state,
+                      "done": rel(e.done_at), "observed": rel(e.observed),
+                      "starts": [[rel(s.at), s.agent, s.attempt] for s in e.starts]}
+                     for e in run.ledger.entries.values()]}
 
 
 def lease_seconds() -> int:
@@ -811,14 +889,15 @@ def main(argv: list[str] | None = None) -> int:
         run.execute()
         run.settle()
         watcher.stop()
-        running = fleet.containers()
+        leftovers = fleet.containers()
         fleet.stop_agents()
-        result = figures(run, (running, fleet.containers()), fleet.agent_logs(), time.monotonic() - started)
+        result = figures(run, (leftovers, fleet.containers()), fleet.agent_logs(), time.monotonic() - started)
     section = report(plan, result, (load_start, os.getloadavg()[0]))
     print(section)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({**dataclasses.asdict(result), "passed": result.passed}, handle, indent=1)
+            json.dump({**dataclasses.asdict(result), "passed": result.passed,
+                       "ledger": ledger_dump(run)}, handle, indent=1)
     if not args.no_write:
         from results import update_section
 
