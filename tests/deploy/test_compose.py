@@ -85,12 +85,16 @@ def test_only_the_agent_and_the_autoscaler_get_the_docker_socket(stack, docker_c
 def test_the_autoscaler_adds_an_agent_host_that_joins(stack, docker_client):
     (autoscaler,) = stack.containers(docker_client, "autoscaler")
     added = f"{stack.autoscaler_prefix}-0"
-    wait_for(lambda: stack.redis.exists(keys.agent(added)), timeout=90, interval=1,
-             message=f"the autoscaler's agent {added} to join (logs: {autoscaler.logs(tail=20)!r})")
+
+    def joined() -> bool:
+        autoscaler.reload()
+        assert autoscaler.status == "running" and autoscaler.attrs["RestartCount"] == 0, \
+            f"the autoscaler died: {autoscaler.logs(tail=20).decode(errors='replace')}"
+        return bool(stack.redis.exists(keys.agent(added)))
+
+    wait_for(joined, timeout=90, interval=1, message=f"the autoscaler's agent {added} to join")
     assert stack.redis.exists(keys.DECISIONS), "the autoscaler reports its decisions in Redis"
     assert [c.name for c in stack.autoscaled_hosts(docker_client)] == [f"jobyard-host-{added}"]
-    autoscaler.reload()
-    assert autoscaler.status == "running" and autoscaler.attrs["RestartCount"] == 0
 
 
 def test_jobs_from_this_host_come_back_and_an_oom_is_reported(stack, docker_client):
