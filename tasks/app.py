@@ -10,6 +10,7 @@ body lives in the executor: it supervises a container and never runs job code.
 from __future__ import annotations
 
 from celery import Celery, Task
+from celery.app.amqp import AMQP
 
 from . import security
 from .config import Settings
@@ -20,7 +21,9 @@ SPEC_HEADER = "jobyard_spec"
 
 def create_app(settings: Settings | None = None) -> Celery:
     """Build a Celery app configured for container jobs from ``settings``."""
-    celery_app = Celery("jobyard")
+    # Not made Celery's "current app": an app built for another broker (a test, a
+    # tool) must not capture AsyncResult()s created without an explicit app.
+    celery_app = Celery("jobyard", set_as_current=False, amqp=JobAMQP)
     configure(celery_app, settings or Settings.from_env())
     celery_app.task(name=RUN_TASK, base=ContainerJobTask, bind=True)(_run_job)
     return celery_app
@@ -74,6 +77,21 @@ def configure(celery_app: Celery, settings: Settings) -> Celery:
     return celery_app
 
 
+class JobAMQP(AMQP):
+    """Celery's message builder, with the job's own name in the task-sent event too.
+
+    Celery names the sent event after the real task (``jobyard.run``); when it
+    reaches Flower after the agent's received event, it would rename the job.
+    """
+
+    def as_task_v2(self, *args, **kwargs):
+        message = super().as_task_v2(*args, **kwargs)
+        shadow = message.headers.get("shadow")
+        if shadow and message.sent_event:
+            message.sent_event["name"] = shadow
+        return message
+
+
 class ContainerJobTask(Task):
     """The Celery task behind every job; its requests are container-aware."""
 
@@ -93,3 +111,4 @@ def _run_job(self: Task, *args, **kwargs):
 
 
 app = create_app()
+app.set_current()
