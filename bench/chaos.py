@@ -390,11 +390,12 @@ class Fleet:
         if self.docker is not None:
             for name in self.containers():
                 self.docker.api.remove_container(name, force=True, v=True)
-        keep = os.environ.get("CHAOS_KEEP_LOGS")
+        keep = os.environ.get("CHAOS_KEEP_LOGS")  # agent logs and the AOF, for a post-mortem
         if keep:
             os.makedirs(keep, exist_ok=True)
             for path in glob.glob(os.path.join(self.workdir, "agent-*.log")):
                 shutil.copy(path, keep)
+            shutil.copytree(os.path.join(self.workdir, "redis"), os.path.join(keep, "redis"), dirs_exist_ok=True)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
