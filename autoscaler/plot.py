@@ -19,7 +19,7 @@ def plot_timeline(paths: str | list[str], output: str, title: str | None = None,
     series = [read_timeline(p) for p in paths]
     if not all(series):
         raise RecordError("a timeline is empty: nothing to plot")
-    figure, axes = plt.subplots(len(paths), 1, figsize=(11, 4.2 * len(paths)), squeeze=False, sharex=True)
+    figure, axes = plt.subplots(len(paths), 1, figsize=(13, 4.2 * len(paths)), squeeze=False, sharex=True)
     for axis, rows, label in zip(axes[:, 0], series, labels):
         _panel(axis, rows, label)
     axes[-1, 0].set_xlabel("seconds since start")
@@ -63,5 +63,5 @@ def _panel(axis, rows: list[dict], label: str) -> None:
     axis.set_title(label, fontsize=11, loc="left")
     handles = axis.get_legend_handles_labels()[0] + jobs.get_legend_handles_labels()[0]
     names = axis.get_legend_handles_labels()[1] + jobs.get_legend_handles_labels()[1]
-    axis.legend(handles, names, loc="upper right", fontsize=8, framealpha=0.9)
+    axis.legend(handles, names, loc="upper left", bbox_to_anchor=(1.07, 1.0), fontsize=8, framealpha=0.9)
     axis.grid(alpha=0.3)
