@@ -148,7 +148,8 @@ def test_running_job_runs_once_across_a_broker_connection_blip(behind_proxy, red
 @pytest.mark.xfail(strict=True, reason=(
     "kombu holds the Redis lock unacked_mutex (expiry unacked_mutex_expire, 300 s by default) "
     "around every lease sweep; an agent SIGKILLed inside a sweep leaves it held, and no agent "
-    "requeues a dead host's jobs until it expires (bench/chaos.py hit it)"))
+    "requeues a dead host's jobs until it expires (bench/chaos.py hit it); a few seconds of expiry "
+    "in tasks/app.py's transport options would do"))
 def test_dead_hosts_job_comes_back_in_seconds_after_a_kill_inside_a_sweep(agents, redis_client, docker_client):
     from sample_jobs import sleep_for
 
@@ -158,7 +159,10 @@ def test_dead_hosts_job_comes_back_in_seconds_after_a_kill_inside_a_sweep(agents
     wait_for(lambda: job_facts(result.id).get("container_id"), timeout=30, message="the job running")
     rescuer = agents.start("rescuer", "--cpus", "1", "--memory", "512Mi", "--queues", queue)
     # What a sweeping agent leaves when it is SIGKILLed between taking the lock and releasing it.
-    redis_client.set("unacked_mutex", "held-by-a-killed-agent", ex=300)
+    from tasks import app
+
+    expire = app.conf.broker_transport_options.get("unacked_mutex_expire", 300)  # kombu's default
+    redis_client.set("unacked_mutex", "held-by-a-killed-agent", ex=expire)
     doomed.kill()
     try:
         # Lease 10 s, sweeps every 2 s, container start: as test_leases allows, plus load slack.
