@@ -57,8 +57,10 @@ def test_busy_host_chosen_for_removal_finishes_its_job_first(fleet, run_loop, qu
     assert (action.direction, action.hosts) == ("in", (where[short.id],)), action
     assert where[short.id] in [h.name for h in hosts.hosts()], "a host running a job was removed"
     assert short.get(timeout=30) == 5
-    wait_for(lambda: where[short.id] not in [h.name for h in hosts.hosts()], 20, message="the drained host removed")
-    removed_at = next(t.time for t in ticks.ticks if where[short.id] in t.removed)
+    removal = wait_for(lambda: [t for t in ticks.ticks if where[short.id] in t.removed], 20,
+                       message="the drained host removed")
+    removed_at = removal[0].time
+    assert where[short.id] not in [h.name for h in hosts.hosts()]
     assert removed_at >= _facts(redis_client, short.id)["finished_at"]
     assert long.get(timeout=40) == 12
     assert [h.name for h in hosts.hosts()] == [where[long.id]]
