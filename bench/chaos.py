@@ -612,6 +612,7 @@ class Figures:
     orphans_running: list[str]
     orphans_stopped: list[str]
     agent_exits: list[str]
+    untyped: list[str]
     reconnect: dict[str, Any]
     submit_errors: int
     poll_errors: int
@@ -629,6 +630,7 @@ class Figures:
             "no run after a terminal state": not self.runs_after_terminal,
             "0 orphan containers": not (self.orphans_running or self.orphans_stopped),
             "agents survive the faults (no agent exits on its own)": not self.agent_exits,
+            "every failure is a typed JobError": not self.untyped,
         }
         return self
 
@@ -657,6 +659,7 @@ def figures(run: Run, orphans: tuple[list[str], list[str]], logs: dict[str, str]
         runs_after_terminal=[e.id for e in entries if any(s.at > e.observed for s in e.starts if e.observed)],
         recovery=recovery, not_rerun=not_rerun, orphans_running=orphans[0], orphans_stopped=orphans[1],
         agent_exits=list(run.fleet.exits),
+        untyped=[f"{e.id}: {e.value}"[:200] for e in entries if e.state == "FAILURE" and not typed(e.value)],
         reconnect=reconnections(run, logs, redis_faults), submit_errors=run.submit_errors,
         poll_errors=run.poll_errors, longest_mutex_hold=round(run.mutex.longest, 1), strangers=len(run.ledger.strangers), seconds=seconds,
     ).judge()
@@ -720,6 +723,14 @@ def count_outcomes(entries: list[Entry]) -> dict[str, int]:
             key = "not terminal"
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def typed(value: Any) -> bool:
+    """Whether a failed job's outcome (``ClassName: message``) is one of jobyard's typed errors."""
+    import tasks.errors
+
+    cls = getattr(tasks.errors, str(value).split(":")[0], None)
+    return isinstance(cls, type) and issubclass(cls, tasks.errors.JobError)
 
 
 def changed_states(entries: list[Entry]) -> list[str]:
@@ -821,7 +832,8 @@ def report(plan: Plan, f: Figures, load: tuple[float, float]) -> str:
     verdicts = "\n".join(f"- {'PASS' if ok else '**FAIL**'}: {name}" for name, ok in f.criteria.items())
     details = [*(f"- lost: {line}" for line in f.lost), *(f"- in flight, never re-run: {line}" for line in f.not_rerun),
                *(f"- run after its terminal state: {line}" for line in f.runs_after_terminal),
-               *(f"- agent exited on its own: {line}" for line in f.agent_exits)]
+               *(f"- agent exited on its own: {line}" for line in f.agent_exits),
+               *(f"- failure that is no JobError: {line}" for line in f.untyped)]
     if details:
         verdicts += "\n\n" + "\n".join(details)
     return (

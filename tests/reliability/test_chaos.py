@@ -41,7 +41,7 @@ def test_short_chaos_run_loses_nothing_and_leaves_nothing(tmp_path):
     assert figures["reruns"] <= figures["in_flight_agent_kills"] + figures["in_flight_redis_kill"], summary
     assert figures["runs_after_terminal"] == [], summary
     assert figures["orphans_running"] == [] and figures["orphans_stopped"] == [], summary
-    assert figures["agent_exits"] == [], summary
+    assert figures["agent_exits"] == [] and figures["untyped"] == [], summary
     assert completed.returncode == 0, summary
 
 
