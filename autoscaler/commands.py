@@ -11,7 +11,7 @@ import threading
 import click
 
 # The agent's option parsers, so both commands read sizes and queue lists alike.
-from executor.commands import _memory, _queues
+from executor.commands import memory_option, queues_option
 
 from .errors import AutoscalerError
 
@@ -28,8 +28,8 @@ from .errors import AutoscalerError
 @click.option("--hysteresis", type=click.FloatRange(0, 0.95), default=0.2, show_default=True,
               help="Scale in only when demand fits hosts filled to 1 - this.")
 @click.option("--host-cpus", type=click.FloatRange(min=0.01), default=1.0, show_default=True, help="CPUs per host.")
-@click.option("--host-memory", callback=_memory, default="1Gi", show_default=True, help="Memory per host.")
-@click.option("--queues", callback=_queues, default="default", show_default=True, help="Comma-separated queues.")
+@click.option("--host-memory", callback=memory_option, default="1Gi", show_default=True, help="Memory per host.")
+@click.option("--queues", callback=queues_option, default="default", show_default=True, help="Comma-separated queues.")
 @click.option("--jobs-per-host", type=click.IntRange(min=1), default=None, help="Also keep at most N jobs per host.")
 @click.option("--signal", "signal_kind", type=click.Choice(["full", "llen"]), default="full", show_default=True,
               help="full: ready+priority+in-flight+running with demand; llen: KEDA-like list length only.")

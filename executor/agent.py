@@ -326,12 +326,26 @@ class Agent:
         beats = 0
         while not self._stopping.wait(interval):
             self.renew_leases()
+            self._follow_drain_mark()
             if self.placement.engine_down:
                 self._check_engine()
             self.publish()
             beats += 1
             if beats % REAP_EVERY_BEATS == 0:
                 self.reap(keep=set(messages.snapshot()))
+
+    def _follow_drain_mark(self) -> None:
+        """Take no new work while the autoscaler has this host in its draining set."""
+        try:
+            draining = self.redis.zscore(keys.DRAINING, self.name) is not None
+        except Exception as exc:  # noqa: BLE001 - keep the last known state
+            log.debug("cannot read the draining set: %s", exc)
+            return
+        if draining != self.placement.draining:
+            log.warning("agent %s %s", self.name, "is draining: taking no new jobs" if draining else
+                        "is no longer draining")
+            self.placement.draining = draining
+            self.gate.refresh()
 
     def renew_leases(self) -> None:
         """Renew the lease of every message this agent holds."""

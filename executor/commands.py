@@ -12,7 +12,8 @@ from tasks.units import parse_memory
 from .errors import AgentError
 
 
-def _memory(_ctx, _param, value):
+def memory_option(_ctx, _param, value):
+    """Click callback: a memory size (512m, 1Gi, bytes) as bytes, or None."""
     if value is None:
         return None
     try:
@@ -21,7 +22,8 @@ def _memory(_ctx, _param, value):
         raise click.BadParameter(str(exc)) from None
 
 
-def _queues(_ctx, _param, value):
+def queues_option(_ctx, _param, value):
+    """Click callback: a comma-separated queue list as a tuple (default: default)."""
     queues = tuple(q.strip() for q in (value or "default").split(",") if q.strip())
     if not queues:
         raise click.BadParameter("name at least one queue")
@@ -31,8 +33,8 @@ def _queues(_ctx, _param, value):
 @click.command()
 @click.option("--hostname", default=None, help="Host identity (default: this machine's hostname).")
 @click.option("--cpus", type=click.FloatRange(min=0.01), default=None, help="Allocatable CPUs (default: psutil).")
-@click.option("--memory", callback=_memory, default=None, help="Allocatable memory, e.g. 8Gi (default: psutil total minus 512Mi).")
-@click.option("--queues", callback=_queues, default="default", show_default=True, help="Comma-separated queues to consume.")
+@click.option("--memory", callback=memory_option, default=None, help="Allocatable memory, e.g. 8Gi (default: psutil total minus 512Mi).")
+@click.option("--queues", callback=queues_option, default="default", show_default=True, help="Comma-separated queues to consume.")
 @click.option("--max-jobs", type=click.IntRange(min=1), default=16, show_default=True, help="Most jobs at once.")
 @click.option("--max-wait", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds a waiting job lets smaller jobs start before it (starvation bound).")
@@ -40,7 +42,7 @@ def _queues(_ctx, _param, value):
               help="Admit a fixed number of jobs regardless of their requests (for comparisons only).")
 @click.option("--allow-image", "allowed_images", multiple=True, help="Glob of images jobs may use (repeatable; default any local image).")
 @click.option("--max-job-cpus", type=float, default=None, help="Largest CPU limit one job may ask for.")
-@click.option("--max-job-memory", callback=_memory, default=None, help="Largest memory limit one job may ask for.")
+@click.option("--max-job-memory", callback=memory_option, default=None, help="Largest memory limit one job may ask for.")
 @click.option("--allow-network", is_flag=True, help="Let jobs ask for network='bridge'.")
 @click.option("--state-dir", default=None, help="Where job input/output dirs live (JOBYARD_STATE_DIR).")
 @click.option("--loglevel", default="INFO", show_default=True)

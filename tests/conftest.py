@@ -51,6 +51,8 @@ def redis_client(redis_server):
 @pytest.fixture(scope="session")
 def docker_client():
     """The real Docker Engine; the suite fails (not skips) without one."""
+    import docker.errors
+
     from executor.agent import connect_docker
 
     client = connect_docker()
@@ -59,7 +61,10 @@ def docker_client():
     ours = [c for c in client.api.containers(all=True, filters={"label": "jobyard.agent"})
             if c["Labels"].get("jobyard.agent", "").startswith(SESSION)]
     for container in ours:
-        client.api.remove_container(container["Id"], force=True)
+        try:
+            client.api.remove_container(container["Id"], force=True)
+        except docker.errors.NotFound:
+            pass
     assert not ours, f"containers left behind by the suite: {[c['Names'] for c in ours]}"
 
 
