@@ -26,6 +26,8 @@ IMAGE="${JOBYARD_IMAGE:-jobyard/jobyard:latest}"
 LOCAL_BASE="${JOBYARD_LOCAL_BASE:-jobyard/base:bookworm}"
 REDIS_IMAGE="${JOBYARD_LOCAL_REDIS:-jobyard/redis:bookworm}"
 BASE_IMAGE="${BASE_IMAGE:-$LOCAL_BASE}"
+# Extras of jobyard the image installs (aws: boto3, for `jobyard autoscale --provider aws`).
+EXTRAS="${JOBYARD_EXTRAS:-aws}"
 MIRROR="${JOBYARD_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 SUITE=bookworm
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
@@ -82,7 +84,7 @@ assemble_context() {
     local version
     version="$(docker run --rm --network none "$BASE_IMAGE" python3 -c 'import platform; print(platform.python_version())')"
     log "downloading jobyard's dependencies as wheels for Python $version"
-    "$PYTHON" "$ROOT/deploy/wheelhouse.py" "$context/deploy/wheels" "$version" "$ROOT/pyproject.toml" \
+    "$PYTHON" "$ROOT/deploy/wheelhouse.py" "$context/deploy/wheels" "$version" "$ROOT/pyproject.toml" "$EXTRAS" \
         >"$WORK/wheels.log" 2>&1 || { tail -30 "$WORK/wheels.log" >&2; exit 1; }
     echo "$context"
 }
@@ -100,7 +102,7 @@ fi
 context="$(assemble_context)"
 log "building $IMAGE from $BASE_IMAGE"
 docker build -q --network "$network" -f "$context/deploy/Dockerfile" -t "$IMAGE" \
-    --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "PIP_INSTALL_ARGS=$pip_args" \
+    --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "PIP_INSTALL_ARGS=$pip_args" --build-arg "JOBYARD_EXTRAS=$EXTRAS" \
     --label "org.opencontainers.image.revision=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)" \
     "$context" >/dev/null
 log "built $IMAGE"

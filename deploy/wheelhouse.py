@@ -1,10 +1,10 @@
 """Fill a directory with the wheels jobyard needs on another Python of the same minor.
 
-    python deploy/wheelhouse.py DIR TARGET_VERSION PYPROJECT
+    python deploy/wheelhouse.py DIR TARGET_VERSION PYPROJECT [EXTRA,...]
 
-The wheels are those of the project's build requirements and dependencies (never the
-project itself, which the image builds from source), so ``pip install --no-index
---find-links DIR SOURCE`` needs nothing else.
+The wheels are those of the project's build requirements, dependencies and the named
+extras' dependencies (never the project itself, which the image builds from source),
+so ``pip install --no-index --find-links DIR "SOURCE[EXTRA,...]"`` needs nothing else.
 
 pip resolves environment markers with the interpreter it runs on. An image's Python can
 be an older patch release than this host's (Debian bookworm has 3.11.2), and markers
@@ -28,11 +28,17 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 
-def requirements_of(pyproject: str) -> list[str]:
-    """The build requirements and dependencies a ``pyproject.toml`` declares."""
+def requirements_of(pyproject: str, extras: list[str] = ()) -> list[str]:
+    """The build requirements, dependencies and ``extras``' dependencies a ``pyproject.toml`` declares."""
     with open(pyproject, "rb") as handle:
         data = tomllib.load(handle)
-    return [*data.get("build-system", {}).get("requires", []), *data.get("project", {}).get("dependencies", [])]
+    project = data.get("project", {})
+    optional = project.get("optional-dependencies", {})
+    unknown = [extra for extra in extras if extra not in optional]
+    if unknown:
+        raise SystemExit(f"{pyproject} declares no extra {', '.join(unknown)}")
+    return [*data.get("build-system", {}).get("requires", []), *project.get("dependencies", []),
+            *(requirement for extra in extras for requirement in optional[extra])]
 
 
 def build(directory: str, requirements: list[str]) -> None:
@@ -68,11 +74,12 @@ def _requires(wheel: str) -> list[str]:
 
 def main(argv: list[str]) -> int:
     """Build the wheelhouse; see the module docstring."""
-    if len(argv) != 3:
+    if len(argv) not in (3, 4):
         print(__doc__, file=sys.stderr)
         return 2
-    directory, target_version, pyproject = argv
-    build(directory, requirements_of(pyproject))
+    directory, target_version, pyproject = argv[:3]
+    extras = [extra for extra in (argv[3] if len(argv) == 4 else "").split(",") if extra]
+    build(directory, requirements_of(pyproject, extras))
     for _ in range(10):
         extra = missing(directory, target_version)
         if not extra:

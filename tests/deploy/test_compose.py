@@ -57,6 +57,10 @@ def test_image_runs_as_non_root_and_bakes_in_no_secrets(jobyard_image, docker_cl
     output = docker_client.containers.run(jobyard_image, ["jobyard", "--version"], remove=True,
                                           network_mode="none")
     assert b"jobyard, version" in output
+    # Every role's code is in: the autoscaler's providers (a subpackage) and boto3 (aws extra).
+    script = "import autoscaler.providers.aws, autoscaler.providers.docker, boto3, flower; print('ok')"
+    assert docker_client.containers.run(jobyard_image, ["python3", "-c", script], remove=True,
+                                        network_mode="none") == b"ok\n"
 
 
 def test_redis_keeps_an_aof_and_refuses_clients_without_the_password(stack, docker_client):
