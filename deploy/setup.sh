@@ -61,7 +61,8 @@ install_venv() {
 
 install_all() {
     apt_install dockerd:docker.io redis-server:redis-server /bin/busybox:busybox-static \
-        ip:iproute2 python3:python3 chromium:chromium chromedriver:chromium-driver
+        ip:iproute2 python3:python3 chromium:chromium chromedriver:chromium-driver \
+        debootstrap:debootstrap docker-compose:docker-compose systemd-analyze:systemd
     python3 -m venv --help >/dev/null 2>&1 || apt_install /usr/lib/python3/dist-packages/venv:python3-venv
     start_dockerd
     install_venv
