@@ -161,6 +161,10 @@ class IntakeChannel(kombu_redis.Channel):
     from_transport_options = kombu_redis.Channel.from_transport_options + ("max_message", "intake_host")
     max_message = 4 * 1024 * 1024
     intake_host = None
+    # Never restore this channel's unacked messages when it closes: after a broker
+    # blip that would run a healthy running job a second time. Leases requeue what
+    # a dead agent held; a warm shutdown hands unstarted jobs back itself.
+    do_restore = False
 
     def _get_client(self):
         factory = super()._get_client()

@@ -38,6 +38,8 @@ def configure(celery_app: Celery, settings: Settings) -> Celery:
         "visibility_timeout": settings.lease_seconds,
         "unacked_restore_interval": max(1, settings.lease_seconds // 5),
         "unacked_restore_throttle": 1,
+        # A sweeper killed mid-sweep must not stall every sweep for kombu's default 5 min.
+        "unacked_mutex_expire": max(5, settings.lease_seconds),
         "socket_keepalive": True,
         "retry_on_timeout": True,
         "health_check_interval": 10,

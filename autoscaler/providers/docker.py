@@ -91,7 +91,10 @@ class DockerProvider(HostProvider):
                 self.image, command, name=f"jobyard-host-{name}", detach=True, network_mode="host",
                 labels={LABEL_POOL: self.prefix, LABEL_HOST: name}, environment=environment,
                 volumes={SOCKET: {"bind": SOCKET, "mode": "rw"}, host_dir: {"bind": host_dir, "mode": "rw"}},
-                group_add=[str(os.stat(SOCKET).st_gid)], user=self.user, init=True)
+                group_add=[str(os.stat(SOCKET).st_gid)], user=self.user, init=True,
+                # The agent needs only the socket and its state dir: nothing else is writable.
+                read_only=True, tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"}, cap_drop=["ALL"],
+                security_opt=["no-new-privileges:true"])
         except (OSError, *_DOCKER_ERRORS) as exc:
             raise ProviderError(f"cannot start agent container {name} from {self.image}: {exc}") from exc
         return Host(name, time.time(), container.id)

@@ -128,10 +128,6 @@ def test_job_popped_just_before_a_broker_outage_still_runs(behind_proxy, redis_c
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "on a lost broker connection kombu's channel close restores every unacked message of the "
-    "channel to its queue while Redis is reachable, so a healthy agent's running job is delivered "
-    "again and runs twice (two results stored); jobyard's own leases should be the only requeue"))
 def test_running_job_runs_once_across_a_broker_connection_blip(behind_proxy, redis_client):
     from sample_jobs import sleep_for
 
@@ -145,11 +141,6 @@ def test_running_job_runs_once_across_a_broker_connection_blip(behind_proxy, red
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "kombu holds the Redis lock unacked_mutex (expiry unacked_mutex_expire, 300 s by default) "
-    "around every lease sweep; an agent SIGKILLed inside a sweep leaves it held, and no agent "
-    "requeues a dead host's jobs until it expires (bench/chaos.py hit it); a few seconds of expiry "
-    "in tasks/app.py's transport options would do"))
 def test_dead_hosts_job_comes_back_in_seconds_after_a_kill_inside_a_sweep(agents, redis_client, docker_client):
     from sample_jobs import sleep_for
 
@@ -170,8 +161,9 @@ def test_dead_hosts_job_comes_back_in_seconds_after_a_kill_inside_a_sweep(agents
                  message="the job requeued to the rescuer")
     finally:
         redis_client.delete("unacked_mutex")  # the rest of the session must not wait 5 minutes
-        for container in docker_client.containers.list(all=True, filters={"label": f"jobyard.agent={doomed.hostname}"}):
-            container.remove(force=True)
+        result.revoke(terminate=True)
+        for host in (doomed.hostname, rescuer.hostname):
+            wait_for(lambda: _stop_containers(docker_client, host), timeout=30, message=f"{host}'s containers gone")
 
 
 @pytest.fixture
@@ -212,3 +204,13 @@ def wait_for_result(result, timeout: float) -> bool:
     except AssertionError:
         return False
     return True
+
+
+def _stop_containers(docker_client, host):
+    """Remove the containers labelled with ``host``; True once none is left."""
+    for container in docker_client.api.containers(all=True, filters={"label": f"jobyard.agent={host}"}):
+        try:
+            docker_client.api.remove_container(container["Id"], force=True)
+        except Exception:  # noqa: BLE001 - it may be going away by itself
+            pass
+    return not docker_client.api.containers(all=True, filters={"label": f"jobyard.agent={host}"})
