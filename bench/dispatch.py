@@ -109,17 +109,6 @@ def run_concurrently(once: Callable[[int], None], jobs: int, concurrency: int) -
 
 # --- the two ways of running a container --------------------------------------------
 
-class _RecordingClient:
-    """Stands in for a DockerClient: records what ``containers.create`` is given."""
-
-    def __init__(self) -> None:
-        self.containers = self
-        self.options: dict[str, Any] = {}
-
-    def create(self, **options: Any) -> None:
-        self.options = options
-
-
 def raw_agent_name(hostname: str) -> str:
     """The agent label of raw containers: not the agent's own, or its reaper would take them."""
     return f"{hostname}-raw"
@@ -131,27 +120,26 @@ class RawLoop:
     def __init__(self, client, hostname: str, state_dir: str, call, slots: int):
         from executor.container import ContainerLauncher
 
-        recorder = _RecordingClient()
-        launcher = ContainerLauncher(recorder, state_dir, raw_agent_name(hostname))
+        launcher = ContainerLauncher(client, state_dir, raw_agent_name(hostname))
         self.client = client
-        self.options = []
-        # The launcher's own prepare/create, on purpose: the baseline must get exactly the
-        # agent's options. One job dir per thread, prepared once: the agent's per-job dir
+        # The launcher's own options, on purpose: the baseline must get exactly the
+        # agent's. One job dir per thread, prepared once: the agent's per-job dir
         # setup is one of the extras being measured, not part of the baseline.
+        self.options = []
         for slot in range(slots):
             slot_call = dataclasses.replace(call, task_id=f"raw{slot}")
-            launcher.create(slot_call, launcher.prepare(slot_call))
-            self.options.append(recorder.options)
+            self.options.append(launcher.container_options(slot_call, launcher.prepare(slot_call)))
 
     def once(self, slot: int) -> None:
-        """Run the container once to completion and remove it."""
+        """Run the container once to completion and remove it (the agent's API calls)."""
         options = dict(self.options[slot])
         options["name"] = f"jobyard-bench-raw-{secrets.token_hex(6)}"
         options["labels"] = {**options["labels"], LABEL_BENCH: "raw"}
-        container = self.client.containers.create(**options)
-        container.start()
-        status = container.wait()
-        container.remove(v=True)
+        api = self.client.api
+        container_id = api.create_container(**options)["Id"]
+        api.start(container_id)
+        status = api.wait(container_id)
+        api.remove_container(container_id, v=True)
         if status.get("StatusCode") != 0:
             raise RuntimeError(f"raw container exited with {status}")
 
