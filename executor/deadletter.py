@@ -69,7 +69,7 @@ class DeadLetters:
         payload["properties"].get("delivery_info", {}).pop("redelivered", None)
         pipe = self.redis.pipeline()
         pipe.lpush(record["queue_key"], json.dumps(payload))
-        pipe.delete(keys.dead_job(task_id), keys.lost(task_id))
+        pipe.delete(keys.dead_job(task_id), keys.lost(task_id), keys.retried(task_id))
         pipe.zrem(keys.DEAD, task_id)
         pipe.execute()
         return True

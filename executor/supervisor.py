@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: A job whose host died this many times is dead-lettered instead of run again.
 MAX_LOST_DELIVERIES = 3
+#: How long the retry mark of a job is kept.
+RETRIED_TTL = 14 * 24 * 3600
 #: Errors that no requeue could fix: they are not dead-lettered.
 _NOT_DEAD = (InvalidJobSpec, Revoked)
 
@@ -39,6 +41,7 @@ def supervise(task: Task, args: tuple, kwargs: dict) -> Any:
     call = job_call(task.request, args, kwargs)
     agent = Agent.current()
     try:
+        _drop_if_superseded(agent, call, task.request)
         _check_lost(agent, call, task.request)
         return agent.execute(call)
     except HandBack:
@@ -51,6 +54,9 @@ def supervise(task: Task, args: tuple, kwargs: dict) -> Any:
         if decision.retry:
             log.info("job %s[%s] attempt %d failed (%s); %s in %.1fs", call.spec.name, call.task_id,
                      call.attempt, exc.reason, decision.reason, decision.delay)
+            # Mark the retry before sending it: if this agent dies before acknowledging
+            # the current delivery, that delivery comes back and must not run again.
+            agent.redis.set(keys.retried(call.task_id), int(task.request.retries or 0) + 1, ex=RETRIED_TTL)
             raise task.retry(exc=exc, countdown=decision.delay, max_retries=call.spec.retries,
                              headers=_retry_headers(call.task_id, decision.memory_scale))
         log.info("job %s[%s] ended: %s: %s", call.spec.name, call.task_id, type(exc).__name__, exc)
@@ -93,6 +99,15 @@ def _retry_headers(task_id: str, memory_scale: float) -> dict[str, Any]:
     kept = {k: v for k, v in headers.items() if k.startswith("jobyard_") and k != "jobyard_seal"}
     kept[MEMORY_SCALE_HEADER] = memory_scale
     return kept
+
+
+def _drop_if_superseded(agent, call: JobCall, request: Any) -> None:
+    """Acknowledge, without running, a delivery older than a retry already sent."""
+    sent = agent.redis.get(keys.retried(call.task_id))
+    if sent is not None and int(getattr(request, "retries", 0) or 0) < int(sent):
+        log.warning("job %s[%s]: dropping a stale delivery (retry %s was already sent)",
+                    call.spec.name, call.task_id, sent)
+        raise Ignore()
 
 
 def _check_lost(agent, call: JobCall, request: Any) -> None:

@@ -62,7 +62,12 @@ def configure(celery_app: Celery, settings: Settings) -> Celery:
         broker_connection_retry=True,
         broker_connection_max_retries=None,
         broker_transport_options=transport,
-        result_backend_transport_options={"retry_policy": {"timeout": 5.0}, "health_check_interval": 10},
+        # Storing an outcome rides out a Redis restart (reconnect, AOF loading) for
+        # about 90 s instead of turning a finished job into a Redis error.
+        result_backend_transport_options={
+            "retry_policy": {"max_retries": 90, "interval_start": 0, "interval_step": 1, "interval_max": 1},
+            "health_check_interval": 10,
+        },
         visibility_timeout=settings.lease_seconds,
         task_default_queue="default",
         task_create_missing_queues=True,

@@ -69,3 +69,8 @@ def rejected() -> str:
 def lost(task_id: str) -> str:
     """Counter of a job's deliveries whose host died before it finished."""
     return f"{PREFIX}:lost:{task_id}"
+
+
+def retried(task_id: str) -> str:
+    """The highest Celery retry number sent for a job: older deliveries are stale."""
+    return f"{PREFIX}:retried:{task_id}"

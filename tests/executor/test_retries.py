@@ -78,3 +78,16 @@ def test_purge_empties_the_dead_letter_store(retry_agent):
     assert result.id in _cli("dead", "list")
     assert "purged" in _cli("dead", "purge", "--all")
     assert json.loads(_cli("dead", "list", "--json")) == []
+
+
+def test_a_delivery_older_than_a_sent_retry_is_dropped(retry_agent, redis_client):
+    from sample_jobs import fail_before_attempt
+
+    result = fail_before_attempt.apply_async((2,), retries=1, retry_delay=0.1, queue="retry")
+    assert result.get(timeout=60) == 2
+    # What an agent killed between Celery's retry publish and its ack leaves behind:
+    # the first delivery (retries=0) comes back after the retry already ran.
+    fail_before_attempt.apply_async((2,), retries=1, retry_delay=0.1, queue="retry", task_id=result.id)
+    wait_for(lambda: "dropping a stale delivery" in retry_agent.log(), timeout=30, message="stale delivery dropped")
+    assert redis_client.get(f"jobyard:attempts:{result.id}") == "2", "the stale delivery must not run"
+    assert AsyncResult(result.id).get(timeout=5) == 2
