@@ -31,7 +31,7 @@ from .errors import DockerUnavailable, EngineUnavailable
 from .gate import IntakeGate
 from .placement import DEFAULT_MAX_WAIT, FleetView, HandBack, Placement
 from .policy import HostPolicy
-from .request import messages, renew, settle, terminations
+from .request import messages, renew, requeue_payload, settle, terminations
 from .verdict import verdict
 
 log = logging.getLogger(__name__)
@@ -182,9 +182,8 @@ class Agent:
     def dead_letter(self, call: JobCall, error: JobError, why: str) -> None:
         """Store a job that failed for good in the dead-letter store."""
         from .deadletter import DeadLetters
-        from .supervisor import dead_letter_payload
 
-        payload, queue_key = dead_letter_payload(call.task_id)
+        payload, queue_key = requeue_payload(call.task_id)
         record = {"name": call.spec.name, "queue": call.spec.queue, "reason": error.reason,
                   "error_type": type(error).__name__, "error": str(error), "attempt": call.attempt,
                   "host": self.name, "why": why,

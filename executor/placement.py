@@ -226,42 +226,45 @@ class Placement:
 
 
 class FleetView:
-    """What this agent knows of other hosts, from their published state in Redis."""
+    """What this agent knows of other hosts, from their published state in Redis.
+
+    Agents' states and the autoscaler's host shape are read together and cached
+    briefly: admission consults them for every job.
+    """
 
     def __init__(self, redis_client, cache_seconds: float = 0.5):
         self.redis = redis_client
         self.cache_seconds = cache_seconds
-        self._cached: tuple[float, list[dict[str, Any]]] = (0.0, [])
+        self._cached: tuple[float, list[dict[str, Any]], dict[str, Any] | None] = (0.0, [], None)
         self._lock = threading.Lock()
+
+    def _snapshot(self) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        with self._lock:
+            fetched, states, shape = self._cached
+            if time.monotonic() - fetched < self.cache_seconds:
+                return states, shape
+        try:
+            names, raw_shape = self.redis.pipeline().zrange(keys.AGENTS, 0, -1).get(keys.AUTOSCALER_SHAPE).execute()
+            raw = self.redis.mget([keys.agent(name) for name in names]) if names else []
+            states = [json.loads(item) for item in raw if item]
+            shape = json.loads(raw_shape) if raw_shape else None
+        except Exception as exc:  # noqa: BLE001 - without a view, decide locally
+            log.warning("cannot read the fleet's state: %s", exc)
+            states, shape = [], None
+        with self._lock:
+            self._cached = (time.monotonic(), states, shape)
+        return states, shape
 
     def agents(self) -> list[dict[str, Any]]:
         """Live agents' published states (cached briefly)."""
-        with self._lock:
-            fetched, states = self._cached
-            if time.monotonic() - fetched < self.cache_seconds:
-                return states
-        try:
-            names = self.redis.zrange(keys.AGENTS, 0, -1)
-            raw = self.redis.mget([keys.agent(name) for name in names]) if names else []
-            states = [json.loads(item) for item in raw if item]
-        except Exception as exc:  # noqa: BLE001 - without a view, decide locally
-            log.warning("cannot read the fleet's state: %s", exc)
-            states = []
-        with self._lock:
-            self._cached = (time.monotonic(), states)
-        return states
+        return self._snapshot()[0]
 
     def host_capacities(self, queue: str) -> list[dict[str, float]]:
         """Capacities of live hosts serving ``queue``, plus the autoscaler's host shape."""
-        hosts = [s["capacity"] for s in self.agents() if queue in s.get("queues", ())]
-        try:
-            shape = self.redis.get(keys.AUTOSCALER_SHAPE)
-            if shape:
-                data = json.loads(shape)
-                if queue in data.get("queues", [queue]):
-                    hosts.append({"cpus": float(data["cpus"]), "memory": int(data["memory"])})
-        except Exception as exc:  # noqa: BLE001
-            log.debug("no autoscaler shape: %s", exc)
+        states, shape = self._snapshot()
+        hosts = [s["capacity"] for s in states if queue in s.get("queues", ())]
+        if shape and queue in shape.get("queues", [queue]):
+            hosts.append({"cpus": float(shape["cpus"]), "memory": int(shape["memory"])})
         return hosts
 
     def other_host_has_room(self, call: JobCall, me: str) -> bool:

@@ -143,3 +143,12 @@ def queue_keys(message) -> list[str] | None:
     priority = channel._get_message_priority(message._raw, reverse=False)
     return [channel._q_for_pri(queue, priority)
             for queue in channel._lookup(info.get("exchange"), info.get("routing_key"))]
+
+
+def requeue_payload(task_id: str) -> tuple[dict | None, str | None]:
+    """The message to keep with a dead job, and the queue key to requeue it on."""
+    message = messages.get(task_id)
+    if message is None:
+        return None, None
+    keys = queue_keys(message)
+    return message_copy(message), (keys[0] if keys else None)

@@ -21,7 +21,7 @@ from tasks.spec import JobSpec
 
 from .container import JobCall
 from .placement import HandBack
-from .request import hand_back, message_copy, messages, queue_keys
+from .request import hand_back, messages
 from .retry import MEMORY_SCALE_HEADER, decide
 
 log = logging.getLogger(__name__)
@@ -120,12 +120,3 @@ def _check_lost(agent, call: JobCall, request: Any) -> None:
         raise HostLost(f"{call.spec.name}: its host was lost {lost - 1} times; not running it again",
                        {"lost": lost - 1, "attempt": call.attempt})
     log.warning("job %s[%s] redelivered after its host was lost (%d so far)", call.spec.name, call.task_id, lost)
-
-
-def dead_letter_payload(task_id: str) -> tuple[dict | None, str | None]:
-    """The message to store with a dead job, and the queue key to requeue it on."""
-    message = messages.get(task_id)
-    if message is None:
-        return None, None
-    keys_ = queue_keys(message)
-    return message_copy(message), (keys_[0] if keys_ else None)

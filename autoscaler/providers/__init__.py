@@ -7,6 +7,7 @@ A host's ``name`` is the hostname its agent publishes state under.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -47,3 +48,11 @@ class HostProvider(ABC):
 
     def protect(self, busy: set[str]) -> None:
         """Shield ``busy`` hosts from removal by the platform itself (default: nothing to do)."""
+
+
+def agent_options(name: str, shape: HostShape, queues, state_dir: str, extra=()) -> list[str]:
+    """``jobyard agent`` options for host ``name``; creates its state dir under ``state_dir``."""
+    host_dir = os.path.join(state_dir, name)
+    os.makedirs(host_dir, exist_ok=True)
+    return ["--hostname", name, "--cpus", f"{shape.cpus:g}", "--memory", str(shape.memory),
+            "--queues", ",".join(queues), "--state-dir", host_dir, *extra]

@@ -23,7 +23,7 @@ import requests.exceptions
 
 from ..errors import ProviderError
 from ..shape import HostShape
-from . import Host, HostProvider
+from . import Host, HostProvider, agent_options
 
 LABEL_POOL = "jobyard.autoscaler"
 LABEL_HOST = "jobyard.host"
@@ -80,11 +80,8 @@ class DockerProvider(HostProvider):
             self._discard(container)
 
     def _start(self, name: str) -> Host:
+        command = [*self.command, *agent_options(name, self.shape, self.queues, self.state_dir, self.agent_args)]
         host_dir = os.path.join(self.state_dir, name)
-        os.makedirs(host_dir, exist_ok=True)
-        command = [*self.command, "--hostname", name, "--cpus", f"{self.shape.cpus:g}",
-                   "--memory", str(self.shape.memory), "--queues", ",".join(self.queues),
-                   "--state-dir", host_dir, *self.agent_args]
         environment = {**{k: v for k, v in os.environ.items() if k.startswith("JOBYARD_")}, **self.environment}
         try:
             container = self.docker.containers.run(

@@ -19,7 +19,7 @@ from tasks.units import format_memory
 
 from ..errors import ProviderError
 from ..shape import HostShape
-from . import Host, HostProvider
+from . import Host, HostProvider, agent_options
 
 #: Seconds a removed agent gets for its warm shutdown before SIGKILL.
 STOP_TIMEOUT = 30.0
@@ -75,11 +75,8 @@ class LocalProvider(HostProvider):
         self._forget(name)
 
     def _start(self, name: str) -> Host:
-        host_dir = os.path.join(self.state_dir, name)
-        os.makedirs(host_dir, exist_ok=True)
-        command = [sys.executable, "-m", "tasks.cli", "agent", "--hostname", name,
-                   "--cpus", f"{self.shape.cpus:g}", "--memory", str(self.shape.memory),
-                   "--queues", ",".join(self.queues), "--state-dir", host_dir, *self.agent_args]
+        command = [sys.executable, "-m", "tasks.cli", "agent",
+                   *agent_options(name, self.shape, self.queues, self.state_dir, self.agent_args)]
         try:
             with open(os.path.join(self.state_dir, f"{name}.log"), "ab") as log:
                 process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
