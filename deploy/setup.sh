@@ -63,7 +63,11 @@ install_all() {
     apt_install dockerd:docker.io redis-server:redis-server /bin/busybox:busybox-static \
         ip:iproute2 python3:python3 chromium:chromium chromedriver:chromium-driver \
         debootstrap:debootstrap docker-compose:docker-compose systemd-analyze:systemd
-    python3 -m venv --help >/dev/null 2>&1 || apt_install /usr/lib/python3/dist-packages/venv:python3-venv
+    if ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
+        log "installing python3-venv"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    fi
     start_dockerd
     install_venv
 }
