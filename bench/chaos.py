@@ -601,9 +601,6 @@ class Figures:
     agent_kills: int
     redis_restarts: int
     lost: list[str]
-    #: Lost jobs that never started and were accepted within POP_WINDOW of a kill:
-    #: the known gap of kombu's BRPOP consumer (a dead client's pop), not yet closed.
-    lost_in_pop_window: list[str]
     changed: list[str]
     extra_terminal_writes: list[str]
     reruns: int
@@ -656,8 +653,6 @@ def figures(run: Run, orphans: tuple[list[str], list[str]], logs: dict[str, str]
     return Figures(
         jobs=len(entries), outcomes=count_outcomes(entries), agent_kills=len(agent_faults),
         redis_restarts=len(redis_faults), lost=[lost_job(run, e) for e in entries if e.state not in TERMINAL],
-        lost_in_pop_window=[e.id for e in entries if e.state not in TERMINAL and not e.starts
-                            and any(abs(e.accepted - f.at) <= POP_WINDOW for f in run.ledger.faults)],
         changed=changed_states(entries), extra_terminal_writes=extra_terminal_writes(logs),
         reruns=sum(max(0, len(e.starts) - e.expected_starts) for e in entries),
         in_flight_agent_kills=in_flight_agents, in_flight_redis_kill=in_flight_redis,
@@ -668,11 +663,6 @@ def figures(run: Run, orphans: tuple[list[str], list[str]], logs: dict[str, str]
         reconnect=reconnections(run, logs, redis_faults), submit_errors=run.submit_errors,
         poll_errors=run.poll_errors, longest_mutex_hold=round(run.mutex.longest, 1), strangers=len(run.ledger.strangers), seconds=seconds,
     ).judge()
-
-
-#: How close to a kill a never-started lost job must have been accepted to count as
-#: lost in kombu's pop window (the helper tests/reliability xfail test pins it down).
-POP_WINDOW = 0.05
 
 
 def lost_job(run: Run, entry: Entry) -> str:

@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any
 
-from tasks import keys
+from tasks import keys, transport
 
 KEEP_SECONDS = 14 * 24 * 3600
 #: Most dead jobs kept; the oldest are dropped beyond this.
@@ -69,6 +69,7 @@ class DeadLetters:
         payload["properties"].get("delivery_info", {}).pop("redelivered", None)
         pipe = self.redis.pipeline()
         pipe.lpush(record["queue_key"], json.dumps(payload))
+        transport.ring(pipe, transport.queue_of(record["queue_key"]))
         pipe.delete(keys.dead_job(task_id), keys.lost(task_id), keys.retried(task_id))
         pipe.zrem(keys.DEAD, task_id)
         pipe.execute()

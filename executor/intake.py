@@ -6,8 +6,9 @@ a message that breaks Celery after kombu recorded it as unacked comes back after
 the restart and kills it again. So the agent screens every message twice before
 anything runs:
 
-1. :class:`IntakeChannel` screens the raw item straight off BRPOP/RPOP: the size
-   cap, JSON, kombu's envelope. What it refuses never reaches kombu.
+1. :class:`IntakeChannel` screens the raw item as it is taken from its queue
+   (:mod:`tasks.transport`): the size cap, JSON, kombu's envelope. What it
+   refuses never reaches kombu.
 2. :class:`IntakeConsumer` screens the decoded message: Celery's own refusals
    (undecodable body, a disallowed content type such as pickle, an unknown task or
    format) and jobyard's (a ``jobyard.run`` call without its spec header, arguments
@@ -36,10 +37,9 @@ from celery.utils.collections import AttributeDict
 from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.transport import TRANSPORT_ALIASES
-from kombu.transport import redis as kombu_redis
 from vine import promise
 
-from tasks import keys
+from tasks import keys, transport
 from tasks.app import RUN_TASK, SPEC_HEADER
 from tasks.errors import InvalidJobSpec
 
@@ -155,10 +155,10 @@ def rejection(raw: bytes, reason: str, queue: str | None, host: str | None) -> s
                        "truncated": len(raw) > SAMPLE_BYTES, "raw_encoding": encoding, "raw": text})
 
 
-class IntakeChannel(kombu_redis.Channel):
-    """kombu's Redis channel, refusing raw items that are not messages it can take."""
+class IntakeChannel(transport.Channel):
+    """jobyard's Redis channel, refusing taken items that are not messages kombu can take."""
 
-    from_transport_options = kombu_redis.Channel.from_transport_options + ("max_message", "intake_host")
+    from_transport_options = transport.Channel.from_transport_options + ("max_message", "intake_host")
     max_message = 4 * 1024 * 1024
     intake_host = None
     # Never restore this channel's unacked messages when it closes: after a broker
@@ -166,32 +166,9 @@ class IntakeChannel(kombu_redis.Channel):
     # a dead agent held; a warm shutdown hands unstarted jobs back itself.
     do_restore = False
 
-    def _get_client(self):
-        factory = super()._get_client()
-
-        def client(**kwargs):
-            made = factory(**kwargs)
-            made.parse_response = self._screening(made.parse_response)
-            return made
-
-        return client
-
-    def _screening(self, parse_response):
-        # kombu hands BRPOP/RPOP replies straight to json.loads and its envelope
-        # code; screening the reply is the last point before either can raise.
-        def screened(connection, command_name, **options):
-            response = parse_response(connection, command_name, **options)
-            if command_name == "BRPOP" and response:
-                queue, item = response
-                return response if self._admit(item, _text(queue)) else None
-            if command_name == "RPOP" and isinstance(response, (bytes, str)):
-                return response if self._admit(response, None) else None
-            return response
-
-        return screened
-
-    def _admit(self, item: bytes | str, queue: str | None) -> bool:
-        raw = item.encode() if isinstance(item, str) else item
+    def accept(self, raw: bytes, queue: str) -> bool:
+        # The last point before kombu's json.loads and envelope code, either of
+        # which would raise inside the worker's event loop.
         problem = raw_problem(raw, int(self.max_message))
         if problem is None:
             return True
@@ -210,8 +187,8 @@ class IntakeChannel(kombu_redis.Channel):
             log.warning("could not set the refused message aside: %s", exc)
 
 
-class IntakeTransport(kombu_redis.Transport):
-    """kombu's Redis transport with :class:`IntakeChannel`."""
+class IntakeTransport(transport.Transport):
+    """jobyard's Redis transport with :class:`IntakeChannel`."""
 
     Channel = IntakeChannel
 

@@ -16,6 +16,8 @@ from typing import Any
 
 from celery.worker.request import Request
 
+from tasks import transport
+
 
 class _Registry:
     """Thread-safe map of task id -> value."""
@@ -120,8 +122,10 @@ def hand_back(task_id: str) -> bool:
         return True
     payload = message_copy(message)
     with message.channel.conn_or_acquire() as client:
-        for key in keys:
-            client.rpush(key, json.dumps(payload))
+        with client.pipeline() as pipe:
+            for key in keys:
+                transport.ring(pipe.rpush(key, json.dumps(payload)), transport.queue_of(key))
+            pipe.execute()
     return True
 
 

@@ -9,11 +9,14 @@ body lives in the executor: it supervises a container and never runs job code.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from celery import Celery, Task
 from celery.app.amqp import AMQP
 
 from . import security
 from .config import Settings
+from .transport import TRANSPORTS
 
 RUN_TASK = "jobyard.run"
 SPEC_HEADER = "jobyard_spec"
@@ -46,6 +49,8 @@ def configure(celery_app: Celery, settings: Settings) -> Celery:
     }
     celery_app.conf.update(
         broker_url=settings.broker_url,
+        # Publishes ring the queue's doorbell; see tasks.transport.
+        broker_transport=TRANSPORTS.get(urlsplit(settings.broker_url).scheme),
         result_backend=settings.result_backend,
         task_serializer="json",
         result_serializer="json",

@@ -37,6 +37,11 @@ def job_logs(task_id: str) -> str:
     return f"{PREFIX}:logs:{task_id}"
 
 
+def bell(queue: str) -> str:
+    """A queue's doorbell: pushed with every message, popped by waiting agents (tasks.transport)."""
+    return f"{PREFIX}:bell:{queue}"
+
+
 def lease(task_id: str) -> str:
     """A running job's lease, renewed by its agent's heartbeat."""
     return f"{PREFIX}:lease:{task_id}"
