@@ -20,7 +20,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from tasks import keys
+from tasks import keys, transport
 from tasks.app import app as default_app
 from tasks.errors import BackendError, JobError
 from tasks.state import state_client
@@ -121,6 +121,12 @@ class Agent:
                 cls._current = Agent(AgentConfig())
             return cls._current
 
+    @classmethod
+    def installed(cls) -> "Agent | None":
+        """The agent installed in this process, if any."""
+        with cls._current_lock:
+            return cls._current
+
     def install(self) -> "Agent":
         """Make this the process's agent."""
         with Agent._current_lock:
@@ -177,6 +183,7 @@ class Agent:
             terminations.discard(call.task_id)
             self.ledger.release(call.task_id)
             self.gate.refresh()
+            self._wake_intake()
             self.publish()
 
     def dead_letter(self, call: JobCall, error: JobError, why: str) -> None:
@@ -198,6 +205,13 @@ class Agent:
         call.attempt = self._count_attempt(call)
         self._notify("job_admitted", call, waited)
         self.publish()
+
+    def _wake_intake(self) -> None:
+        """Ring this agent's own doorbell: capacity freed, so a waiting job may fit now."""
+        try:
+            transport.ring_key(self.redis.pipeline(transaction=False), keys.wake(self.name)).execute()
+        except Exception as exc:  # noqa: BLE001 - the intake looks again within a second anyway
+            log.debug("could not ring %s: %s", keys.wake(self.name), exc)
 
     def _engine_lost(self) -> None:
         self.placement.engine_down = True

@@ -43,6 +43,8 @@ from tasks import keys, transport
 from tasks.app import RUN_TASK, SPEC_HEADER
 from tasks.errors import InvalidJobSpec
 
+from .retry import MEMORY_SCALE_HEADER
+
 log = logging.getLogger(__name__)
 
 #: Rejected messages kept, newest first.
@@ -161,6 +163,8 @@ class IntakeChannel(transport.Channel):
     from_transport_options = transport.Channel.from_transport_options + ("max_message", "intake_host")
     max_message = 4 * 1024 * 1024
     intake_host = None
+    spec_header = SPEC_HEADER
+    scale_header = MEMORY_SCALE_HEADER
     # Never restore this channel's unacked messages when it closes: after a broker
     # blip that would run a healthy running job a second time. Leases requeue what
     # a dead agent held; a warm shutdown hands unstarted jobs back itself.
@@ -208,6 +212,9 @@ class IntakeConsumer(Consumer):
 
     def connection_for_read(self, heartbeat=None):
         options = {"max_message": message_cap(self.app), "intake_host": self.hostname}
+        agent = _installed_agent()
+        if agent is not None:  # take only jobs that fit, and wake when capacity frees
+            options.update(take_limits=agent.placement.take_limits, wake_key=keys.wake(agent.name))
         transport = TRANSPORTS[urlsplit(self.app.conf.broker_url).scheme]
         return self.ensure_connected(self.app.connection_for_read(
             heartbeat=heartbeat, transport=transport, transport_options=options))
@@ -296,6 +303,12 @@ class IntakeConsumer(Consumer):
             log.warning("could not record the failure of refused message %s: %s", task_id, exc)
         if self.event_dispatcher:
             self.event_dispatcher.send("task-failed", uuid=task_id, exception=repr(error))
+
+
+def _installed_agent():
+    from .agent import Agent
+
+    return Agent.installed()
 
 
 def _text(value: Any) -> str:

@@ -1,6 +1,14 @@
-"""Placement on one agent: admit a job now, let it wait here, or hand it back.
+"""Placement on one agent: what it takes, and admitting, holding or handing back what it got.
 
-Rules, in order, for a job this agent has received:
+Most placement happens before a message leaves its queue: the intake takes only the
+oldest message that fits this agent's free capacity now (:meth:`Placement.take_limits`
+feeds :data:`tasks.transport.TAKE`), leaves jobs for bigger hosts to them, takes jobs
+no host can hold so they are rejected, and stops backfilling behind a job this host
+could run once that job has been passed over for ``max_wait`` seconds.
+
+A job can still reach this agent when it cannot start here now: capacity changed
+between the take and the admission, fixed slots, or a message the intake could not
+size. Rules, in order, for a job this agent has received:
 
 1. **Impossible**: its requests exceed the capacity of every known host serving its
    queue (live agents, plus the autoscaler's host shape if one is published) →
@@ -17,7 +25,7 @@ Rules, in order, for a job this agent has received:
    capacity. A waiting job therefore starts within ``max_wait`` plus the longest
    remaining run time (at most the timeout) of the jobs running when the bound hits.
 
-The intake gate keeps the worker from *taking* messages it probably cannot run:
+The intake gate keeps the worker from taking messages at all without free capacity:
 the consumer's prefetch limit is kept at (jobs held here) + 1 while there is free
 capacity and room for a waiter, and at (jobs held here) otherwise.
 """
@@ -32,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from tasks import keys
+from tasks.transport import TakeLimits
 from tasks.errors import JobRejected, Revoked
 from tasks.units import format_memory
 
@@ -169,19 +178,27 @@ class Placement:
         return min(self.waiters.values(), key=lambda w: w.since, default=None)
 
     def _reject_if_impossible(self, call: JobCall) -> None:
+        problem = self._impossible(call, fresh=False)
+        if problem is not None:
+            problem = self._impossible(call, fresh=True)  # final: never from a stale view
+        if problem is not None:
+            raise problem
+
+    def _impossible(self, call: JobCall, fresh: bool) -> JobRejected | None:
         spec = call.spec
         own = {"cpus": self.ledger.capacity.cpus, "memory": self.ledger.capacity.memory}
-        hosts = [own, *self.fleet.host_capacities(spec.queue)]
+        hosts = [own, *self.fleet.host_capacities(spec.queue, fresh=fresh)]
         for resource, request, largest in (
             ("memory", spec.memory, max(h["memory"] for h in hosts)),
             ("cpus", spec.cpus, max(h["cpus"] for h in hosts)),
         ):
             if request > largest + (1e-9 if resource == "cpus" else 0):
                 shown = format_memory if resource == "memory" else (lambda v: f"{v:g}")
-                raise JobRejected(
+                return JobRejected(
                     f"{spec.name}: requests {resource}={shown(request)}, more than the largest host "
                     f"serving queue {spec.queue!r} has ({shown(largest)}); it can never run",
                     {"resource": resource, "request": request, "largest_host": largest, "queue": spec.queue})
+        return None
 
     def stop(self) -> None:
         """The agent is shutting down: hand back every job not started yet."""
@@ -212,6 +229,20 @@ class Placement:
             cpus, memory = self.ledger.free()
         return 1 if cpus >= MIN_CPUS and memory >= MIN_MEMORY else 0
 
+    def take_limits(self, queues: list[str]) -> TakeLimits | None:
+        """What the intake should look for in ``queues``: a job that fits now (None with fixed slots)."""
+        if self.ledger.slots is not None:
+            return None
+        with self.ledger.changed:
+            cpus, memory = self.ledger.free()
+        capacity = self.ledger.capacity
+        largest = {}
+        for queue in queues:
+            hosts = [{"cpus": capacity.cpus, "memory": capacity.memory}, *self.fleet.host_capacities(queue)]
+            largest[queue] = (max(h["cpus"] for h in hosts), max(h["memory"] for h in hosts))
+        return TakeLimits(free_cpus=cpus, free_memory=memory, host_cpus=capacity.cpus,
+                          host_memory=capacity.memory, bound=self.max_wait, largest=largest)
+
     def held(self) -> int:
         """Jobs this agent holds: admitted, waiting and parked."""
         with self.ledger.changed:
@@ -238,10 +269,10 @@ class FleetView:
         self._cached: tuple[float, list[dict[str, Any]], dict[str, Any] | None] = (0.0, [], None)
         self._lock = threading.Lock()
 
-    def _snapshot(self) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    def _snapshot(self, fresh: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         with self._lock:
             fetched, states, shape = self._cached
-            if time.monotonic() - fetched < self.cache_seconds:
+            if not fresh and time.monotonic() - fetched < self.cache_seconds:
                 return states, shape
         try:
             names, raw_shape = self.redis.pipeline().zrange(keys.AGENTS, 0, -1).get(keys.AUTOSCALER_SHAPE).execute()
@@ -259,9 +290,9 @@ class FleetView:
         """Live agents' published states (cached briefly)."""
         return self._snapshot()[0]
 
-    def host_capacities(self, queue: str) -> list[dict[str, float]]:
+    def host_capacities(self, queue: str, fresh: bool = False) -> list[dict[str, float]]:
         """Capacities of live hosts serving ``queue``, plus the autoscaler's host shape."""
-        states, shape = self._snapshot()
+        states, shape = self._snapshot(fresh)
         hosts = [s["capacity"] for s in states if queue in s.get("queues", ())]
         if shape and queue in shape.get("queues", [queue]):
             hosts.append({"cpus": float(shape["cpus"]), "memory": int(shape["memory"])})

@@ -42,7 +42,9 @@ def configure(celery_app: Celery, settings: Settings) -> Celery:
         "unacked_restore_interval": max(1, settings.lease_seconds // 5),
         "unacked_restore_throttle": 1,
         # A sweeper killed mid-sweep must not stall every sweep for kombu's default 5 min.
-        "unacked_mutex_expire": max(5, settings.lease_seconds),
+        # A sweep takes milliseconds, and two overlapping sweeps are safe (kombu restores
+        # each tag in a WATCH transaction), so the lock only has to outlive one sweep.
+        "unacked_mutex_expire": 3,
         "socket_keepalive": True,
         "retry_on_timeout": True,
         "health_check_interval": 10,

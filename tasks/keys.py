@@ -21,6 +21,10 @@ DECISIONS = f"{PREFIX}:autoscaler:decisions"
 #: Sorted set of dead-lettered job ids -> time they died.
 DEAD = f"{PREFIX}:dead"
 
+#: Sorted set: delivery tag of a queued message that could run on a host but was
+#: passed over for smaller ones -> when it first was (the backfill bound, tasks.transport).
+SKIPPED = f"{PREFIX}:skipped"
+
 
 def agent(hostname: str) -> str:
     """JSON of an agent's capacity, reservations and running jobs (TTL'd)."""
@@ -40,6 +44,16 @@ def job_logs(task_id: str) -> str:
 def bell(queue: str) -> str:
     """A queue's doorbell: pushed with every message, popped by waiting agents (tasks.transport)."""
     return f"{PREFIX}:bell:{queue}"
+
+
+def published(task_id: str, retries: int) -> str:
+    """Marks one publish of a job (its id and retry number) for a while: retries of it are no-ops."""
+    return f"{PREFIX}:published:{task_id}:{retries}"
+
+
+def wake(hostname: str) -> str:
+    """An agent's own doorbell, rung when its capacity frees (tasks.transport)."""
+    return f"{PREFIX}:wake:{hostname}"
 
 
 def lease(task_id: str) -> str:

@@ -7,21 +7,28 @@ connection that dies between the two (Redis crashing after the pop, the reply
 lost on the way, the consumer killed while reading it) loses the job, though no
 container ever started it.
 
-This transport closes that window:
+This transport closes that window, and places jobs while it is at it:
 
-* **Taking** is one Lua script (:data:`TAKE`): it pops the first message from the
-  consumer's queue lists, in kombu's order (priority, then queue), and records it
-  in kombu's unacked hash and index in the same atomic step. Whatever happens to
-  the reply, the job is either still queued or recorded, and an unrenewed record
-  is requeued by kombu's visibility sweep (the lease, :mod:`tasks.app`).
+* **Taking** is one Lua script (:data:`TAKE`): it removes a message from the
+  consumer's queue lists, in kombu's order (priority, then queue, oldest first), and
+  records it in kombu's unacked hash and index in the same atomic step. Whatever
+  happens to the reply, the job is either still queued or recorded, and an
+  unrenewed record is requeued by kombu's visibility sweep (the lease, tasks.app).
+* **Only what fits.** A consumer that passes :class:`TakeLimits` (an agent's free
+  capacity) gets the oldest of the first :data:`LOOK_AHEAD` messages whose requests
+  fit; jobs it passes over keep their place, and one passed over for longer than the
+  bound stops the consumer taking anything behind it (no starvation).
 * The script never blocks, so a consumer **waits on doorbells**: one short list
-  per queue (:func:`tasks.keys.bell`) that every publish pushes to, in the same
-  MULTI as the message. A doorbell holds no job, so popping one loses nothing; a
-  consumer woken by one runs the script. When the script finds its queues empty it
-  deletes their doorbells, which leaves none behind for jobs already taken.
+  per queue (:func:`tasks.keys.bell`) that every publish pushes to in the same
+  script as the message (:data:`PUBLISH`), and its own (:func:`tasks.keys.wake`),
+  rung when its capacity frees. A doorbell holds no job, so popping one loses
+  nothing. An empty take deletes its queues' doorbells, leaving none behind for jobs
+  already taken; a take that found nothing fitting waits on its own doorbell only.
 * A message pushed without ringing (a plain kombu publisher, a hand-edited list)
   is still taken: a doorbell wait times out after ``brpop_timeout`` (1 s) and the
   consumer looks again.
+* **Publishing is idempotent** per task id and retry number (:data:`PUBLISH`), so
+  Celery's retry of a publish whose reply was lost does not queue the job twice.
 
 Publishers that use :func:`tasks.create_app` ring doorbells; kombu's visibility
 sweep rings when it requeues; jobyard's own requeues call :func:`ring`.
@@ -30,9 +37,10 @@ sweep rings when it requeues; jobyard's own requeues call :func:`ring`.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from queue import Empty
 from time import monotonic, time
-from typing import Any
+from typing import Any, Callable
 
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
@@ -48,46 +56,160 @@ log = logging.getLogger(__name__)
 #: Doorbell entries kept per queue: enough to wake every consumer, never a backlog.
 BELL_CAP = 256
 
-#: KEYS: unacked hash, unacked index, the queue lists in order, then the queues'
-#: doorbells. ARGV: now (kombu scores the index with the consumer's clock), the
-#: number of queue lists. Returns {list key, raw item, delivery tag or false}, or
-#: nil when every list is empty. An item that is not a kombu envelope is returned
-#: unrecorded, for the consumer to refuse. The record is kombu's own
-#: ``[payload, exchange, routing_key]``, with the payload's text kept byte for byte.
-#: The record is written before the pop: Redis does not roll a failed script back,
-#: and on a full ``noeviction`` server the record is what fails (RPOP frees memory).
-TAKE = """
+#: Messages a consumer looks at, oldest first, per queue list, for one that fits.
+LOOK_AHEAD = 32
+#: Seconds a consumer that found nothing fitting waits for its own doorbell
+#: (rung when its capacity frees) before it looks again.
+NOTHING_FITS_WAIT = 0.5
+
+#: KEYS: unacked hash, unacked index, the skipped set, the queue lists in order, then
+#: the queues' doorbells. ARGV: now (kombu scores the index with the consumer's
+#: clock), the number of lists, the look-ahead depth (0: take the oldest, unsized),
+#: free cpus and memory, host cpus and memory, the backfill bound (seconds), the
+#: spec and memory-scale header names, then per list the largest host's cpus and
+#: memory for its queue.
+#:
+#: Returns {list key, raw item, delivery tag or false} for a message taken; false
+#: (nil) when every list is empty, after deleting the queues' doorbells; 0 when
+#: nothing within the look-ahead fits the free capacity; 1 when a message that could
+#: run on this host has been passed over for longer than the bound, so nothing behind
+#: it may be taken. Taken, in this order: a message the script cannot size (the
+#: consumer screens it), one larger than every host (the consumer rejects it), one
+#: that fits the free capacity. The record is kombu's own ``[payload, exchange,
+#: routing_key]`` with the payload's text kept byte for byte, written before the
+#: removal: Redis does not roll a failed script back, and on a full ``noeviction``
+#: server the record is what fails.
+TAKE = """local now = tonumber(ARGV[1])
 local lists = tonumber(ARGV[2])
-for i = 3, 2 + lists do
-  local item = redis.call('LINDEX', KEYS[i], -1)
-  if item then
+local depth = tonumber(ARGV[3])
+local function take(key, index, item, message)
+  local tag = false
+  if type(message) == 'table' and type(message.properties) == 'table' then
+    local properties = message.properties
+    local info = properties.delivery_info
+    if type(properties.delivery_tag) == 'string' and type(info) == 'table'
+        and type(info.exchange) == 'string' and type(info.routing_key) == 'string' then
+      tag = properties.delivery_tag
+      redis.call('HSET', KEYS[1], tag,
+        '[' .. item .. ',' .. cjson.encode(info.exchange) .. ',' .. cjson.encode(info.routing_key) .. ']')
+      redis.call('ZADD', KEYS[2], now, tag)
+      redis.call('ZREM', KEYS[3], tag)
+    end
+  end
+  if index == -1 then
+    redis.call('RPOP', key)
+  else
+    redis.call('LSET', key, index, '__jobyard_taking__')
+    redis.call('LREM', key, -1, '__jobyard_taking__')
+  end
+  return {key, item, tag}
+end
+local seen = false
+for i = 1, lists do
+  local key = KEYS[3 + i]
+  local items = redis.call('LRANGE', key, -math.max(depth, 1), -1)
+  local count = #items
+  for n = count, 1, -1 do
+    seen = true
+    local item, index = items[n], n - count - 1
     local ok, message = pcall(cjson.decode, item)
-    local tag = false
-    if ok and type(message) == 'table' and type(message.properties) == 'table' then
-      local properties = message.properties
-      local info = properties.delivery_info
-      if type(properties.delivery_tag) == 'string' and type(info) == 'table'
-          and type(info.exchange) == 'string' and type(info.routing_key) == 'string' then
-        tag = properties.delivery_tag
-        redis.call('HSET', KEYS[1], tag,
-          '[' .. item .. ',' .. cjson.encode(info.exchange) .. ',' .. cjson.encode(info.routing_key) .. ']')
-        redis.call('ZADD', KEYS[2], ARGV[1], tag)
+    if not ok then message = nil end
+    if depth == 0 then return take(key, index, item, message) end
+    local headers = type(message) == 'table' and message.headers
+    local spec = type(headers) == 'table' and headers[ARGV[9]]
+    if type(spec) ~= 'table' or type(spec.cpus) ~= 'number' or type(spec.memory) ~= 'number' then
+      return take(key, index, item, message)
+    end
+    local cpus, memory = spec.cpus, spec.memory
+    local scale = tonumber(headers[ARGV[10]])
+    if scale and scale > 1 then
+      memory = math.min(math.floor(memory * scale), tonumber(spec.retry_memory_max) or memory * 1024)
+    end
+    if cpus > tonumber(ARGV[9 + 2 * i]) + 1e-9 or memory > tonumber(ARGV[10 + 2 * i]) then
+      return take(key, index, item, message)
+    end
+    if cpus <= tonumber(ARGV[4]) + 1e-9 and memory <= tonumber(ARGV[5]) then
+      return take(key, index, item, message)
+    end
+    local tag = type(message.properties) == 'table' and message.properties.delivery_tag
+    if cpus <= tonumber(ARGV[6]) + 1e-9 and memory <= tonumber(ARGV[7]) and type(tag) == 'string' then
+      local first = tonumber(redis.call('ZSCORE', KEYS[3], tag))
+      if not first then
+        redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 86400)
+        redis.call('ZADD', KEYS[3], now, tag)
+        first = now
+      end
+      if now - first >= tonumber(ARGV[8]) then
+        return 1
       end
     end
-    redis.call('RPOP', KEYS[i])
-    return {KEYS[i], item, tag}
   end
 end
-for i = 3 + lists, #KEYS do
-  redis.call('DEL', KEYS[i])
+if not seen then
+  for i = 4 + lists, #KEYS do
+    redis.call('DEL', KEYS[i])
+  end
+  return false
 end
-return false
+return 0
 """
+
+
+#: Seconds a publish is remembered (:data:`PUBLISH`): longer than any publish retry.
+PUBLISHED_TTL = 600
+
+#: KEYS: the queue list, its doorbell, and (for a task message) the publish's marker.
+#: ARGV: the message, the doorbell cap, the marker's TTL. A publisher whose reply was
+#: lost (Redis died just after executing it) retries the publish; the marker, named
+#: by task id and retry number, makes that retry a no-op instead of a second job.
+#: Returns 1 if queued, 0 if it was already.
+PUBLISH = """
+if KEYS[3] and not redis.call('SET', KEYS[3], 1, 'NX', 'EX', ARGV[3]) then
+  return 0
+end
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LPUSH', KEYS[2], 1)
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class TakeLimits:
+    """What a consumer can run now, for :data:`TAKE` to choose a message that fits."""
+
+    free_cpus: float
+    free_memory: int
+    host_cpus: float
+    host_memory: int
+    #: Seconds a message that could run here may be passed over for smaller ones.
+    bound: float
+    #: Per queue: the largest (cpus, memory) of any host serving it.
+    largest: dict[str, tuple[float, int]]
+
+
+def take_arguments(fixed: list[str], lists: list[tuple[str, str]], bells: list[str], limits: TakeLimits | None,
+                   spec_header: str | None = None, scale_header: str | None = None) -> tuple[list, list]:
+    """KEYS and ARGV of :data:`TAKE`: ``fixed`` is [unacked, unacked index, skipped];
+    ``lists`` pairs each list key with its queue, in the order to look at them."""
+    if limits is None or not spec_header:
+        sizing, largest = [0, 0, 0, 0, 0, 0, "", ""], [0, 0] * len(lists)
+    else:
+        sizing = [LOOK_AHEAD, limits.free_cpus, limits.free_memory, limits.host_cpus, limits.host_memory,
+                  limits.bound, spec_header, scale_header or ""]
+        own = (limits.host_cpus, limits.host_memory)
+        largest = [v for queue, _ in lists for v in limits.largest.get(queue, own)]
+    return [*fixed, *(key for _, key in lists), *bells], [time(), len(lists), *sizing, *largest]
 
 
 def ring(pipe, queue: str) -> Any:
     """Queue a push to ``queue``'s doorbell on ``pipe`` (after the message's own push)."""
     return pipe.lpush(keys.bell(queue), 1).ltrim(keys.bell(queue), 0, BELL_CAP - 1)
+
+
+def ring_key(pipe, key: str) -> Any:
+    """Queue a push to a consumer's own doorbell: one pending ring is enough."""
+    return pipe.lpush(key, 1).ltrim(key, 0, 0)
 
 
 def queue_of(list_key: str) -> str:
@@ -108,22 +230,38 @@ class Channel(kombu_redis.Channel):
     """kombu's Redis channel: publishes ring doorbells; consumers take atomically."""
 
     QoS = TakingQoS
+    from_transport_options = kombu_redis.Channel.from_transport_options + ("take_limits", "wake_key")
+    #: ``take_limits(queues) -> TakeLimits | None``: with limits, a consumer takes the
+    #: oldest message that fits them (within :data:`LOOK_AHEAD`); without, the oldest.
+    take_limits: Callable[[list[str]], TakeLimits | None] | None = None
+    #: The consumer's own doorbell: ring it (:func:`ring_key`) when its capacity frees.
+    wake_key: str | None = None
+    #: Header names :data:`TAKE` sizes a message by (set by consumers that size jobs).
+    spec_header: str | None = None
+    scale_header: str | None = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         #: Tags :data:`TAKE` recorded that kombu's QoS has not claimed yet.
         self.taken: dict[str, bool] = {}
-        self._awaiting_bell = False  # what the pending command on the poll connection is
-        self._bells_due = False      # the last take found nothing: wait on doorbells next
+        #: What to send next on the poll connection: a take (None), a wait on the
+        #: queues' doorbells ("bells", after an empty take) or on this consumer's own
+        #: ("own", after a take that found nothing fitting).
+        self._next_wait: str | None = None
+        self._pending: str | None = None  # what the command in flight is
 
     # -- publishing ---------------------------------------------------------------
 
     def _put(self, queue, message, **kwargs):
         priority = self._get_message_priority(message, reverse=False)
+        prefix = self.global_keyprefix or ""
+        script_keys = [prefix + self._q_for_pri(queue, priority), prefix + keys.bell(queue)]
+        headers = message.get("headers") or {}
+        if isinstance(headers.get("id"), str):
+            script_keys.append(prefix + keys.published(headers["id"], headers.get("retries") or 0))
         with self.conn_or_acquire() as client:
-            with client.pipeline() as pipe:  # MULTI: no doorbell without its message
-                pipe.lpush(self._q_for_pri(queue, priority), dumps(message))
-                ring(pipe, queue).execute()
+            client.execute_command("EVAL", PUBLISH, len(script_keys), *script_keys, dumps(message), BELL_CAP,
+                                   PUBLISHED_TTL)
 
     def _do_restore_message(self, payload, exchange, routing_key, pipe, leftmost=False):
         super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
@@ -140,34 +278,47 @@ class Channel(kombu_redis.Channel):
             return
         prefix = self.global_keyprefix or ""
         bells = [prefix + keys.bell(queue) for queue in queues]
-        if self._bells_due:
-            command = ["BRPOP", *bells, timeout or 0]
+        own = [prefix + self.wake_key] if self.wake_key else []
+        if self._next_wait == "bells" or (self._next_wait == "own" and not own):
+            command = ["BRPOP", *bells, *own, timeout or 0]
+        elif self._next_wait == "own":
+            command = ["BRPOP", *own, NOTHING_FITS_WAIT]
         else:
-            lists = [prefix + self._q_for_pri(queue, priority)
-                     for priority in self.priority_steps for queue in queues]
-            unacked = [prefix + self.unacked_key, prefix + self.unacked_index_key]
-            command = ["EVAL", TAKE, 2 + len(lists) + len(bells), *unacked, *lists, *bells, time(), len(lists)]
-        self._awaiting_bell = self._bells_due
+            command = self._take_command(queues, bells, prefix)
+        self._pending, self._next_wait = self._next_wait, None
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
         self.client.connection.send_command(*command)
 
+    def _take_command(self, queues: list[str], bells: list[str], prefix: str) -> list:
+        pairs = [(queue, prefix + self._q_for_pri(queue, priority))
+                 for priority in self.priority_steps for queue in queues]
+        limits = self.take_limits(queues) if self.take_limits and self.spec_header else None
+        fixed = [prefix + self.unacked_key, prefix + self.unacked_index_key, prefix + keys.SKIPPED]
+        script_keys, argv = take_arguments(fixed, pairs, bells, limits, self.spec_header, self.scale_header)
+        return ["EVAL", TAKE, len(script_keys), *script_keys, *argv]
+
     def _brpop_read(self, **options):
+        pending, self._pending = self._pending, None
         try:
             try:
-                reply = self.client.parse_response(self.client.connection, "BRPOP", **options)
+                # EVAL has no reply callback: a script's 0 must not read as BRPOP's "nothing".
+                command = "EVAL" if pending is None else "BRPOP"
+                reply = self.client.parse_response(self.client.connection, command, **options)
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
             except ResponseError as exc:  # e.g. a full noeviction server refusing the record
                 log.warning("could not take a message (retrying after a doorbell wait): %s", exc)
-                self._bells_due = not self._awaiting_bell
+                self._next_wait = "bells" if pending is None else None
                 raise Empty() from exc
-            if self._awaiting_bell:  # rung, or timed out: look at the queues either way
-                self._bells_due = False
+            if pending is not None:  # a doorbell rang, or the wait timed out: look again
                 raise Empty()
-            if not reply:
-                self._bells_due = True
+            if reply is None:
+                self._next_wait = "bells"
+                raise Empty()
+            if isinstance(reply, int):
+                self._next_wait = "own"
                 raise Empty()
             return self._took(*reply)
         finally:

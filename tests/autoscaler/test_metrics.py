@@ -31,7 +31,7 @@ def test_ready_counts_every_priority_list_and_sums_requests(redis_client, queue_
     assert keda.ready == redis_client.llen(queue_name) < 4, "the LLEN-only baseline should miss priority lists"
 
 
-def test_in_flight_running_and_parked_jobs_are_counted(agents, redis_client, queue_name):
+def test_queued_running_and_too_big_jobs_are_counted(agents, redis_client, queue_name):
     from sample_jobs import sleep_for
 
     from autoscaler.metrics import BrokerMetrics
@@ -43,30 +43,30 @@ def test_in_flight_running_and_parked_jobs_are_counted(agents, redis_client, que
     source = BrokerMetrics(state_client(), [queue_name])
     first = sleep_for.apply_async((6,), queue=queue_name, cpus=0.5)
     wait_for(lambda: (host.state(redis_client) or {}).get("running"), 20, message="a running job")
-    parked = sleep_for.apply_async((1,), queue=queue_name, cpus=1.5)  # too big for this host, not for the shape
+    big = sleep_for.apply_async((1,), queue=queue_name, cpus=1.5)  # too big for this host, not for the shape
     second = sleep_for.apply_async((4,), queue=queue_name, cpus=0.5)
 
     # The host is full: its intake gate leaves both new jobs in the queue.
     seen = source.read()
     assert (seen.queues[0].ready, seen.queues[0].reserved, seen.queues[0].running) == (2, 0, 1), seen.queues
-    assert sorted(r.task_id for r in seen.demand.waiting) == sorted([parked.id, second.id])
+    assert sorted(r.task_id for r in seen.demand.waiting) == sorted([big.id, second.id])
     assert [r.task_id for r in seen.demand.running] == [first.id]
     assert seen.demand.cpus == 2.0 and seen.agents[host.hostname].busy
 
-    # Once the first ends, the second runs and the big one is held (unacked) by the agent.
+    # Once the first ends, the second runs; the big one stays queued, in its place, for a
+    # host that can hold it (agents take only what fits them), and is still demand.
     assert first.get(timeout=30) == 6
 
     def settled():
         now = source.read()
-        return now if (now.queues[0].reserved, now.running) == (1, 1) else None
+        return now if (now.queues[0].ready, now.queues[0].reserved, now.running) == (1, 0, 1) else None
 
-    seen = wait_for(settled, 15, message="the big job held, the second running")
-    assert seen.queues[0].ready == 0
-    assert [r.task_id for r in seen.demand.waiting] == [parked.id] and seen.demand.cpus == 1.5
+    seen = wait_for(settled, 15, message="the second running, the big job still queued")
+    assert [r.task_id for r in seen.demand.waiting] == [big.id] and seen.demand.cpus == 1.5
     assert [r.task_id for r in seen.demand.running] == [second.id]
     assert second.get(timeout=30) == 4
     redis_client.delete("jobyard:autoscaler:shape")
-    parked.revoke(terminate=True)
+    big.revoke(terminate=True)
 
 
 def test_a_job_no_host_can_hold_is_reported_not_scaled_for(fleet, queue_name, redis_client, celery_app):

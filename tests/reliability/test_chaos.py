@@ -53,10 +53,14 @@ class CuttingProxy:
     seconds: what an agent sees when Redis dies just after executing a pop.
     """
 
-    def __init__(self, target_port: int, outage: float):
+    def __init__(self, target_port: int, outage: float, on_request: bool = False):
         self.target_port = target_port
         self.outage = outage
         self.needle: bytes | None = None
+        #: Watch what clients send instead: let a command carrying ``needle`` reach
+        #: Redis, then drop its reply (Redis dying just after executing it).
+        self.on_request = on_request
+        self.muted = False
         self.tripped = threading.Event()
         self.refuse_until = 0.0
         self.sockets: list[socket.socket] = []
@@ -81,8 +85,15 @@ class CuttingProxy:
     def _pump(self, source: socket.socket, sink: socket.socket, from_redis: bool) -> None:
         try:
             while data := source.recv(65536):
-                if from_redis and self.needle and self.needle in data and not self.tripped.is_set():
-                    return self.cut()  # Redis has popped it; the reply dies with the connection
+                if from_redis != self.on_request and self.needle and self.needle in data \
+                        and not self.tripped.is_set():
+                    if self.on_request:
+                        self.muted = True  # until the cut: the reply must not get through
+                        sink.sendall(data)
+                        time.sleep(0.2)  # Redis executes it; its reply dies with the connection
+                    return self.cut()  # from Redis: it has taken the job; the reply dies likewise
+                if from_redis and self.muted:
+                    continue
                 sink.sendall(data)
         except OSError:
             pass
@@ -92,6 +103,7 @@ class CuttingProxy:
         self.refuse_until = time.time() + self.outage
         self.tripped.set()
         self._drop()
+        self.muted = False
 
     def close(self) -> None:
         """Stop listening and drop every connection."""
@@ -121,6 +133,29 @@ def test_job_popped_just_before_a_broker_outage_still_runs(behind_proxy, redis_c
     ran = wait_for_result(result, timeout=40)
     assert ran, f"job {task_id}: no result; after the outage Redis held it in {held or 'no key'}"
     assert result.get(timeout=5) == 3
+
+
+def test_a_publish_whose_reply_is_lost_queues_the_job_once(redis_server, redis_client):
+    # Celery retries a publish that raised a connection error; the first one may have run.
+    import dataclasses
+
+    from tasks.app import RUN_TASK, SPEC_HEADER, create_app
+    from tasks.config import Settings
+
+    proxy = CuttingProxy(redis_server.port, outage=0.25, on_request=True)
+    caller = create_app(dataclasses.replace(Settings.from_env(),
+                                            broker_url=f"redis://127.0.0.1:{proxy.port}/0"))
+    queue, task_id = f"publish-{SESSION}", str(uuid.uuid4())
+    try:
+        proxy.needle = task_id.encode()
+        caller.send_task(RUN_TASK, args=[1, 2], task_id=task_id, queue=queue,
+                         headers={SPEC_HEADER: {"name": "x"}})
+        assert proxy.tripped.is_set(), "the proxy never saw the publish"
+        held = [item for item in redis_client.lrange(queue, 0, -1) if task_id in item]
+        assert len(held) == 1, f"the job was queued {len(held)} times"
+    finally:
+        redis_client.delete(queue)
+        proxy.close()
 
 
 @pytest.mark.slow

@@ -15,7 +15,9 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
+from executor.retry import MEMORY_SCALE_HEADER as SCALE_HEADER
 from tasks import keys, transport
+from tasks.app import SPEC_HEADER
 from tests.support.services import RedisServer, free_port, temp_dir
 
 
@@ -61,11 +63,12 @@ def envelope(queue: str, body: str = "x") -> dict:
                            "delivery_info": {"exchange": queue, "routing_key": queue}, "priority": 0}}
 
 
-def take(client, lists: list[str], queues: list[str]):
+def take(client, lists: list[str], queues: list[str], limits: transport.TakeLimits | None = None):
     """Run the take script over ``lists`` as a consumer of ``queues`` would."""
-    bells = [keys.bell(q) for q in queues]
-    return client.eval(transport.TAKE, 2 + len(lists) + len(bells), "unacked", "unacked_index", *lists, *bells,
-                       time.time(), len(lists))
+    pairs = [(transport.queue_of(key), key) for key in lists]
+    script_keys, argv = transport.take_arguments(["unacked", "unacked_index", keys.SKIPPED], pairs,
+                                                 [keys.bell(q) for q in queues], limits, SPEC_HEADER, SCALE_HEADER)
+    return client.eval(transport.TAKE, len(script_keys), *script_keys, *argv)
 
 
 def test_a_taken_message_is_recorded_before_its_reply_leaves_redis(client):
@@ -141,3 +144,72 @@ def test_a_message_pushed_without_ringing_is_still_taken_within_the_doorbell_tim
     got = received(connection, "silent", timeout=5)
     assert len(got) == 1 and got[0].payload == {"n": 2}
     assert time.monotonic() - started < connection.default_channel.brpop_timeout + 1.5
+
+
+MI = 1024**2
+
+
+def job(queue: str, cpus: float, memory_mi: int, **headers) -> dict:
+    """An envelope whose spec header requests ``cpus`` and ``memory_mi`` MiB."""
+    payload = envelope(queue, f"{cpus}/{memory_mi}")
+    payload["headers"] = {SPEC_HEADER: {"cpus": cpus, "memory": memory_mi * MI}, **headers}
+    return payload
+
+
+def limits(free=(1.0, 512), host=(2.0, 1024), largest=(4.0, 2048), bound=30.0) -> transport.TakeLimits:
+    return transport.TakeLimits(free_cpus=free[0], free_memory=free[1] * MI, host_cpus=host[0],
+                                host_memory=host[1] * MI, bound=bound, largest={"q": (largest[0], largest[1] * MI)})
+
+
+def queued(client, *payloads: dict) -> None:
+    """Queue ``payloads`` on list q, the first one oldest."""
+    client.lpush("q", *[json.dumps(p) for p in payloads])
+
+
+def body(reply) -> str:
+    return json.loads(reply[1])["body"]
+
+
+def test_take_passes_over_what_does_not_fit_now_for_the_oldest_that_does(client):
+    queued(client, job("q", 0.5, 900), job("q", 2.0, 100), job("q", 0.5, 256), job("q", 0.25, 64))
+    assert body(take(client, ["q"], ["q"], limits())) == "0.5/256"
+    # Both passed-over jobs could run on this host later: their wait is on the clock.
+    assert client.zcard(keys.SKIPPED) == 2
+    assert [json.loads(i)["body"] for i in client.lrange("q", 0, -1)] == ["0.25/64", "2.0/100", "0.5/900"]
+
+
+def test_nothing_fitting_leaves_every_message_and_doorbell_in_place(client):
+    queued(client, job("q", 0.5, 900), job("q", 2.0, 100))
+    client.lpush(keys.bell("q"), 1)
+    assert take(client, ["q"], ["q"], limits()) == 0
+    assert client.llen("q") == 2 and client.llen(keys.bell("q")) == 1 and client.hlen("unacked") == 0
+
+
+def test_a_job_passed_over_past_the_bound_stops_all_backfill_behind_it(client):
+    big = job("q", 0.5, 900)
+    queued(client, big, job("q", 0.25, 64))
+    client.zadd(keys.SKIPPED, {big["properties"]["delivery_tag"]: time.time() - 31})
+    assert take(client, ["q"], ["q"], limits(bound=30)) == 1
+    assert client.llen("q") == 2
+    # Once capacity frees, the starving job itself is what gets taken.
+    assert body(take(client, ["q"], ["q"], limits(free=(2.0, 1024), bound=30))) == "0.5/900"
+    assert client.zcard(keys.SKIPPED) == 0
+
+
+def test_a_job_no_host_can_hold_is_taken_to_be_rejected_and_one_for_a_bigger_host_is_left(client):
+    queued(client, job("q", 1.0, 1500), job("q", 1.0, 4096), job("q", 0.25, 64))
+    # 1500Mi fits only the bigger host: left for it, and not on this host's clock.
+    assert body(take(client, ["q"], ["q"], limits())) == "1.0/4096"
+    assert body(take(client, ["q"], ["q"], limits())) == "0.25/64"
+    assert client.zcard(keys.SKIPPED) == 0 and client.llen("q") == 1
+
+
+def test_a_retry_with_scaled_memory_is_sized_at_its_scaled_request(client):
+    queued(client, job("q", 0.5, 300, **{SCALE_HEADER: 2.0}), job("q", 0.5, 400))
+    assert body(take(client, ["q"], ["q"], limits())) == "0.5/400"  # 600Mi does not fit 512Mi free
+
+
+def test_look_ahead_is_bounded(client):
+    queued(client, *[job("q", 0.5, 900) for _ in range(transport.LOOK_AHEAD)], job("q", 0.25, 64))
+    assert take(client, ["q"], ["q"], limits()) == 0
+    assert client.llen("q") == transport.LOOK_AHEAD + 1
