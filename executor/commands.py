@@ -1,4 +1,4 @@
-"""CLI commands of the executor: ``jobyard agent`` and ``jobyard image build``."""
+"""CLI commands of the executor: ``jobyard agent``, ``image build``, ``demo``, ``dead`` and ``rejected``."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def queues_option(_ctx, _param, value):
 @click.option("--queues", callback=queues_option, default="default", show_default=True, help="Comma-separated queues to consume.")
 @click.option("--max-jobs", type=click.IntRange(min=1), default=16, show_default=True, help="Most jobs at once.")
 @click.option("--max-wait", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Seconds a waiting job lets smaller jobs start before it (starvation bound).")
+              help="Seconds a job this host could run may be passed over for smaller ones (starvation bound).")
 @click.option("--slots", type=click.IntRange(min=1), default=None,
               help="Admit a fixed number of jobs regardless of their requests (for comparisons only).")
 @click.option("--allow-image", "allowed_images", multiple=True, help="Glob of images jobs may use (repeatable; default any local image).")
@@ -168,5 +168,46 @@ def dead_purge(task_ids, everything):
     click.echo(f"purged {count} job(s)")
 
 
+@click.group()
+def rejected():
+    """Messages agents refused from their queues (garbage, pickle, unknown tasks, ...)."""
+
+
+@rejected.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts, raw samples included.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+def rejected_list(as_json, limit):
+    """List refused messages, newest first: when, queue, agent, size, reason, the start of the raw item."""
+    import json
+    import time
+
+    from tasks.state import state_client
+    from tasks.table import render_table
+
+    from .intake import rejected as read_rejected
+
+    records = read_rejected(state_client(), limit)
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+        return
+    now = time.time()
+    rows = [[f"{now - r['at']:.0f}s ago" if isinstance(r.get("at"), (int, float)) else "?", r.get("queue"),
+             r.get("host"), r.get("size"), str(r.get("reason", ""))[:70],
+             str(r.get("raw", ""))[:40].encode("unicode_escape").decode()] for r in records]
+    click.echo(render_table(["refused", "queue", "agent", "bytes", "reason", "raw (start)"], rows))
+
+
+@rejected.command("purge")
+def rejected_purge():
+    """Forget every refused message kept for inspection."""
+    from tasks import keys
+    from tasks.state import state_client
+
+    client = state_client()
+    count = client.llen(keys.rejected())
+    client.delete(keys.rejected())
+    click.echo(f"purged {count} refused message(s)")
+
+
 #: Subcommands this module adds to ``jobyard``.
-commands = [agent, image, demo, dead]
+commands = [agent, image, demo, dead, rejected]

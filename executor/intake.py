@@ -146,6 +146,17 @@ def headers_problem(headers: Any) -> str | None:
     return None
 
 
+def rejected(client, limit: int = REJECTED_KEEP) -> list[dict[str, Any]]:
+    """The refused messages kept in :func:`tasks.keys.rejected`, newest first."""
+    records = []
+    for item in client.lrange(keys.rejected(), 0, limit - 1):
+        try:
+            records.append(json.loads(item))
+        except ValueError:
+            records.append({"reason": "unreadable record", "raw": str(item)[:200]})
+    return records
+
+
 def rejection(raw: bytes, reason: str, queue: str | None, host: str | None) -> str:
     """The JSON record set aside for one refused message."""
     sample = raw[:SAMPLE_BYTES]

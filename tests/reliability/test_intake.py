@@ -130,10 +130,20 @@ def _unacked_on(redis_client, queue: str) -> list:
 
 
 def test_refused_raw_message_is_kept_for_inspection(intake_agent, redis_client):
+    from click.testing import CliRunner
+
+    from tasks.cli import main
+
     raw = b"not a message " + uuid.uuid4().hex.encode()
     redis_client.lpush(QUEUE, raw)
     wait_for(lambda: any(r["raw"] == raw.decode() for r in _refusals(redis_client)), timeout=15,
              message="the raw message in the rejected list")
+    shown = CliRunner().invoke(main, ["rejected", "list"], catch_exceptions=False)
+    assert shown.exit_code == 0 and QUEUE in shown.output and "not JSON" in shown.output, shown.output
+    listed = CliRunner().invoke(main, ["rejected", "list", "--json"], catch_exceptions=False)
+    assert any(r["raw"] == raw.decode() for r in json.loads(listed.output))
+    purged = CliRunner().invoke(main, ["rejected", "purge"], catch_exceptions=False)
+    assert purged.exit_code == 0 and "purged" in purged.output and not redis_client.exists(keys.rejected())
 
 
 def test_well_formed_call_with_a_bad_spec_ends_as_invalid_job_spec(intake_agent, redis_client, celery_app):
