@@ -172,6 +172,8 @@ class Fault:
     target: str
     at: float
     back: float | None = None
+    #: When its replacement process was spawned: nothing before is the replacement's doing.
+    respawned: float | None = None
 
 
 class Ledger:
@@ -522,6 +524,7 @@ class Run:
         fault = self.fleet.kill_agent(number, self.ledger)
         log(f"SIGKILL agent {fault.target} at +{fault.at - self.origin:.1f}s")
         time.sleep(self.plan.agent_down)
+        fault.respawned = time.time()
         self.fleet.start_agent(number)
         fault.back = time.time()
 
@@ -530,6 +533,7 @@ class Run:
         fault = self.fleet.kill_redis(self.ledger)
         log(f"SIGKILL redis-server at +{fault.at - self.origin:.1f}s")
         time.sleep(self.plan.redis_down)
+        fault.respawned = time.time()
         self.fleet.restart_redis()
         fault.back = time.time()
         log(f"redis-server back (pid {self.fleet.redis.process.pid}) after {fault.back - fault.at:.1f}s")
@@ -609,6 +613,9 @@ class Figures:
     runs_after_terminal: list[str]
     recovery: list[tuple[float, bool]]
     not_rerun: list[str]
+    #: Jobs started more often than they need that no kill had in flight: each start
+    #: (agent, attempt, seconds from the run's origin) and the kills near them.
+    unexplained_reruns: list[str]
     orphans_running: list[str]
     orphans_stopped: list[str]
     agent_exits: list[str]
@@ -657,12 +664,26 @@ def figures(run: Run, orphans: tuple[list[str], list[str]], logs: dict[str, str]
         reruns=sum(max(0, len(e.starts) - e.expected_starts) for e in entries),
         in_flight_agent_kills=in_flight_agents, in_flight_redis_kill=in_flight_redis,
         runs_after_terminal=[e.id for e in entries if any(s.at > e.observed for s in e.starts if e.observed)],
-        recovery=recovery, not_rerun=not_rerun, orphans_running=orphans[0], orphans_stopped=orphans[1],
+        recovery=recovery, not_rerun=not_rerun, unexplained_reruns=unexplained_reruns(run, entries),
+        orphans_running=orphans[0], orphans_stopped=orphans[1],
         agent_exits=list(run.fleet.exits),
         untyped=[f"{e.id}: {e.value}"[:200] for e in entries if e.state == "FAILURE" and not typed(e.value)],
         reconnect=reconnections(run, logs, redis_faults), submit_errors=run.submit_errors,
         poll_errors=run.poll_errors, longest_mutex_hold=round(run.mutex.longest, 1), strangers=len(run.ledger.strangers), seconds=seconds,
     ).judge()
+
+
+def unexplained_reruns(run: Run, entries: list[Entry]) -> list[str]:
+    """Jobs with starts beyond their own that were not in flight at any kill, with their starts."""
+    hit = {e.id for fault in run.ledger.faults for e in in_flight(entries, fault, run.ledger.faults)}
+    lines = []
+    for entry in entries:
+        if len(entry.starts) > entry.expected_starts and entry.id not in hit:
+            starts = ", ".join(f"{s.agent} #{s.attempt} +{s.at - run.origin:.2f}s" for s in entry.starts)
+            kills = ", ".join(f"{f.target} +{f.at - run.origin:.2f}s" for f in run.ledger.faults
+                              if any(abs(s.at - f.at) < 15 for s in entry.starts))
+            lines.append(f"{entry.id} {entry.kind} ({entry.state}): starts {starts}; kills near: {kills or 'none'}")
+    return lines
 
 
 def lost_job(run: Run, entry: Entry) -> str:
@@ -685,12 +706,23 @@ def whereabouts(client, job_id: str) -> str:
     return "in Redis: " + (", ".join(places) or "nowhere")
 
 
+def launched_by(fault: Fault) -> float:
+    """Starts before this moment were the killed process's own.
+
+    A container can start a moment after a SIGKILL: its agent had asked the engine to
+    start it. Until the killed process is replaced, nothing else starts containers
+    under a killed agent's name, and no job can be taken while Redis is down, so
+    those starts count as launched before the kill.
+    """
+    return fault.respawned or fault.at
+
+
 def in_flight(entries: list[Entry], fault: Fault, faults: list[Fault]) -> list[Entry]:
     """Jobs the killed process was running: started on it (any agent, for Redis) since its last kill, not done."""
     since = max((f.at for f in faults if f.target == fault.target and f.at < fault.at), default=0.0)
     hit = []
     for entry in entries:
-        start = entry.started_before(fault.at)
+        start = entry.started_before(launched_by(fault))
         if (start and start.at > since and fault.target in ("redis", start.agent)
                 and not entry.terminal_before(fault.at)):
             hit.append(entry)
@@ -703,7 +735,8 @@ def recoveries(entries: list[Entry], faults: list[Fault]) -> tuple[list[tuple[fl
     for fault in faults:
         for entry in in_flight(entries, fault, faults):
             total += 1
-            later = [s.at for s in entry.starts if s.at > fault.at]
+            killed = entry.started_before(launched_by(fault))
+            later = [s.at for s in entry.starts if s.at > killed.at]
             if later:
                 seconds.append((later[0] - fault.at, entry.kind == "doomed"))
             else:
@@ -831,6 +864,7 @@ def report(plan: Plan, f: Figures, load: tuple[float, float]) -> str:
     table = "\n".join(["| figure | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
     verdicts = "\n".join(f"- {'PASS' if ok else '**FAIL**'}: {name}" for name, ok in f.criteria.items())
     details = [*(f"- lost: {line}" for line in f.lost), *(f"- in flight, never re-run: {line}" for line in f.not_rerun),
+               *(f"- re-run, not in flight at a kill: {line}" for line in f.unexplained_reruns),
                *(f"- run after its terminal state: {line}" for line in f.runs_after_terminal),
                *(f"- agent exited on its own: {line}" for line in f.agent_exits),
                *(f"- failure that is no JobError: {line}" for line in f.untyped)]
@@ -846,8 +880,10 @@ def report(plan: Plan, f: Figures, load: tuple[float, float]) -> str:
         f"restarted {plan.agent_down} s later; Redis SIGKILLed once at {plan.redis_at:.0%} of submission "
         f"and restarted {plan.redis_down} s later on the same port and AOF directory, then {plan.quiet} s "
         f"without kills. A kill at a multiple of the submission interval lands on a submission: a job is "
-        f"accepted as the process dies (the short form's kills all do). In flight at a kill = the job's latest container start before the kill was on "
-        f"the killed agent (any agent for Redis) and its outcome was not stored yet. Re-runs count container "
+        f"accepted as the process dies (the short form's kills all do). In flight at a kill = the job's latest "
+        f"container start before the killed process was replaced (a start asked for before a kill can land "
+        f"just after it) was on the killed agent (any agent for Redis) and its outcome was not stored "
+        f"yet. Re-runs count container "
         f"starts (Docker events) beyond one per job (two for the failing kind). Load average "
         f"{load[0]:.1f} at the start, {load[1]:.1f} at the end, on a machine shared with other test runs."
     )
