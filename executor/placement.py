@@ -180,7 +180,11 @@ class Placement:
     def _reject_if_impossible(self, call: JobCall) -> None:
         problem = self._impossible(call, fresh=False)
         if problem is not None:
-            problem = self._impossible(call, fresh=True)  # final: never from a stale view
+            try:
+                problem = self._impossible(call, fresh=True)  # final: never from a stale view
+            except Exception as exc:  # noqa: BLE001 - without the fleet's state, do not reject
+                log.warning("cannot read the fleet's state to confirm %s is impossible: %s", call.task_id, exc)
+                return
         if problem is not None:
             raise problem
 
@@ -280,6 +284,8 @@ class FleetView:
             states = [json.loads(item) for item in raw if item]
             shape = json.loads(raw_shape) if raw_shape else None
         except Exception as exc:  # noqa: BLE001 - without a view, decide locally
+            if fresh:  # asked for the truth: an empty fleet would be a guess
+                raise
             log.warning("cannot read the fleet's state: %s", exc)
             states, shape = [], None
         with self._lock:

@@ -179,3 +179,33 @@ def test_priorities_are_honoured(agents):
     # At most one low job may already have been taken before the high one arrived.
     earlier = [r for r in low if job_facts(r.id)["started_at"] < high_start]
     assert len(earlier) <= 1
+
+
+def _placement(redis_client):
+    from executor.capacity import Capacity, Ledger
+    from executor.placement import FleetView, Placement
+
+    ledger = Ledger(Capacity(cpus=1.0, memory=512 * MI))
+    return Placement(ledger, FleetView(redis_client), "alone-host", ("alone",))
+
+
+def _call(memory: str):
+    from executor.container import JobCall
+    from tasks.spec import JobSpec
+
+    return JobCall("t-" + str(time.time()), JobSpec.from_dict({"name": "big", "kind": "python", "entry": "m:f", "image": "x",
+                                                   "memory": memory, "queue": "alone"}),
+                   (), {})
+
+
+def test_a_job_is_rejected_only_on_a_fresh_read_of_the_fleet(redis_server):
+    import redis
+
+    from tests.support.services import free_port
+
+    reachable = redis.Redis(port=redis_server.port, decode_responses=True)
+    with pytest.raises(JobRejected):
+        _placement(reachable)._reject_if_impossible(_call("2Gi"))
+    # Redis unreachable: the cached view is empty, the fresh read fails, so no verdict.
+    unreachable = redis.Redis(port=free_port(), socket_connect_timeout=0.5, decode_responses=True)
+    _placement(unreachable)._reject_if_impossible(_call("2Gi"))
