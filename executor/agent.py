@@ -183,8 +183,7 @@ class Agent:
             terminations.discard(call.task_id)
             self.ledger.release(call.task_id)
             self.gate.refresh()
-            self._wake_intake()
-            self.publish()
+            self.publish(wake=True)
 
     def dead_letter(self, call: JobCall, error: JobError, why: str) -> None:
         """Store a job that failed for good in the dead-letter store."""
@@ -205,13 +204,6 @@ class Agent:
         call.attempt = self._count_attempt(call)
         self._notify("job_admitted", call, waited)
         self.publish()
-
-    def _wake_intake(self) -> None:
-        """Ring this agent's own doorbell: capacity freed, so a waiting job may fit now."""
-        try:
-            transport.ring_key(self.redis.pipeline(transaction=False), keys.wake(self.name)).execute()
-        except Exception as exc:  # noqa: BLE001 - the intake looks again within a second anyway
-            log.debug("could not ring %s: %s", keys.wake(self.name), exc)
 
     def _engine_lost(self) -> None:
         self.placement.engine_down = True
@@ -321,13 +313,19 @@ class Agent:
             "pid": os.getpid(),
         }
 
-    def publish(self) -> None:
-        """Write this agent's state to Redis with a TTL (see :mod:`tasks.keys`)."""
+    def publish(self, wake: bool = False) -> None:
+        """Write this agent's state to Redis with a TTL (see :mod:`tasks.keys`).
+
+        ``wake``: capacity freed, so also ring this agent's own doorbell: a job
+        waiting in the queue may fit now (tasks.transport).
+        """
         state = self.state()
         try:
             pipe = self.redis.pipeline()
             pipe.set(keys.agent(self.name), json.dumps(state), ex=STATE_TTL_SECONDS)
             pipe.zadd(keys.AGENTS, {self.name: state["heartbeat"]})
+            if wake:
+                transport.ring_key(pipe, keys.wake(self.name))
             pipe.execute()
         except Exception as exc:  # noqa: BLE001 - Redis may be restarting; next beat retries
             log.warning("heartbeat failed: %s", exc)

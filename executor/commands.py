@@ -104,6 +104,18 @@ def demo(jobs):
     raise SystemExit(run_demo(click.echo, jobs=jobs))
 
 
+def show_records(records: list[dict], as_json: bool, headers: list[str], row) -> None:
+    """Print ``records`` as JSON, or as a table of ``row(record, now)`` under ``headers``."""
+    import json
+    import time
+
+    from tasks.table import render_table
+
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+        return
+    now = time.time()
+    click.echo(render_table(headers, [row(r, now) for r in records]))
 
 
 @click.group()
@@ -116,22 +128,14 @@ def dead():
 @click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
 def dead_list(as_json, limit):
     """List dead-lettered jobs, newest first."""
-    import json
-    import time
-
     from tasks.state import state_client
-    from tasks.table import render_table
 
     from .deadletter import DeadLetters
 
-    records = DeadLetters(state_client()).list(limit)
-    if as_json:
-        click.echo(json.dumps(records, indent=2))
-        return
-    now = time.time()
-    rows = [[r["task_id"], r.get("name"), r.get("reason"), r.get("attempt"), r.get("host"),
-             f"{now - r.get('died_at', now):.0f}s ago", str(r.get("error", ""))[:80]] for r in records]
-    click.echo(render_table(["task id", "job", "reason", "attempt", "host", "died", "error"], rows))
+    show_records(DeadLetters(state_client()).list(limit), as_json,
+                 ["task id", "job", "reason", "attempt", "host", "died", "error"],
+                 lambda r, now: [r["task_id"], r.get("name"), r.get("reason"), r.get("attempt"), r.get("host"),
+                                 f"{now - r.get('died_at', now):.0f}s ago", str(r.get("error", ""))[:80]])
 
 
 @dead.command("requeue")
@@ -178,23 +182,15 @@ def rejected():
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 def rejected_list(as_json, limit):
     """List refused messages, newest first: when, queue, agent, size, reason, the start of the raw item."""
-    import json
-    import time
-
     from tasks.state import state_client
-    from tasks.table import render_table
 
     from .intake import rejected as read_rejected
 
-    records = read_rejected(state_client(), limit)
-    if as_json:
-        click.echo(json.dumps(records, indent=2))
-        return
-    now = time.time()
-    rows = [[f"{now - r['at']:.0f}s ago" if isinstance(r.get("at"), (int, float)) else "?", r.get("queue"),
-             r.get("host"), r.get("size"), str(r.get("reason", ""))[:70],
-             str(r.get("raw", ""))[:40].encode("unicode_escape").decode()] for r in records]
-    click.echo(render_table(["refused", "queue", "agent", "bytes", "reason", "raw (start)"], rows))
+    show_records(read_rejected(state_client(), limit), as_json,
+                 ["refused", "queue", "agent", "bytes", "reason", "raw (start)"],
+                 lambda r, now: [f"{now - r['at']:.0f}s ago" if isinstance(r.get("at"), (int, float)) else "?",
+                                 r.get("queue"), r.get("host"), r.get("size"), str(r.get("reason", ""))[:70],
+                                 str(r.get("raw", ""))[:40].encode("unicode_escape").decode()])
 
 
 @rejected.command("purge")

@@ -221,7 +221,8 @@ class TakingQoS(kombu_redis.QoS):
     """kombu's unacked bookkeeping, without re-recording what :data:`TAKE` recorded."""
 
     def append(self, message, delivery_tag):
-        if self.channel.taken.pop(delivery_tag, None) is not None:
+        if delivery_tag in self.channel.taken:
+            self.channel.taken.discard(delivery_tag)
             return virtual.QoS.append(self, message, delivery_tag)
         return super().append(message, delivery_tag)
 
@@ -243,7 +244,7 @@ class Channel(kombu_redis.Channel):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         #: Tags :data:`TAKE` recorded that kombu's QoS has not claimed yet.
-        self.taken: dict[str, bool] = {}
+        self.taken: set[str] = set()
         #: What to send next on the poll connection: a take (None), a wait on the
         #: queues' doorbells ("bells", after an empty take) or on this consumer's own
         #: ("own", after a take that found nothing fitting).
@@ -336,11 +337,12 @@ class Channel(kombu_redis.Channel):
                 self.qos._remove_from_indices(tag).execute()
             raise Empty()
         if tag:
-            self.taken[tag] = True
+            self.taken.add(tag)
         try:
             self.connection._deliver(loads(bytes_to_str(raw)), queue)
         finally:
-            if tag and self.taken.pop(tag, None) is not None:
+            if tag in self.taken:
+                self.taken.discard(tag)
                 # Taken by a consumer that never acknowledges (no_ack): nothing to lease.
                 self.qos._remove_from_indices(tag).execute()
         return True
