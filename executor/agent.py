@@ -357,6 +357,15 @@ class Agent:
                         "is no longer draining")
             self.placement.draining = draining
             self.gate.refresh()
+            if draining:
+                self._release_reservations()
+
+    def _release_reservations(self) -> None:
+        """A draining host will take nothing: let another reserve for the jobs it held itself free for."""
+        try:
+            transport.release_reservations(self.redis, list(self.config.queues), self.name)
+        except Exception as exc:  # noqa: BLE001 - they lapse on their own (tasks.transport)
+            log.debug("cannot release reservations: %s", exc)
 
     def renew_leases(self) -> None:
         """Renew the lease of every message this agent holds."""

@@ -10,6 +10,7 @@ import click
 from tasks.units import parse_memory
 
 from .errors import AgentError
+from .placement import DEFAULT_MAX_WAIT
 
 
 def memory_option(_ctx, _param, value):
@@ -36,8 +37,9 @@ def queues_option(_ctx, _param, value):
 @click.option("--memory", callback=memory_option, default=None, help="Allocatable memory, e.g. 8Gi (default: psutil total minus 512Mi).")
 @click.option("--queues", callback=queues_option, default="default", show_default=True, help="Comma-separated queues to consume.")
 @click.option("--max-jobs", type=click.IntRange(min=1), default=16, show_default=True, help="Most jobs at once.")
-@click.option("--max-wait", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Seconds a job this host could run may be passed over for smaller ones (starvation bound).")
+@click.option("--max-wait", type=click.FloatRange(min=0), default=DEFAULT_MAX_WAIT, show_default=True,
+              help="Seconds a job this host could run may be passed over for smaller ones before a host "
+                   "holds itself free for it (starvation bound).")
 @click.option("--slots", type=click.IntRange(min=1), default=None,
               help="Admit a fixed number of jobs regardless of their requests (for comparisons only).")
 @click.option("--allow-image", "allowed_images", multiple=True, help="Glob of images jobs may use (repeatable; default any local image).")

@@ -3,8 +3,10 @@
 Most placement happens before a message leaves its queue: the intake takes only the
 oldest message that fits this agent's free capacity now (:meth:`Placement.take_limits`
 feeds :data:`tasks.transport.TAKE`), leaves jobs for bigger hosts to them, takes jobs
-no host can hold so they are rejected, and stops backfilling behind a job this host
-could run once that job has been passed over for ``max_wait`` seconds.
+no host can hold so they are rejected, and reserves this host for a job it could
+run once that job has been passed over for ``max_wait`` seconds: it then takes
+nothing until that job fits here, while other hosts keep backfilling. At most
+:data:`RESERVING_SHARE` of a queue's hosts (at least one) hold reservations at once.
 
 A job can still reach this agent when it cannot start here now: capacity changed
 between the take and the admission, fixed slots, or a message the intake could not
@@ -49,8 +51,12 @@ from .container import JobCall
 
 log = logging.getLogger(__name__)
 
-#: Seconds a job may wait while smaller jobs are admitted around it.
-DEFAULT_MAX_WAIT = 30.0
+#: Seconds a job may be passed over for smaller ones before a host reserves itself
+#: for it (and a job held here may wait while smaller ones are admitted around it).
+DEFAULT_MAX_WAIT = 10.0
+#: Of the live hosts serving a queue, the share that may each hold themselves free
+#: for a job passed over past the bound at one time (at least one host).
+RESERVING_SHARE = 0.25
 #: Jobs one agent holds without admitting them.
 DEFAULT_MAX_WAITING = 2
 #: After handing a job back, this agent takes nothing new for this long, so
@@ -240,12 +246,15 @@ class Placement:
         with self.ledger.changed:
             cpus, memory = self.ledger.free()
         capacity = self.ledger.capacity
-        largest = {}
+        largest, reserving = {}, {}
         for queue in queues:
-            hosts = [{"cpus": capacity.cpus, "memory": capacity.memory}, *self.fleet.host_capacities(queue)]
+            others = self.fleet.host_capacities(queue)
+            hosts = [{"cpus": capacity.cpus, "memory": capacity.memory}, *others]
             largest[queue] = (max(h["cpus"] for h in hosts), max(h["memory"] for h in hosts))
+            reserving[queue] = max(1, int(self.fleet.serving(queue) * RESERVING_SHARE))
         return TakeLimits(free_cpus=cpus, free_memory=memory, host_cpus=capacity.cpus,
-                          host_memory=capacity.memory, bound=self.max_wait, largest=largest)
+                          host_memory=capacity.memory, bound=self.max_wait, largest=largest,
+                          holder=self.hostname, reserving=reserving)
 
     def held(self) -> int:
         """Jobs this agent holds: admitted, waiting and parked."""
@@ -303,6 +312,10 @@ class FleetView:
         if shape and queue in shape.get("queues", [queue]):
             hosts.append({"cpus": float(shape["cpus"]), "memory": int(shape["memory"])})
         return hosts
+
+    def serving(self, queue: str) -> int:
+        """How many live agents serve ``queue`` (cached briefly)."""
+        return sum(1 for state in self.agents() if queue in state.get("queues", ()))
 
     def other_host_has_room(self, call: JobCall, me: str) -> bool:
         """Whether another live, non-draining host serving the queue can run it now."""

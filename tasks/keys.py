@@ -26,6 +26,13 @@ DEAD = f"{PREFIX}:dead"
 SKIPPED = f"{PREFIX}:skipped"
 
 
+def reservations(queue: str) -> str:
+    """Hash: delivery tag of a queued message passed over past the backfill bound ->
+    "<host> <unix time>", the host holding itself free for it and when it last saw it
+    (tasks.transport)."""
+    return f"{PREFIX}:reserve:{queue}"
+
+
 def agent(hostname: str) -> str:
     """JSON of an agent's capacity, reservations and running jobs (TTL'd)."""
     return f"{PREFIX}:agent:{hostname}"

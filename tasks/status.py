@@ -18,6 +18,7 @@ import redis
 
 from . import keys
 from .table import render_table
+from .transport import reservation_holders
 from .units import format_memory
 
 #: Prefix of the sets in which kombu records each exchange's queue bindings.
@@ -54,6 +55,8 @@ class HostRow:
     waiting: int
     draining: bool
     heartbeat_age: float
+    #: Jobs passed over past the fairness bound this host holds itself free for.
+    holding: int = 0
 
 
 @dataclass
@@ -125,6 +128,9 @@ def read_hosts(client: redis.Redis, now: float | None = None) -> list[HostRow]:
         state = _json(raw)
         if isinstance(state, dict) and "hostname" in state:
             rows.append(_host_row(state, draining, now))
+    holding = reservation_holders(client, sorted({q for row in rows for q in row.queues}), now)
+    for row in rows:
+        row.holding = holding.get(row.hostname, 0)
     return sorted(rows, key=lambda row: row.hostname)
 
 
@@ -214,9 +220,11 @@ def render(status: FleetStatus, now: float | None = None) -> str:
             [(q.queue, q.ready, q.in_flight, q.running, q.waiting, f"{q.demand_cpus:g}",
               format_memory(q.demand_memory)) for q in status.queues]),
         "HOSTS\n" + render_table(
-            ["host", "queues", "cpus", "memory", "running", "waiting", "draining", "heartbeat"],
+            ["host", "queues", "cpus", "memory", "running", "waiting", "held free for", "draining",
+             "heartbeat"],
             [(h.hostname, ",".join(h.queues), f"{h.reserved_cpus:g}/{h.capacity_cpus:g}",
               f"{format_memory(h.reserved_memory)}/{format_memory(h.capacity_memory)}", h.running, h.waiting,
+              f"{h.holding} passed-over job{'s' if h.holding > 1 else ''}" if h.holding else "-",
               "yes" if h.draining else "no", f"{h.heartbeat_age:.0f}s ago") for h in status.hosts],
             empty="(no live agent)"),
         "JOBS THAT FIT NO HOST\n" + render_table(

@@ -16,8 +16,10 @@ This transport closes that window, and places jobs while it is at it:
   unrenewed record is requeued by kombu's visibility sweep (the lease, tasks.app).
 * **Only what fits.** A consumer that passes :class:`TakeLimits` (an agent's free
   capacity) gets the oldest of the first :data:`LOOK_AHEAD` messages whose requests
-  fit; jobs it passes over keep their place, and one passed over for longer than the
-  bound stops the consumer taking anything behind it (no starvation).
+  fit; jobs it passes over keep their place. One passed over for longer than the
+  bound gets a host reserved for it: the first host that could run it stops taking
+  anything until it fits there, while the other hosts keep backfilling (no
+  starvation, and no fleet-wide drain for one job).
 * The script never blocks, so a consumer **waits on doorbells**: one short list
   per queue (:func:`tasks.keys.bell`) that every publish pushes to in the same
   script as the message (:data:`PUBLISH`), and its own (:func:`tasks.keys.wake`),
@@ -37,7 +39,7 @@ sweep rings when it requeues; jobyard's own requeues call :func:`ring`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from queue import Empty
 from time import monotonic, time
 from typing import Any, Callable
@@ -61,28 +63,42 @@ LOOK_AHEAD = 32
 #: Seconds a consumer that found nothing fitting waits for its own doorbell
 #: (rung when its capacity frees) before it looks again.
 NOTHING_FITS_WAIT = 0.5
+#: Seconds a host's reservation for a passed-over message lives without the host
+#: looking at that message again (it looks at least every :data:`NOTHING_FITS_WAIT`
+#: while it has any free capacity).
+RESERVATION_LIFETIME = 30.0
 
-#: KEYS: unacked hash, unacked index, the skipped set, the queue lists in order, then
-#: the queues' doorbells. ARGV: now (kombu scores the index with the consumer's
-#: clock), the number of lists, the look-ahead depth (0: take the oldest, unsized),
-#: free cpus and memory, host cpus and memory, the backfill bound (seconds), the
-#: spec and memory-scale header names, then per list the largest host's cpus and
-#: memory for its queue.
+#: KEYS: unacked hash, unacked index, the skipped set, the queue lists in order, per
+#: list its queue's reservations hash (:func:`tasks.keys.reservations`), then the
+#: queues' doorbells. ARGV: now (kombu scores the index with the consumer's clock),
+#: the number of lists, the look-ahead depth (0: take the oldest, unsized), free cpus
+#: and memory, host cpus and memory, the backfill bound (seconds), the spec and
+#: memory-scale header names, this consumer's host name, the agent state key prefix,
+#: how long a reservation lives unrefreshed (seconds), then per list the largest
+#: host's cpus and memory for its queue and how many hosts may reserve in it at once.
 #:
 #: Returns {list key, raw item, delivery tag or false} for a message taken; false
 #: (nil) when every list is empty, after deleting the queues' doorbells; 0 when
-#: nothing within the look-ahead fits the free capacity; 1 when a message that could
-#: run on this host has been passed over for longer than the bound, so nothing behind
-#: it may be taken. Taken, in this order: a message the script cannot size (the
-#: consumer screens it), one larger than every host (the consumer rejects it), one
-#: that fits the free capacity. The record is kombu's own ``[payload, exchange,
-#: routing_key]`` with the payload's text kept byte for byte, written before the
-#: removal: Redis does not roll a failed script back, and on a full ``noeviction``
-#: server the record is what fails.
+#: nothing within the look-ahead fits the free capacity; 1 when this host is reserved
+#: for a message that could run here and has been passed over for longer than the
+#: bound, so it takes nothing until that one fits. Taken, in this order: a message
+#: the script cannot size (the consumer screens it), one larger than every host (the
+#: consumer rejects it), one that fits the free capacity. The record is kombu's own
+#: ``[payload, exchange, routing_key]`` with the payload's text kept byte for byte,
+#: written before the removal: Redis does not roll a failed script back, and on a
+#: full ``noeviction`` server the record is what fails.
+#:
+#: Reservations: a passed-over message past the bound is reserved by the first host
+#: that could run it and looks at it then, unless that host already holds a
+#: reservation in the queue or the queue has as many live ones as it may. Other
+#: hosts keep backfilling around it. A reservation is live while its holder's state
+#: key exists and the holder saw the message within the reservation's lifetime.
 TAKE = """local now = tonumber(ARGV[1])
 local lists = tonumber(ARGV[2])
 local depth = tonumber(ARGV[3])
-local function take(key, index, item, message)
+local me, agents, lifetime = ARGV[11], ARGV[12], tonumber(ARGV[13])
+local function take(i, index, item, message)
+  local key = KEYS[3 + i]
   local tag = false
   if type(message) == 'table' and type(message.properties) == 'table' then
     local properties = message.properties
@@ -94,6 +110,7 @@ local function take(key, index, item, message)
         '[' .. item .. ',' .. cjson.encode(info.exchange) .. ',' .. cjson.encode(info.routing_key) .. ']')
       redis.call('ZADD', KEYS[2], now, tag)
       redis.call('ZREM', KEYS[3], tag)
+      redis.call('HDEL', KEYS[3 + lists + i], tag)
     end
   end
   if index == -1 then
@@ -103,6 +120,26 @@ local function take(key, index, item, message)
     redis.call('LREM', key, -1, '__jobyard_taking__')
   end
   return {key, item, tag}
+end
+local function holder_of(entry)
+  if not entry then return nil end
+  local holder, seen = string.match(entry, '^(.*) ([^ ]+)$')
+  if holder and now - tonumber(seen) < lifetime and redis.call('EXISTS', agents .. holder) == 1 then
+    return holder
+  end
+  return nil
+end
+local function reserve(reservations, tag, cap)
+  local entries = redis.call('HGETALL', reservations)
+  local live = 0
+  for n = 1, #entries, 2 do
+    local holder = holder_of(entries[n + 1])
+    if holder == me then return false end
+    if holder then live = live + 1 else redis.call('HDEL', reservations, entries[n]) end
+  end
+  if live >= cap then return false end
+  redis.call('HSET', reservations, tag, me .. ' ' .. now)
+  return true
 end
 local seen = false
 for i = 1, lists do
@@ -114,22 +151,22 @@ for i = 1, lists do
     local item, index = items[n], n - count - 1
     local ok, message = pcall(cjson.decode, item)
     if not ok then message = nil end
-    if depth == 0 then return take(key, index, item, message) end
+    if depth == 0 then return take(i, index, item, message) end
     local headers = type(message) == 'table' and message.headers
     local spec = type(headers) == 'table' and headers[ARGV[9]]
     if type(spec) ~= 'table' or type(spec.cpus) ~= 'number' or type(spec.memory) ~= 'number' then
-      return take(key, index, item, message)
+      return take(i, index, item, message)
     end
     local cpus, memory = spec.cpus, spec.memory
     local scale = tonumber(headers[ARGV[10]])
     if scale and scale > 1 then
       memory = math.min(math.floor(memory * scale), tonumber(spec.retry_memory_max) or memory * 1024)
     end
-    if cpus > tonumber(ARGV[9 + 2 * i]) + 1e-9 or memory > tonumber(ARGV[10 + 2 * i]) then
-      return take(key, index, item, message)
+    if cpus > tonumber(ARGV[11 + 3 * i]) + 1e-9 or memory > tonumber(ARGV[12 + 3 * i]) then
+      return take(i, index, item, message)
     end
     if cpus <= tonumber(ARGV[4]) + 1e-9 and memory <= tonumber(ARGV[5]) then
-      return take(key, index, item, message)
+      return take(i, index, item, message)
     end
     local tag = type(message.properties) == 'table' and message.properties.delivery_tag
     if cpus <= tonumber(ARGV[6]) + 1e-9 and memory <= tonumber(ARGV[7]) and type(tag) == 'string' then
@@ -139,14 +176,21 @@ for i = 1, lists do
         redis.call('ZADD', KEYS[3], now, tag)
         first = now
       end
-      if now - first >= tonumber(ARGV[8]) then
+      local reservations = KEYS[3 + lists + i]
+      local holder = holder_of(redis.call('HGET', reservations, tag))
+      if holder == me then
+        redis.call('HSET', reservations, tag, me .. ' ' .. now)
+        return 1
+      end
+      if not holder and now - first >= tonumber(ARGV[8])
+          and reserve(reservations, tag, tonumber(ARGV[13 + 3 * i])) then
         return 1
       end
     end
   end
 end
 if not seen then
-  for i = 4 + lists, #KEYS do
+  for i = 4 + 2 * lists, #KEYS do
     redis.call('DEL', KEYS[i])
   end
   return false
@@ -182,24 +226,34 @@ class TakeLimits:
     free_memory: int
     host_cpus: float
     host_memory: int
-    #: Seconds a message that could run here may be passed over for smaller ones.
+    #: Seconds a message that could run here may be passed over for smaller ones
+    #: before a host reserves itself for it.
     bound: float
     #: Per queue: the largest (cpus, memory) of any host serving it.
     largest: dict[str, tuple[float, int]]
+    #: This consumer's host name: who holds the reservations it makes.
+    holder: str = ""
+    #: Per queue: how many hosts may hold a reservation in it at once (default 1).
+    reserving: dict[str, int] = field(default_factory=dict)
 
 
-def take_arguments(fixed: list[str], lists: list[tuple[str, str]], bells: list[str], limits: TakeLimits | None,
-                   spec_header: str | None = None, scale_header: str | None = None) -> tuple[list, list]:
+def take_arguments(fixed: list[str], lists: list[tuple[str, str]], reservations: list[str], bells: list[str],
+                   limits: TakeLimits | None, spec_header: str | None = None,
+                   scale_header: str | None = None) -> tuple[list, list]:
     """KEYS and ARGV of :data:`TAKE`: ``fixed`` is [unacked, unacked index, skipped];
-    ``lists`` pairs each list key with its queue, in the order to look at them."""
+    ``lists`` pairs each list key with its queue, in the order to look at them;
+    ``reservations`` is each list's queue's reservations hash, in the same order."""
     if limits is None or not spec_header:
-        sizing, largest = [0, 0, 0, 0, 0, 0, "", ""], [0, 0] * len(lists)
+        sizing, per_list = [0, 0, 0, 0, 0, 0, "", "", "", "", 0], [0, 0, 0] * len(lists)
     else:
         sizing = [LOOK_AHEAD, limits.free_cpus, limits.free_memory, limits.host_cpus, limits.host_memory,
-                  limits.bound, spec_header, scale_header or ""]
+                  limits.bound, spec_header, scale_header or "", limits.holder, keys.agent(""),
+                  RESERVATION_LIFETIME]
         own = (limits.host_cpus, limits.host_memory)
-        largest = [v for queue, _ in lists for v in limits.largest.get(queue, own)]
-    return [*fixed, *(key for _, key in lists), *bells], [time(), len(lists), *sizing, *largest]
+        per_list = [v for queue, _ in lists
+                    for v in (*limits.largest.get(queue, own), limits.reserving.get(queue, 1))]
+    script_keys = [*fixed, *(key for _, key in lists), *reservations, *bells]
+    return script_keys, [time(), len(lists), *sizing, *per_list]
 
 
 def ring(pipe, queue: str) -> Any:
@@ -210,6 +264,40 @@ def ring(pipe, queue: str) -> Any:
 def ring_key(pipe, key: str) -> Any:
     """Queue a push to a consumer's own doorbell: one pending ring is enough."""
     return pipe.lpush(key, 1).ltrim(key, 0, 0)
+
+
+def _reservation(entry: Any) -> tuple[str, float]:
+    """(holder, when it last saw the job) of a reservations hash value."""
+    holder, _, seen = bytes_to_str(entry).rpartition(" ")
+    try:
+        return holder, float(seen)
+    except ValueError:
+        return holder, 0.0
+
+
+def reservation_holders(client, queues: list[str], now: float | None = None) -> dict[str, int]:
+    """Host -> how many passed-over jobs in ``queues`` it holds itself free for
+    (reservations seen within :data:`RESERVATION_LIFETIME`)."""
+    now = time() if now is None else now
+    held: dict[str, int] = {}
+    for queue in queues:
+        for entry in client.hvals(keys.reservations(queue)):
+            holder, seen = _reservation(entry)
+            if now - seen < RESERVATION_LIFETIME:
+                held[holder] = held.get(holder, 0) + 1
+    return held
+
+
+def release_reservations(client, queues: list[str], holder: str) -> int:
+    """Drop ``holder``'s reservations in ``queues`` (it is draining): another host may
+    reserve for those jobs at once. Returns how many it held."""
+    released = 0
+    for queue in queues:
+        mine = [tag for tag, entry in client.hgetall(keys.reservations(queue)).items()
+                if _reservation(entry)[0] == holder]
+        if mine:
+            released += client.hdel(keys.reservations(queue), *mine)
+    return released
 
 
 def queue_of(list_key: str) -> str:
@@ -296,7 +384,9 @@ class Channel(kombu_redis.Channel):
                  for priority in self.priority_steps for queue in queues]
         limits = self.take_limits(queues) if self.take_limits and self.spec_header else None
         fixed = [prefix + self.unacked_key, prefix + self.unacked_index_key, prefix + keys.SKIPPED]
-        script_keys, argv = take_arguments(fixed, pairs, bells, limits, self.spec_header, self.scale_header)
+        reservations = [prefix + keys.reservations(queue) for queue, _ in pairs]
+        script_keys, argv = take_arguments(fixed, pairs, reservations, bells, limits, self.spec_header,
+                                           self.scale_header)
         return ["EVAL", TAKE, len(script_keys), *script_keys, *argv]
 
     def _brpop_read(self, **options):

@@ -69,6 +69,23 @@ def _max_overlap(spans):
     return peak
 
 
+def _large_among_small(submit_large, submit_small, seconds: float, earlier: list) -> tuple[dict, list, float]:
+    """Submit a large job, then a small one every 0.4 s until it is done (at most
+    ``seconds``); wait for all. Returns the large job's facts, the facts of the
+    ``earlier`` and small jobs, and when the large one was submitted."""
+    large = submit_large()
+    submitted = time.time()
+    stream = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not large.ready():
+        stream.append(submit_small())
+        time.sleep(0.4)
+    large.get(timeout=60)
+    for result in earlier + stream:
+        result.get(timeout=120)
+    return job_facts(large.id), [job_facts(r.id) for r in earlier + stream], submitted
+
+
 def test_six_400mi_jobs_on_1gi_run_two_at_a_time(agents, redis_client):
     from sample_jobs import sleep_for
 
@@ -104,18 +121,10 @@ def test_large_job_starts_within_the_bound_while_small_jobs_flow(agents, redis_c
     agents.start("fair", "--cpus", "2", "--memory", "1Gi", "--queues", "fair", "--max-wait", str(max_wait))
     small = [sleep_for.apply_async((1.5,), memory="300Mi", cpus=0.25, queue="fair") for _ in range(3)]
     time.sleep(0.5)
-    large = sleep_for.apply_async((0.5,), memory="900Mi", cpus=0.5, queue="fair")
-    submitted = time.time()
-    stream = []
-    deadline = time.monotonic() + 12
-    while time.monotonic() < deadline and not large.ready():
-        stream.append(sleep_for.apply_async((1.0,), memory="300Mi", cpus=0.25, queue="fair"))
-        time.sleep(0.4)
-    assert large.get(timeout=60) == 0.5
-    for result in small + stream:
-        result.get(timeout=120)
-    large_started = job_facts(large.id)["started_at"]
-    others = [job_facts(r.id) for r in small + stream]
+    large, others, submitted = _large_among_small(
+        lambda: sleep_for.apply_async((0.5,), memory="900Mi", cpus=0.5, queue="fair"),
+        lambda: sleep_for.apply_async((1.0,), memory="300Mi", cpus=0.25, queue="fair"), 12, small)
+    large_started = large["started_at"]
     backfilled = [f for f in others if f["started_at"] < large_started]
     assert backfilled, "small jobs submitted after the large one should run while it waits"
     # Documented bound: once the large job has waited max_wait, nothing else is
@@ -126,6 +135,30 @@ def test_large_job_starts_within_the_bound_while_small_jobs_flow(agents, redis_c
     assert large_started <= latest + 3.0, (large_started - submitted, latest - submitted)
     late = [f for f in others if bound_hit + 1.5 < f["started_at"] < large_started]
     assert not late, "a small job was admitted after the large one reached its bound"
+
+
+def test_a_starving_job_reserves_one_host_while_the_others_keep_backfilling(agents, redis_client):
+    from sample_jobs import sleep_for
+
+    max_wait = 2.0
+    for name in ("resA", "resB"):
+        agents.start(name, "--cpus", "2", "--memory", "1Gi", "--queues", "reserve", "--max-wait", str(max_wait))
+    # One 1.5-CPU job per host for 6 s: a whole-host job cannot start before one ends,
+    # while 0.5-CPU jobs keep fitting beside them.
+    longs = [sleep_for.apply_async((6.0,), memory="100Mi", cpus=1.5, queue="reserve") for _ in range(2)]
+    wait_for(lambda: all(job_facts(r.id).get("started_at") for r in longs), timeout=30)
+    big, smalls, submitted = _large_among_small(
+        lambda: sleep_for.apply_async((0.5,), memory="100Mi", cpus=2.0, queue="reserve"),
+        lambda: sleep_for.apply_async((1.0,), memory="100Mi", cpus=0.5, queue="reserve"), 25, longs)
+    timeline = [(f["host"][-1], round(f["started_at"] - submitted, 1)) for f in [big, *smalls]]
+    # Within the bound: the reserved host drains the job it was running when the bound hit.
+    bound_hit = submitted + max_wait
+    assert big["started_at"] <= bound_hit + 6.0 + 3.0, timeline
+    # One host holds itself free for it; the other keeps admitting small jobs meanwhile.
+    window = [f for f in smalls if bound_hit + 1.0 < f["started_at"] < big["started_at"]]
+    assert all(f["host"] != big["host"] for f in window), ("the reserved host admitted a small job", timeline)
+    assert window, ("the other host stopped backfilling as well", timeline)
+    assert not redis_client.hlen(keys.reservations("reserve")), "the reservation should end when the job is taken"
 
 
 def test_impossible_job_is_rejected_in_seconds_with_the_reason(agents):

@@ -47,6 +47,20 @@ def test_status_shows_the_live_host_and_a_queue_backlog(obs_agent, redis_client)
     redis_client.delete("obs-backlog")
 
 
+def test_status_shows_a_host_holding_itself_free_for_a_passed_over_job(obs_agent, redis_client):
+    # What the take script writes when this host reserves itself for a starving job.
+    reservations = keys.reservations("default")
+    redis_client.hset(reservations, "some-delivery-tag", f"{obs_agent.hostname} {time.time()}")
+    redis_client.hset(reservations, "stale-tag", f"{obs_agent.hostname} {time.time() - 3600}")
+    try:
+        host_line = next(line for line in run("status").splitlines() if line.startswith(obs_agent.hostname))
+        assert "1 passed-over job " in host_line
+        host = next(h for h in json.loads(run("status", "--json"))["hosts"] if h["hostname"] == obs_agent.hostname)
+        assert host["holding"] == 1
+    finally:
+        redis_client.delete(reservations)
+
+
 def test_status_counts_a_running_job_in_flight_and_reserved(obs_agent):
     from sample_jobs import sleep_for
 

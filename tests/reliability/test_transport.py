@@ -67,6 +67,7 @@ def take(client, lists: list[str], queues: list[str], limits: transport.TakeLimi
     """Run the take script over ``lists`` as a consumer of ``queues`` would."""
     pairs = [(transport.queue_of(key), key) for key in lists]
     script_keys, argv = transport.take_arguments(["unacked", "unacked_index", keys.SKIPPED], pairs,
+                                                 [keys.reservations(q) for q, _ in pairs],
                                                  [keys.bell(q) for q in queues], limits, SPEC_HEADER, SCALE_HEADER)
     return client.eval(transport.TAKE, len(script_keys), *script_keys, *argv)
 
@@ -156,9 +157,17 @@ def job(queue: str, cpus: float, memory_mi: int, **headers) -> dict:
     return payload
 
 
-def limits(free=(1.0, 512), host=(2.0, 1024), largest=(4.0, 2048), bound=30.0) -> transport.TakeLimits:
+def limits(free=(1.0, 512), host=(2.0, 1024), largest=(4.0, 2048), bound=30.0, holder="a",
+           reserving=1) -> transport.TakeLimits:
     return transport.TakeLimits(free_cpus=free[0], free_memory=free[1] * MI, host_cpus=host[0],
-                                host_memory=host[1] * MI, bound=bound, largest={"q": (largest[0], largest[1] * MI)})
+                                host_memory=host[1] * MI, bound=bound, largest={"q": (largest[0], largest[1] * MI)},
+                                holder=holder, reserving={"q": reserving})
+
+
+def alive(client, *hosts: str) -> None:
+    """Publish a (bare) state for ``hosts``: a reservation is live only while its holder's is."""
+    for host in hosts:
+        client.set(keys.agent(host), "{}", ex=60)
 
 
 def queued(client, *payloads: dict) -> None:
@@ -185,15 +194,51 @@ def test_nothing_fitting_leaves_every_message_and_doorbell_in_place(client):
     assert client.llen("q") == 2 and client.llen(keys.bell("q")) == 1 and client.hlen("unacked") == 0
 
 
-def test_a_job_passed_over_past_the_bound_stops_all_backfill_behind_it(client):
+def test_a_job_passed_over_past_the_bound_reserves_one_host_while_others_backfill(client):
     big = job("q", 0.5, 900)
+    tag = big["properties"]["delivery_tag"]
+    queued(client, big, job("q", 0.25, 64), job("q", 0.25, 64))
+    alive(client, "a", "b")
+    client.zadd(keys.SKIPPED, {tag: time.time() - 31})
+    # Host a looks first: it reserves itself for the starving job and takes nothing behind it.
+    assert take(client, ["q"], ["q"], limits(bound=30, holder="a")) == 1
+    assert take(client, ["q"], ["q"], limits(bound=30, holder="a")) == 1
+    assert client.hget(keys.reservations("q"), tag).startswith("a ")
+    # Host b keeps backfilling: one host drains for the job, not the whole fleet.
+    assert body(take(client, ["q"], ["q"], limits(bound=30, holder="b"))) == "0.25/64"
+    # Once a's capacity frees, the starving job itself is what a takes; the reservation ends.
+    assert body(take(client, ["q"], ["q"], limits(free=(2.0, 1024), bound=30, holder="a"))) == "0.5/900"
+    assert client.zcard(keys.SKIPPED) == 0 and client.hlen(keys.reservations("q")) == 0
+    assert body(take(client, ["q"], ["q"], limits(bound=30, holder="a"))) == "0.25/64"
+
+
+def test_reservations_per_queue_are_capped_and_one_per_host(client):
+    first, second, small = job("q", 0.5, 900), job("q", 0.5, 900), job("q", 0.25, 64)
+    queued(client, first, second, small)
+    alive(client, "a", "b", "c")
+    client.zadd(keys.SKIPPED, {m["properties"]["delivery_tag"]: time.time() - 31 for m in (first, second)})
+    assert take(client, ["q"], ["q"], limits(holder="a", reserving=2)) == 1
+    # b may reserve the second starving job (cap 2); c may not (cap reached) and backfills.
+    assert take(client, ["q"], ["q"], limits(holder="b", reserving=2)) == 1
+    holders = {v.split()[0]: t for t, v in client.hgetall(keys.reservations("q")).items()}
+    assert holders == {"a": first["properties"]["delivery_tag"], "b": second["properties"]["delivery_tag"]}
+    assert body(take(client, ["q"], ["q"], limits(holder="c", reserving=2))) == "0.25/64"
+
+
+def test_a_reservation_whose_holder_is_gone_passes_to_a_live_host(client):
+    big = job("q", 0.5, 900)
+    tag = big["properties"]["delivery_tag"]
     queued(client, big, job("q", 0.25, 64))
-    client.zadd(keys.SKIPPED, {big["properties"]["delivery_tag"]: time.time() - 31})
-    assert take(client, ["q"], ["q"], limits(bound=30)) == 1
-    assert client.llen("q") == 2
-    # Once capacity frees, the starving job itself is what gets taken.
-    assert body(take(client, ["q"], ["q"], limits(free=(2.0, 1024), bound=30))) == "0.5/900"
-    assert client.zcard(keys.SKIPPED) == 0
+    client.zadd(keys.SKIPPED, {tag: time.time() - 31})
+    alive(client, "b")
+    client.hset(keys.reservations("q"), tag, f"dead {time.time()}")  # its holder's state has expired
+    assert take(client, ["q"], ["q"], limits(holder="b")) == 1
+    assert client.hget(keys.reservations("q"), tag).startswith("b ")
+    # A holder that stops looking at the job loses it after the reservation's lifetime.
+    client.hset(keys.reservations("q"), tag, f"b {time.time() - transport.RESERVATION_LIFETIME - 1}")
+    alive(client, "c")
+    assert take(client, ["q"], ["q"], limits(holder="c")) == 1
+    assert client.hget(keys.reservations("q"), tag).startswith("c ")
 
 
 def test_a_job_no_host_can_hold_is_taken_to_be_rejected_and_one_for_a_bigger_host_is_left(client):
@@ -213,3 +258,10 @@ def test_look_ahead_is_bounded(client):
     queued(client, *[job("q", 0.5, 900) for _ in range(transport.LOOK_AHEAD)], job("q", 0.25, 64))
     assert take(client, ["q"], ["q"], limits()) == 0
     assert client.llen("q") == transport.LOOK_AHEAD + 1
+
+
+def test_a_draining_host_releases_its_reservations(client):
+    client.hset(keys.reservations("q"), mapping={"t1": f"a {time.time()}", "t2": f"b {time.time()}"})
+    client.hset(keys.reservations("r"), "t3", f"a {time.time()}")
+    assert transport.release_reservations(client, ["q", "r"], "a") == 2
+    assert list(client.hgetall(keys.reservations("q"))) == ["t2"] and not client.exists(keys.reservations("r"))
