@@ -306,7 +306,30 @@ def queue_of(list_key: str) -> str:
 
 
 class TakingQoS(kombu_redis.QoS):
-    """kombu's unacked bookkeeping, without re-recording what :data:`TAKE` recorded."""
+    """kombu's unacked bookkeeping, without re-recording what :data:`TAKE` recorded.
+
+    Acknowledging or rejecting through a channel that closed with its connection (a
+    broker restart while the job ran) does nothing: kombu would raise
+    AttributeError from inside the worker's event loop, which Celery treats as
+    unrecoverable and exits. The message's record stays in ``unacked``: the agent
+    settles it itself once the outcome is stored (:func:`executor.request.settle`),
+    and a record nobody settles is requeued by the lease sweep.
+    """
+
+    def _closed(self, delivery_tag, doing: str) -> bool:
+        if self.channel.closed or self.channel.connection is None:
+            log.info("not %s %s through a closed channel: its record stays for the agent or the lease sweep",
+                     doing, delivery_tag)
+            return True
+        return False
+
+    def ack(self, delivery_tag):
+        if not self._closed(delivery_tag, "acknowledging"):
+            super().ack(delivery_tag)
+
+    def reject(self, delivery_tag, requeue=False):
+        if not self._closed(delivery_tag, "rejecting"):
+            super().reject(delivery_tag, requeue)
 
     def append(self, message, delivery_tag):
         if delivery_tag in self.channel.taken:

@@ -265,3 +265,17 @@ def test_a_draining_host_releases_its_reservations(client):
     client.hset(keys.reservations("r"), "t3", f"a {time.time()}")
     assert transport.release_reservations(client, ["q", "r"], "a") == 2
     assert list(client.hgetall(keys.reservations("q"))) == ["t2"] and not client.exists(keys.reservations("r"))
+
+
+def test_acknowledging_through_a_closed_channel_leaves_the_record_instead_of_raising(connection, client):
+    # A broker restart closes the consumer's channel while its job runs; Celery then
+    # acknowledges through it from the worker's event loop, where an exception is fatal.
+    body = base64.b64encode(json.dumps({"n": 1}).encode()).decode()
+    client.lpush("closing", json.dumps({**envelope("closing"), "body": body, "content-type": "application/json"}))
+    message = received(connection, "closing", timeout=5)[0]
+    message.channel.close()
+    message.channel._disconnect_pools()  # as kombu leaves a channel whose connection was lost
+    message.ack()
+    message.channel.basic_reject(message.delivery_tag, requeue=True)
+    # Still recorded or back on its queue: either way the job is not lost.
+    assert client.hlen("unacked") + client.llen("closing") == 1
