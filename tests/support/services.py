@@ -6,6 +6,7 @@ they carry this session's own agent names.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -129,7 +130,10 @@ class AgentProcess:
 
 
 def temp_dir(prefix: str) -> str:
-    return tempfile.mkdtemp(prefix=prefix)
+    """A fresh scratch directory, removed when the test process exits."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 @dataclass
