@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore
+from celery.states import READY_STATES
 
 from tasks import keys
 from tasks.app import SPEC_HEADER
@@ -42,6 +43,7 @@ def supervise(task: Task, args: tuple, kwargs: dict) -> Any:
     agent = Agent.current()
     try:
         _drop_if_superseded(agent, call, task.request)
+        _drop_if_ended(agent, call, task)
         _check_lost(agent, call, task.request)
         return agent.execute(call)
     except HandBack:
@@ -105,9 +107,24 @@ def _drop_if_superseded(agent, call: JobCall, request: Any) -> None:
     """Acknowledge, without running, a delivery older than a retry already sent."""
     sent = agent.redis.get(keys.retried(call.task_id))
     if sent is not None and int(getattr(request, "retries", 0) or 0) < int(sent):
-        log.warning("job %s[%s]: dropping a stale delivery (retry %s was already sent)",
-                    call.spec.name, call.task_id, sent)
-        raise Ignore()
+        _drop(agent, call, f"dropping a stale delivery (retry {sent} was already sent)")
+
+
+def _drop_if_ended(agent, call: JobCall, task: Task) -> None:
+    """Acknowledge, without running, a delivery of a job whose outcome is already stored.
+
+    An agent killed after storing the outcome but before settling the message
+    leaves it recorded as taken; the lease sweep then delivers it again.
+    """
+    state = task.backend.get_task_meta(call.task_id).get("status")
+    if state in READY_STATES:
+        _drop(agent, call, f"dropping a delivery of a job that already ended ({state})")
+
+
+def _drop(agent, call: JobCall, why: str) -> None:
+    log.warning("job %s[%s]: %s", call.spec.name, call.task_id, why)
+    agent.settle(call.task_id)
+    raise Ignore()
 
 
 def _check_lost(agent, call: JobCall, request: Any) -> None:

@@ -94,3 +94,18 @@ def test_a_delivery_older_than_a_sent_retry_is_dropped(retry_agent, redis_client
     wait_for(lambda: "dropping a stale delivery" in retry_agent.log(), timeout=30, message="stale delivery dropped")
     assert redis_client.get(f"jobyard:attempts:{result.id}") == "2", "the stale delivery must not run"
     assert AsyncResult(result.id).get(timeout=5) == 2
+
+
+def test_a_delivery_of_a_job_that_already_ended_is_dropped(retry_agent, redis_client):
+    from sample_jobs import add
+
+    result = add.apply_async((2, 3), queue="retry")
+    assert result.get(timeout=60) == 5
+    # What an agent killed after storing the outcome but before settling the message
+    # leaves behind: the lease sweep delivers the job again (stood in for as above).
+    redis_client.delete(f"jobyard:published:{result.id}:0")
+    add.apply_async((2, 3), queue="retry", task_id=result.id)
+    wait_for(lambda: f"{result.id}]: dropping a delivery of a job that already ended (SUCCESS)" in retry_agent.log(),
+             timeout=30, message="the delivery of an ended job dropped")
+    assert redis_client.get(f"jobyard:attempts:{result.id}") == "1", "the ended job must not run again"
+    assert AsyncResult(result.id).get(timeout=5) == 5
