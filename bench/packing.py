@@ -253,7 +253,7 @@ class Sampler:
         self.client = client
         self.hosts = hosts
         self.keys = [keys.agent(host) for host in hosts]
-        self.reservations_key = keys.reservations(queue)
+        self.queue = queue
         self.samples: list[Sample] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="packing-sampler", daemon=True)
@@ -267,9 +267,11 @@ class Sampler:
         self._thread.join(5)
 
     def _run(self) -> None:
+        from tasks.transport import reservation_holders
+
         while not self._stop.wait(SAMPLE_SECONDS):
             now = time.time()
-            reserving = frozenset(entry.rsplit(" ", 1)[0] for entry in self.client.hvals(self.reservations_key))
+            reserving = frozenset(reservation_holders(self.client, [self.queue], now))
             for raw in self.client.mget(self.keys):
                 if raw:
                     state = json.loads(raw)
