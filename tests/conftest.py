@@ -22,8 +22,11 @@ ARTIFACTS = os.path.join(ROOT, "tests", "artifacts")
 #: Every agent this session starts is named with this token; containers are
 #: labelled with the agent name, so the suite only ever touches its own.
 SESSION = f"t{secrets.token_hex(3)}"
-PYTHON_IMAGE = "jobyard-test/python:latest"
-BUSYBOX_IMAGE = "jobyard-test/busybox:latest"
+#: Concurrent suites from several checkouts on one engine set their own tag, so one
+#: checkout's rebuild of tests/jobs never changes the image another is running.
+_TAG = os.environ.get("JOBYARD_TEST_IMAGE_TAG", "latest")
+PYTHON_IMAGE = f"jobyard-test/python:{_TAG}"
+BUSYBOX_IMAGE = f"jobyard-test/busybox:{_TAG}"
 
 _REDIS_PORT = free_port()
 os.environ["JOBYARD_BROKER_URL"] = f"redis://127.0.0.1:{_REDIS_PORT}/0"
