@@ -29,9 +29,10 @@ from .capacity import Capacity, Ledger
 from .container import LABEL_AGENT, LABEL_JOB, ContainerLauncher, JobCall, Outcome
 from .errors import DockerUnavailable, EngineUnavailable
 from .gate import IntakeGate
+from .heartbeat import Housekeeping, LeaseRenewal
 from .placement import DEFAULT_MAX_WAIT, FleetView, HandBack, Placement
 from .policy import HostPolicy
-from .request import messages, renew, requeue_payload, settle, terminations
+from .request import renew, requeue_payload, settle, terminations
 from .verdict import verdict
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 2.0
 #: Heartbeats between two sweeps for containers no held job owns.
 REAP_EVERY_BEATS = 8
+#: Docker client timeout (seconds) for housekeeping: the reaper and engine pings.
+HOUSEKEEPING_DOCKER_TIMEOUT = 10
 #: An agent's published state expires this long after its last heartbeat.
 STATE_TTL_SECONDS = 10
 #: How long facts and logs of a finished job are kept (matches result_expires).
@@ -97,16 +100,19 @@ class Agent:
         self.config = config
         self.app = celery_app or default_app
         self.docker = client or connect_docker()
+        # Short timeouts for the reaper and engine pings; job containers keep the long ones.
+        self.housekeeping_docker = client or connect_docker(timeout=HOUSEKEEPING_DOCKER_TIMEOUT)
         self.ledger = Ledger(config.capacity, slots=config.slots)
         self.launcher = ContainerLauncher(self.docker, config.state_dir, config.hostname)
         self.redis = state_client(self.app.jobyard_settings)
-        self._stopping = threading.Event()
         self.observers: list[AgentObserver] = []
         self.fleet = FleetView(self.redis)
         self.placement = Placement(self.ledger, self.fleet, config.hostname, config.queues,
                                    max_wait=config.max_wait, max_jobs=config.max_jobs)
         self.gate = IntakeGate(lambda: self.placement.held() + self.placement.allowance())
         self.placement.on_change = self.gate.refresh
+        interval = min(HEARTBEAT_SECONDS, self.app.jobyard_settings.lease_seconds / 4)
+        self.loops = (LeaseRenewal(self, interval), Housekeeping(self, interval, REAP_EVERY_BEATS))
 
     @property
     def draining(self) -> bool:
@@ -212,7 +218,7 @@ class Agent:
     def _check_engine(self) -> bool:
         """Ping the engine; pause or resume intake accordingly. True if it answers."""
         try:
-            self.docker.ping()
+            self.housekeeping_docker.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException):
             if not self.placement.engine_down:
                 log.warning("Docker Engine unreachable: taking no new jobs until it answers")
@@ -331,20 +337,6 @@ class Agent:
             log.warning("heartbeat failed: %s", exc)
         self._notify("state_published", state)
 
-    def heartbeat_forever(self) -> None:
-        """Renew leases and publish state every heartbeat until :meth:`stop`."""
-        interval = min(HEARTBEAT_SECONDS, self.app.jobyard_settings.lease_seconds / 4)
-        beats = 0
-        while not self._stopping.wait(interval):
-            self.renew_leases()
-            self._follow_drain_mark()
-            if self.placement.engine_down:
-                self._check_engine()
-            self.publish()
-            beats += 1
-            if beats % REAP_EVERY_BEATS == 0:
-                self.reap(keep=set(messages.snapshot()))
-
     def _follow_drain_mark(self) -> None:
         """Take no new work while the autoscaler has this host in its draining set."""
         try:
@@ -382,15 +374,19 @@ class Agent:
             log.warning("could not settle %s: %s", task_id, exc)
 
     def start_heartbeat(self) -> threading.Thread:
-        """Start publishing state in a daemon thread."""
+        """Publish state, then start the periodic loops (:mod:`executor.heartbeat`).
+
+        Returns the lease renewal's thread.
+        """
         self.publish()
-        thread = threading.Thread(target=self.heartbeat_forever, name="jobyard-heartbeat", daemon=True)
-        thread.start()
-        return thread
+        renewal, housekeeping = self.loops
+        housekeeping.start()
+        return renewal.start()
 
     def stop(self) -> None:
         """Stop heartbeats and withdraw this agent's published state."""
-        self._stopping.set()
+        for loop in self.loops:
+            loop.stop()
         try:
             self.redis.delete(keys.agent(self.name))
             self.redis.zrem(keys.AGENTS, self.name)
@@ -401,12 +397,13 @@ class Agent:
         """Remove this agent's containers except those of jobs in ``keep``; return how many.
 
         At start ``keep`` is empty: everything labelled with this agent was left by
-        an earlier run. While running, the heartbeat reaps containers no held job
+        an earlier run. While running, housekeeping reaps containers no held job
         owns (e.g. ones the engine could not remove while it was restarting).
         """
         removed = 0
+        api = self.housekeeping_docker.api
         try:
-            leftovers = self.docker.api.containers(all=True, filters={"label": f"{LABEL_AGENT}={self.name}"})
+            leftovers = api.containers(all=True, filters={"label": f"{LABEL_AGENT}={self.name}"})
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             log.warning("could not list leftover containers: %s", exc)
             return 0
@@ -414,7 +411,7 @@ class Agent:
             if container.get("Labels", {}).get(LABEL_JOB) in keep:
                 continue
             try:
-                self.docker.api.remove_container(container["Id"], force=True, v=True)
+                api.remove_container(container["Id"], force=True, v=True)
                 removed += 1
             except docker.errors.NotFound:
                 pass
@@ -425,10 +422,13 @@ class Agent:
         return removed
 
 
-def connect_docker() -> docker.DockerClient:
-    """A Docker client from the environment (DOCKER_HOST etc.), checked with a ping."""
+def connect_docker(timeout: float = 120) -> docker.DockerClient:
+    """A Docker client from the environment (DOCKER_HOST etc.), checked with a ping.
+
+    ``timeout`` bounds every call of the client, in seconds.
+    """
     try:
-        client = docker.from_env(timeout=120)
+        client = docker.from_env(timeout=timeout)
         client.ping()
         return client
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:

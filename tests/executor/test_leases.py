@@ -1,9 +1,15 @@
 """Leases: a dead host's jobs come back in seconds; a healthy long job runs once."""
 
+import os
 import time
 
+import pytest
+
+from tasks import keys
 from tasks.state import job_facts
 from tests.conftest import wait_for
+from tests.support.dockerproxy import DockerSocketProxy
+from tests.support.services import temp_dir
 
 
 def _running_on(result, host):
@@ -43,3 +49,30 @@ def test_job_longer_than_the_lease_runs_exactly_once(agents, redis_client):
     assert facts["attempt"] == 1 and facts["host"] == runner.hostname
     assert runner.log().count(f"[{result.id}] received") == 1
     assert not redis_client.hgetall("unacked"), "nothing may stay unacknowledged"
+
+
+@pytest.fixture
+def docker_proxy():
+    """A Docker socket of this test's own, forwarding to the machine's engine."""
+    proxy = DockerSocketProxy(os.path.join(temp_dir("jobyard-proxy-"), "docker.sock")).start()
+    yield proxy
+    proxy.stop()
+
+
+def test_stalled_engine_api_does_not_starve_lease_renewal(agents, redis_client, docker_proxy):
+    from sample_jobs import sleep_for
+
+    lease = 4
+    runner = agents.start("stall", "--cpus", "2", "--memory", "1Gi", "--queues", "stall",
+                          env={"JOBYARD_LEASE_SECONDS": str(lease), "DOCKER_HOST": docker_proxy.url})
+    result = sleep_for.apply_async((3 * lease,), queue="stall")
+    wait_for(lambda: _running_on(result, runner.hostname), timeout=30, message="job running")
+    # Stall the engine API from the agent's next sweep for containers no held job owns.
+    docker_proxy.stall(2.5 * lease, after="/containers/json")
+    wait_for(docker_proxy.stalling, timeout=30, message="the reaper's listing, stalled")
+    wait_for(lambda: not docker_proxy.stalling(), timeout=30, message="the stall to end")
+    assert result.get(timeout=60) == 3 * lease
+    assert redis_client.get(keys.attempts(result.id)) == "1", "the job was started again"
+    assert runner.log().count(f"[{result.id}] received") == 1
+    assert job_facts(result.id)["attempt"] == 1
+    assert runner.alive
