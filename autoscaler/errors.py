@@ -4,8 +4,10 @@ Foreign exceptions (boto3, Docker, Redis, OS) are translated once, where they
 happen, with ``raise ... from exc``.
 """
 
+from tasks.errors import JobyardError
 
-class AutoscalerError(Exception):
+
+class AutoscalerError(JobyardError):
     """Root of the autoscaler's errors."""
 
 

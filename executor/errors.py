@@ -3,8 +3,10 @@
 Errors a *job* ends with live in :mod:`tasks.errors`; these are for the operator.
 """
 
+from tasks.errors import JobyardError
 
-class AgentError(Exception):
+
+class AgentError(JobyardError):
     """Root of the agent's own errors."""
 
 

@@ -1,4 +1,11 @@
-"""Every error a jobyard job can end with, under one root: :class:`JobError`.
+"""Every error jobyard raises, under one catchable root: :class:`JobyardError`.
+
+Below it, :class:`JobError` is every way a *job* can end other than with its value:
+what ``AsyncResult.get()`` raises, so ``except JobError`` around ``.get()`` catches
+job outcomes only. The agent's own errors (``executor.errors.AgentError``) and the
+autoscaler's (``autoscaler.errors.AutoscalerError``) are the root's other branches.
+Control flow, such as an agent handing a job back to its queue, is not an error and
+stays outside the tree (as Celery's ``TaskPredicate`` does).
 
 The agent raises these inside its Celery task; Celery stores them as JSON
 (type, module, args) and ``AsyncResult.get()`` rebuilds them on the caller's side
@@ -14,7 +21,11 @@ from __future__ import annotations
 from typing import Any
 
 
-class JobError(Exception):
+class JobyardError(Exception):
+    """Root of every error jobyard raises: job outcomes, agent and autoscaler errors."""
+
+
+class JobError(JobyardError):
     """Root of every error a job can end with."""
 
     #: Short machine-readable reason, shown in status tables and metrics.
@@ -122,6 +133,7 @@ class BackendError(JobError):
 
 
 __all__ = [
+    "JobyardError",
     "JobError",
     "InvalidJobSpec",
     "PayloadTooLarge",

@@ -35,6 +35,21 @@ os.environ["JOBYARD_DEFAULT_IMAGE"] = PYTHON_IMAGE
 sys.path.insert(0, JOBS_DIR)
 
 
+#: Fixtures that start or reach a real service; a test marked ``pure`` may use none.
+SERVICE_FIXTURES = frozenset({"redis_server", "redis_client", "docker_client", "busybox_image", "python_image",
+                              "celery_app", "agents", "agent"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Refuse a ``pure`` test that asks for a service: ``-m pure`` must run without any."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        parametrized = set(callspec.params) if callspec else set()
+        used = SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())) - parametrized
+        if item.get_closest_marker("pure") and used:
+            raise pytest.UsageError(f"{item.nodeid} is marked pure but uses {', '.join(sorted(used))}")
+
+
 @pytest.fixture(scope="session")
 def redis_server():
     """Our own redis-server for the whole session (never the machine's 6379)."""

@@ -8,6 +8,8 @@ from autoscaler.metrics import AgentState, HeldJob
 from autoscaler.shape import HostShape, Request
 from autoscaler.strategy import BinPacking, Demand, ListLength, pack
 
+pytestmark = pytest.mark.pure
+
 Mi = 1024**2
 Gi = 1024**3
 SHAPE = HostShape(2.0, 2 * Gi)

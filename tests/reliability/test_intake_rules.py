@@ -7,6 +7,8 @@ import pytest
 from executor.intake import call_problem, envelope_problem, headers_problem, raw_problem, rejection
 from tests.reliability.messages import call_body, envelope, run_headers
 
+pytestmark = pytest.mark.pure
+
 GOOD = envelope(call_body([1], {"a": 2}), run_headers("id-1"))
 
 

@@ -7,6 +7,8 @@ from tasks.config import Settings, redact
 from tasks.security import Sealer, Signing, tls_url
 from tests.reliability.brokers import make_cert
 
+pytestmark = pytest.mark.pure
+
 ENV = {"JOBYARD_BROKER_SSL_CA": "/etc/jobyard/ca.pem", "JOBYARD_BROKER_SSL_CERT": "/c.pem",
        "JOBYARD_BROKER_SSL_KEY": "/k.pem"}
 

@@ -6,13 +6,28 @@ from tasks import app
 from tasks import errors
 from tasks.errors import ContainerOOMKilled, JobError, JobFailed
 
+pytestmark = pytest.mark.pure
+
+
+OUTCOMES = [name for name in errors.__all__ if name != "JobyardError"]
+
 
 def test_every_error_has_one_root():
-    for name in errors.__all__:
+    for name in OUTCOMES:
         assert issubclass(getattr(errors, name), JobError)
 
 
-@pytest.mark.parametrize("cls", [getattr(errors, name) for name in errors.__all__])
+def test_one_catchable_root_above_job_outcomes_agent_and_autoscaler_errors():
+    from autoscaler.errors import AutoscalerError
+    from executor.errors import AgentError
+
+    for cls in (JobError, AgentError, AutoscalerError):
+        assert issubclass(cls, errors.JobyardError)
+    # except JobError around .get() still catches job outcomes only.
+    assert not issubclass(AgentError, JobError) and not issubclass(AutoscalerError, JobError)
+
+
+@pytest.mark.parametrize("cls", [getattr(errors, name) for name in OUTCOMES])
 def test_json_round_trip_rebuilds_the_same_class_with_facts(cls):
     backend = app.backend
     original = cls("it broke", {"exit_code": 137, "log_tail": "tail"})

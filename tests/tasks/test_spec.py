@@ -6,6 +6,8 @@ from tasks.errors import InvalidJobSpec
 from tasks.spec import JobSpec, render_command
 from tasks.units import format_memory, parse_memory
 
+pytestmark = pytest.mark.pure
+
 MI = 1024**2
 GI = 1024**3
 
