@@ -8,7 +8,7 @@ import requests
 from click.testing import CliRunner
 
 from tasks.cli import main
-from tests.conftest import wait_for
+from tests.conftest import PYTHON_IMAGE, wait_for
 
 
 def flower_tasks(flower) -> dict:
@@ -55,7 +55,7 @@ def test_a_task_page_shows_the_container_facts(flower_server, batch):
         assert page.status_code == 200
         assert "<dt>Container</dt>" in page.text
         assert f"container {facts['container_id'][:12]}" in page.text
-        assert "image=jobyard-test/python:latest" in page.text
+        assert f"image={PYTHON_IMAGE}" in page.text
         assert "memory_limit=64Mi" in page.text and f"attempt={facts['attempt']}" in page.text
     oom_page = requests.get(f"{flower_server.url}/task/{batch.oom.id}", auth=flower_server.auth, timeout=10).text
     assert "exit_code=137" in oom_page and "oom_killed=true" in oom_page and "peak_memory=64Mi" in oom_page
