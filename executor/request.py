@@ -14,9 +14,11 @@ import threading
 import uuid
 from typing import Any
 
+from billiard.einfo import ExceptionWithTraceback
 from celery.worker.request import Request
 
 from tasks import transport
+from tasks.failure import failure_text
 
 
 class _Registry:
@@ -68,6 +70,16 @@ class ContainerRequest(Request):
 
     def terminate(self, pool, signal=None):
         terminations.add(self.id)
+
+    def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
+        """Celery's failure handling, with the job's own traceback in the task-failed event."""
+        error = exc_info.exception
+        if isinstance(error, ExceptionWithTraceback):
+            error = error.exc
+        text = failure_text(error)
+        if text is not None:
+            exc_info.traceback = text
+        return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
 
 def settle(task_id: str, client) -> None:

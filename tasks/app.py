@@ -13,9 +13,11 @@ from urllib.parse import urlsplit
 
 from celery import Celery, Task
 from celery.app.amqp import AMQP
+from celery.backends.redis import RedisBackend, SentinelBackend
 
 from . import security
 from .config import Settings
+from .failure import failure_text
 from .transport import TRANSPORTS
 
 RUN_TASK = "jobyard.run"
@@ -27,6 +29,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     # Not made Celery's "current app": an app built for another broker (a test, a
     # tool) must not capture AsyncResult()s created without an explicit app.
     celery_app = Celery("jobyard", set_as_current=False, amqp=JobAMQP)
+    celery_app.loader.override_backends = RESULT_BACKENDS
     configure(celery_app, settings or Settings.from_env())
     celery_app.task(name=RUN_TASK, base=ContainerJobTask, bind=True)(_run_job)
     return celery_app
@@ -104,6 +107,35 @@ class JobAMQP(AMQP):
         if shadow and message.sent_event:
             message.sent_event["name"] = shadow
         return message
+
+
+class JobFailureText:
+    """Result-backend mixin: a failed job's stored traceback is the job's own, not the agent's.
+
+    Celery's tracer stores the stack of the agent's supervisor; this stores the
+    job's remote traceback or a statement of the facts (:mod:`tasks.failure`),
+    which is what ``AsyncResult.traceback`` and Flower's task pages show.
+    """
+
+    def mark_as_failure(self, task_id, exc, traceback=None, *args, **kwargs):
+        """Store the failure as Celery does, with the job's own traceback text."""
+        return super().mark_as_failure(task_id, exc, failure_text(exc) or traceback, *args, **kwargs)
+
+
+class JobRedisBackend(JobFailureText, RedisBackend):
+    """Celery's Redis result backend, storing jobs' own tracebacks."""
+
+
+class JobSentinelBackend(JobFailureText, SentinelBackend):
+    """Celery's Sentinel result backend, storing jobs' own tracebacks."""
+
+
+#: Result-backend URL scheme -> class, in place of Celery's own for these schemes.
+RESULT_BACKENDS = {
+    "redis": f"{__name__}:JobRedisBackend",
+    "rediss": f"{__name__}:JobRedisBackend",
+    "sentinel": f"{__name__}:JobSentinelBackend",
+}
 
 
 class ContainerJobTask(Task):

@@ -1,5 +1,5 @@
 """Real services for the observability tests: Flower, one agent with metrics, and a
-batch of jobs (a success, an OOM kill, a timeout) run while Flower watches.
+batch of jobs (a success, an OOM kill, a timeout, a raise) run while Flower watches.
 
 Flower learns about jobs only from events it sees while running, so it starts
 before the agent takes any job.
@@ -117,22 +117,26 @@ class Batch:
     success: object
     oom: object
     timeout: object
+    raised: object
 
 
 @pytest.fixture(scope="package")
 def batch(obs_agent):
-    """Run a success, an OOM kill and a timeout, and wait for all three to end."""
-    from sample_jobs import add, balloon, sleep_for
+    """Run a success, an OOM kill, a timeout and a raise, and wait for all four to end."""
+    from sample_jobs import add, balloon, fail_with, sleep_for
 
-    from tasks.errors import ContainerOOMKilled, JobTimeout
+    from tasks.errors import ContainerOOMKilled, JobFailed, JobTimeout
 
     success = add.delay(20, 22)
     oom = balloon.apply_async((300,), memory="64Mi")
     timeout = sleep_for.apply_async((30,), timeout=1)
+    raised = fail_with.delay("bad input")
     assert success.get(timeout=60) == 42
     with pytest.raises(ContainerOOMKilled):
         oom.get(timeout=60)
     with pytest.raises(JobTimeout):
         timeout.get(timeout=60)
+    with pytest.raises(JobFailed):
+        raised.get(timeout=60)
     time.sleep(0.5)  # let the last task-failed event reach Flower
-    return Batch(success, oom, timeout)
+    return Batch(success, oom, timeout, raised)

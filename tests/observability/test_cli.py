@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from tasks import keys
 from tasks.cli import main
-from tests.conftest import BUSYBOX_IMAGE, wait_for
+from tests.conftest import BUSYBOX_IMAGE, PYTHON_IMAGE, wait_for
 
 
 def abandon(result) -> None:
@@ -128,7 +128,7 @@ def test_job_shows_container_facts(batch):
     rows = dict(line.split(None, 1) for line in text.splitlines()[3:])
     assert rows["exit_code"].strip() == "137" and rows["oom_killed"].strip() == "true"
     assert rows["memory_limit"].strip() == "64Mi" and rows["peak_memory"].strip() == "64Mi"
-    assert rows["image"].strip() == "jobyard-test/python:latest" and rows["attempt"].strip() == "1"
+    assert rows["image"].strip() == PYTHON_IMAGE and rows["attempt"].strip() == "1"
     assert len(rows["container"].strip()) == 12
     assert json.loads(run("job", batch.oom.id, "--json"))["exit_code"] == 137
 

@@ -4,11 +4,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 import requests
 from click.testing import CliRunner
 
 from tasks.cli import main
-from tests.conftest import wait_for
+from tests.conftest import PYTHON_IMAGE, wait_for
 
 
 def flower_tasks(flower) -> dict:
@@ -55,7 +56,7 @@ def test_a_task_page_shows_the_container_facts(flower_server, batch):
         assert page.status_code == 200
         assert "<dt>Container</dt>" in page.text
         assert f"container {facts['container_id'][:12]}" in page.text
-        assert "image=jobyard-test/python:latest" in page.text
+        assert f"image={PYTHON_IMAGE}" in page.text
         assert "memory_limit=64Mi" in page.text and f"attempt={facts['attempt']}" in page.text
     oom_page = requests.get(f"{flower_server.url}/task/{batch.oom.id}", auth=flower_server.auth, timeout=10).text
     assert "exit_code=137" in oom_page and "oom_killed=true" in oom_page and "peak_memory=64Mi" in oom_page
@@ -115,3 +116,55 @@ def test_basic_auth_file_entries_must_be_user_colon_password(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "expected user:password" in result.stderr
     assert "no-colon-here" not in result.stderr, "a malformed entry may be a password: never echo it"
+
+
+def flower_task_info(flower, task_id: str) -> dict:
+    """Flower's record of one task, built from the events it received."""
+    def failed():
+        response = requests.get(f"{flower.url}/api/task/info/{task_id}", auth=flower.auth, timeout=10)
+        return response.json() if response.status_code == 200 and response.json().get("traceback") else None
+
+    return wait_for(failed, timeout=15, interval=0.3, message=f"flower to see {task_id} fail")
+
+
+def flower_stored_traceback(flower, task_id: str) -> str:
+    """The traceback Flower reads from the result backend for one task."""
+    response = requests.get(f"{flower.url}/api/task/result/{task_id}", auth=flower.auth, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()["traceback"]
+
+
+def test_a_raising_jobs_traceback_is_its_own_not_the_agents(flower_server, batch):
+    for traceback in (flower_task_info(flower_server, batch.raised.id)["traceback"],
+                      flower_stored_traceback(flower_server, batch.raised.id), batch.raised.traceback):
+        assert 'sample_jobs.py", line' in traceback and "in fail_with" in traceback
+        assert traceback.rstrip().endswith("ValueError: bad input")
+        assert "celery/app/trace.py" not in traceback and "executor/" not in traceback
+    page = requests.get(f"{flower_server.url}/task/{batch.raised.id}", auth=flower_server.auth, timeout=10).text
+    assert "in fail_with" in page and "ValueError: bad input" in page and "celery/app/trace.py" not in page
+
+
+def test_a_container_verdict_is_a_statement_of_facts_not_a_stack(flower_server, batch):
+    from tasks.state import job_facts
+
+    facts = job_facts(batch.oom.id)
+    expected = (f"ContainerOOMKilled: memory limit 64Mi exceeded (peak 64Mi, exit code 137) in container "
+                f"{facts['container_id'][:12]} of image {facts['image']} on host {facts['host']}, "
+                f"attempt {facts['attempt']}")
+    for traceback in (flower_task_info(flower_server, batch.oom.id)["traceback"],
+                      flower_stored_traceback(flower_server, batch.oom.id), batch.oom.traceback):
+        assert traceback == expected
+    timeout = batch.timeout.traceback
+    assert timeout.startswith("JobTimeout: sample_jobs.sleep_for timed out after 1s") and "File " not in timeout
+
+
+def test_the_caller_still_gets_the_typed_error_with_its_facts(batch):
+    from tasks.errors import ContainerOOMKilled, JobFailed
+
+    with pytest.raises(JobFailed) as raised:
+        batch.raised.get(timeout=10)
+    assert str(raised.value) == "sample_jobs.fail_with raised: ValueError: bad input"
+    assert raised.value.exc_type == "ValueError" and "in fail_with" in raised.value.details["traceback"]
+    with pytest.raises(ContainerOOMKilled) as oom:
+        batch.oom.get(timeout=10)
+    assert oom.value.exit_code == 137 and "memory limit 64Mi exceeded" in str(oom.value)
