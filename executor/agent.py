@@ -26,7 +26,7 @@ from tasks.errors import BackendError, JobError
 from tasks.state import state_client
 
 from .capacity import Capacity, Ledger
-from .container import LABEL_AGENT, LABEL_JOB, ContainerLauncher, JobCall, Outcome
+from .container import DEFAULT_MAX_JOB_FILE, LABEL_AGENT, LABEL_JOB, ContainerLauncher, JobCall, Outcome
 from .errors import DockerUnavailable, EngineUnavailable
 from .gate import IntakeGate
 from .heartbeat import Housekeeping, LeaseRenewal
@@ -69,6 +69,7 @@ class AgentConfig:
     max_jobs: int = 16
     max_wait: float = DEFAULT_MAX_WAIT
     slots: int | None = None
+    max_job_file: int = DEFAULT_MAX_JOB_FILE
 
 
 class AgentObserver:
@@ -103,7 +104,7 @@ class Agent:
         # Short timeouts for the reaper and engine pings; job containers keep the long ones.
         self.housekeeping_docker = client or connect_docker(timeout=HOUSEKEEPING_DOCKER_TIMEOUT)
         self.ledger = Ledger(config.capacity, slots=config.slots)
-        self.launcher = ContainerLauncher(self.docker, config.state_dir, config.hostname)
+        self.launcher = ContainerLauncher(self.docker, config.state_dir, config.hostname, config.max_job_file)
         self.redis = state_client(self.app.jobyard_settings)
         self.observers: list[AgentObserver] = []
         self.fleet = FleetView(self.redis)

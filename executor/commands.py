@@ -23,6 +23,16 @@ def memory_option(_ctx, _param, value):
         raise click.BadParameter(str(exc)) from None
 
 
+def job_file_option(_ctx, _param, value):
+    """Click callback: the job file limit (a size) as bytes, checked against the result cap."""
+    from .container import check_max_job_file
+
+    try:
+        return check_max_job_file(parse_memory(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def queues_option(_ctx, _param, value):
     """Click callback: a comma-separated queue list as a tuple (default: default)."""
     queues = tuple(q.strip() for q in (value or "default").split(",") if q.strip())
@@ -47,10 +57,12 @@ def queues_option(_ctx, _param, value):
 @click.option("--max-job-memory", callback=memory_option, default=None, help="Largest memory limit one job may ask for.")
 @click.option("--allow-network", is_flag=True, help="Let jobs ask for network='bridge'.")
 @click.option("--state-dir", default=None, help="Where job input/output dirs live (JOBYARD_STATE_DIR).")
+@click.option("--max-job-file", callback=job_file_option, default="64Mi", show_default=True,
+              help="Largest file a job may write (its result, and any file in /tmp): what it can put on the host.")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
 def agent(hostname, cpus, memory, queues, max_jobs, max_wait, slots, allowed_images, max_job_cpus, max_job_memory,
-          allow_network, state_dir, loglevel, metrics_port):
+          allow_network, state_dir, max_job_file, loglevel, metrics_port):
     """Run an executor agent on this host."""
     from .agent import Agent, AgentConfig, default_state_dir
     from .capacity import Capacity
@@ -63,7 +75,7 @@ def agent(hostname, cpus, memory, queues, max_jobs, max_wait, slots, allowed_ima
                         max_memory=max_job_memory, allow_network=allow_network)
     config = AgentConfig(hostname=hostname or socket.gethostname(), capacity=Capacity.detect(cpus, memory),
                          queues=queues, policy=policy, state_dir=state_dir or default_state_dir(),
-                         max_jobs=max_jobs, max_wait=max_wait, slots=slots)
+                         max_jobs=max_jobs, max_wait=max_wait, slots=slots, max_job_file=max_job_file)
     try:
         job_agent = Agent(config)
         if metrics_port:

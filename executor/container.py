@@ -6,6 +6,7 @@ exceptions are translated here, once, into :mod:`tasks.errors`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,13 +20,13 @@ import docker
 import docker.errors
 import requests.exceptions
 import urllib3.exceptions
-from docker.types import LogConfig, Mount
+from docker.types import LogConfig, Mount, Ulimit
 
 from tasks.errors import BackendError, ImageNotFound
 from tasks.spec import PYTHON, JobSpec, render_command
 
 from .cgroup import PeakMemory
-from .errors import EngineUnavailable
+from .errors import EngineUnavailable, InvalidAgentConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ JOB_USER = "10001:10001"
 RUNNER_DIR = "/jobyard/runner"
 IN_DIR = "/jobyard/in"
 OUT_DIR = "/jobyard/out"
+#: The one file a job may write on the host, pre-created by the agent in its out dir.
+RESULT_FILE = "result.json"
 #: How often the supervisor wakes while a job runs (revocation, peak memory).
 POLL_SECONDS = 0.25
 #: Captured output kept per job (the end of it) and the tail put in errors.
@@ -46,6 +49,10 @@ LOG_KEEP_BYTES = 256 * 1024
 LOG_TAIL_BYTES = 4 * 1024
 #: Largest result.json the agent will read back.
 MAX_RESULT_BYTES = 16 * 1024 * 1024
+#: The default size limit (fsize) of every file a job writes, so of what it puts on the host.
+DEFAULT_MAX_JOB_FILE = 64 * 1024**2
+#: Room the file limit needs above the result cap: the result's envelope, a failure record.
+JOB_FILE_SLACK = 1024**2
 #: Docker's own log file cap per container, so huge output cannot fill the disk.
 LOG_DRIVER = LogConfig(type="json-file", config={"max-size": "8m", "max-file": "1"})
 
@@ -90,9 +97,11 @@ class Outcome:
 class ContainerLauncher:
     """Creates, watches and removes job containers for one agent."""
 
-    def __init__(self, client: docker.DockerClient, state_dir: str, agent_name: str):
+    def __init__(self, client: docker.DockerClient, state_dir: str, agent_name: str,
+                 max_job_file: int = DEFAULT_MAX_JOB_FILE):
         self.client = client
         self.agent_name = agent_name
+        self.max_job_file = check_max_job_file(max_job_file)
         self.jobs_dir = os.path.join(state_dir, "jobs")
         self.runner_dir = os.path.join(state_dir, "runner")
         os.makedirs(self.jobs_dir, mode=0o700, exist_ok=True)
@@ -128,21 +137,33 @@ class ContainerLauncher:
                                {"host": self.agent_name, "container_id": outcome.container_id}) from exc
         finally:
             self._remove(container)
-            shutil.rmtree(job_dir, ignore_errors=True)
+            shutil.rmtree(self.job_dir(call), ignore_errors=True)
+
+    def job_dir(self, call: JobCall) -> str:
+        """The private directory of one attempt, named by a hash so no task id can steer it.
+
+        Checked to resolve to a child of the jobs directory before anything is
+        written or removed there.
+        """
+        path = os.path.join(self.jobs_dir, job_slug(call.task_id, call.attempt))
+        if os.path.dirname(os.path.realpath(path)) != os.path.realpath(self.jobs_dir):
+            raise BackendError(f"{call.spec.name}: job directory {path} resolves outside {self.jobs_dir}",
+                               {"host": self.agent_name})
+        return path
 
     def prepare(self, call: JobCall) -> str:
-        """Create the job's private input/output directory; return its path."""
-        job_dir = os.path.join(self.jobs_dir, f"{call.task_id}-{call.attempt}")
+        """Create the job's private input/output directory; return its path.
+
+        The job cannot write its out directory, only the result file in it, whose
+        size the container's fsize limit bounds: so that is all it puts on the host.
+        """
+        job_dir = self.job_dir(call)
         shutil.rmtree(job_dir, ignore_errors=True)
         os.makedirs(os.path.join(job_dir, "in"), mode=0o755)
         out_dir = os.path.join(job_dir, "out")
         os.makedirs(out_dir)
-        uid, gid = (int(part) for part in JOB_USER.split(":"))
-        try:
-            os.chown(out_dir, uid, gid)
-            os.chmod(out_dir, 0o700)
-        except PermissionError:  # agent not root: the job dir itself stays private
-            os.chmod(out_dir, 0o777)
+        os.chmod(out_dir, 0o755)
+        _create_result_file(os.path.join(out_dir, RESULT_FILE))
         if call.spec.kind == PYTHON:
             payload = {"entry": call.spec.entry, "args": list(call.args), "kwargs": call.kwargs,
                        "attempt": call.attempt}
@@ -187,12 +208,13 @@ class ContainerLauncher:
             nano_cpus=int(spec.effective_cpus_limit * 1e9),
             pids_limit=spec.pids,
             mounts=mounts,
+            ulimits=[Ulimit(name="fsize", soft=self.max_job_file, hard=self.max_job_file)],
             log_config=LOG_DRIVER,
         )
         return {
             "image": spec.image,
             "command": command,
-            "name": f"jobyard-{call.task_id}-{call.attempt}",
+            "name": f"jobyard-{job_slug(call.task_id, call.attempt)}",
             "user": JOB_USER,
             "environment": environment,
             "labels": {LABEL_JOB: call.task_id, LABEL_AGENT: self.agent_name, LABEL_NAME: spec.name,
@@ -232,7 +254,7 @@ class ContainerLauncher:
             outcome.oom_killed = bool(state.get("OOMKilled"))
         raw = container.logs(stdout=True, stderr=True, tail=4000)
         outcome.logs = raw[-LOG_KEEP_BYTES:].decode("utf-8", errors="replace")
-        outcome.result = _read_result(os.path.join(job_dir, "out", "result.json"))
+        outcome.result = _job_result(os.path.join(job_dir, "out", RESULT_FILE))
         reported = (outcome.result or {}).get("peak_memory")
         samples = [v for v in (peak.sample(), reported if isinstance(reported, int) else None) if v]
         outcome.peak_memory = max(samples) if samples else None
@@ -248,6 +270,42 @@ class ContainerLauncher:
             pass
         except _DOCKER_DOWN as exc:  # the reaper removes it later, by label
             log.warning("could not remove container %s: %s", container.id[:12], exc)
+
+
+def job_slug(task_id: str, attempt: int) -> str:
+    """The name of one attempt's directory and container: hex of a hash of id and attempt."""
+    return hashlib.sha256(json.dumps([task_id, attempt]).encode()).hexdigest()[:32]
+
+
+def check_max_job_file(size: int) -> int:
+    """Return ``size`` if it leaves room for a result at the cap; else raise InvalidAgentConfig."""
+    least = MAX_RESULT_BYTES + JOB_FILE_SLACK
+    if not isinstance(size, int) or size < least:
+        raise InvalidAgentConfig(f"the job file limit must be at least the result cap plus 1 MiB "
+                                 f"({least} bytes), not {size!r}")
+    return size
+
+
+def _create_result_file(path: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        uid, gid = (int(part) for part in JOB_USER.split(":"))
+        try:
+            os.fchown(fd, uid, gid)
+        except PermissionError:  # agent not root: the job writes it as "other"
+            os.fchmod(fd, 0o666)
+    finally:
+        os.close(fd)
+
+
+def _job_result(path: str) -> dict[str, Any] | None:
+    # The file is pre-created: left empty, the job wrote no result.
+    try:
+        if os.lstat(path).st_size == 0:
+            return None
+    except FileNotFoundError:
+        return None
+    return _read_result(path)
 
 
 def _is_read_timeout(exc: Exception) -> bool:

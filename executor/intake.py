@@ -11,8 +11,9 @@ anything runs:
    refuses never reaches kombu.
 2. :class:`IntakeConsumer` screens the decoded message: Celery's own refusals
    (undecodable body, a disallowed content type such as pickle, an unknown task or
-   format) and jobyard's (a ``jobyard.run`` call without its spec header, arguments
-   that are not a list, a Celery built-in task such as ``celery.map``, ...).
+   format) and jobyard's (a task id outside :mod:`tasks.ids`' rule, a ``jobyard.run``
+   call without its spec header, arguments that are not a list, a Celery built-in
+   task such as ``celery.map``, ...).
 
 Each refused message is logged once, set aside with its reason in the capped list
 :func:`tasks.keys.rejected`, and acknowledged, so it never comes back. A refused
@@ -42,6 +43,7 @@ from vine import promise
 from tasks import keys, transport
 from tasks.app import RUN_TASK, SPEC_HEADER
 from tasks.errors import InvalidJobSpec
+from tasks.ids import task_id_problem
 
 from .retry import MEMORY_SCALE_HEADER
 
@@ -146,6 +148,16 @@ def headers_problem(headers: Any) -> str | None:
     return None
 
 
+def id_problem(headers: Any) -> str | None:
+    """Why the task id a message's headers name breaks :mod:`tasks.ids`' rule, or None.
+
+    Headers without an id string are :func:`headers_problem`'s to refuse.
+    """
+    if not isinstance(headers, dict) or not isinstance(headers.get("id"), str):
+        return None
+    return task_id_problem(headers["id"])
+
+
 def rejected(client, limit: int = REJECTED_KEEP) -> list[dict[str, Any]]:
     """The refused messages kept in :func:`tasks.keys.rejected`, newest first."""
     records = []
@@ -248,6 +260,9 @@ class IntakeConsumer(Consumer):
         handle = super().create_task_handler(promise)
 
         def on_task_received(message):
+            problem = id_problem(message.headers)
+            if problem:  # before anything can name a directory or container after it
+                return self.refuse(message, problem, InvalidJobSpec(problem, field="task_id"))
             try:
                 problem = self._screen(message)
             except ContentDisallowed as exc:

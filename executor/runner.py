@@ -6,11 +6,17 @@ job's function, calls it, and writes the outcome to ``/jobyard/out/result.json``
 Arguments come in and the result goes out through files, so whatever the job prints
 cannot corrupt its result. Exit codes: 0 value written, 1 the function raised,
 2 the runner could not load or encode.
+
+The agent pre-creates the result file in a directory the job cannot write, and the
+container's fsize limit bounds its size; so the result is written in place, and a
+result over the limit is replaced by a short failure.
 """
 
+import errno
 import importlib
 import json
 import os
+import resource
 import sys
 import traceback
 import types
@@ -36,10 +42,38 @@ def _peak_memory():
 
 def _write(outcome):
     outcome["peak_memory"] = _peak_memory()
-    tmp = OUT_PATH + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(outcome, handle)
-    os.replace(tmp, OUT_PATH)
+    return _write_result(json.dumps(outcome))
+
+
+def _write_result(text):
+    """Write ``text`` over the result file; True, or False if over the file limit."""
+    fd = os.open(OUT_PATH, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+    try:
+        try:
+            _write_all(fd, text.encode())
+            return True
+        except OSError as exc:  # Python ignores SIGXFSZ: the write fails instead
+            if exc.errno != errno.EFBIG:
+                raise
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        _write_all(fd, json.dumps(_too_large(len(text))).encode())
+        return False
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _too_large(size):
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return {"ok": False, "kind": "encode", "exc_type": "ResultTooLarge", "exc_module": "jobyard",
+            "message": f"result of {size} characters is over the job's {limit}-byte file limit",
+            "traceback": "", "peak_memory": _peak_memory()}
 
 
 def _install_tasks_stub():
@@ -103,11 +137,8 @@ def main():
     except (TypeError, ValueError) as exc:
         _write(_failure("encode", exc))
         return 2
-    tmp = OUT_PATH + ".tmp"
-    with open(tmp, "w") as handle:
-        handle.write('{"ok": true, "peak_memory": %s, "value": %s}' % (json.dumps(_peak_memory()), encoded))
-    os.replace(tmp, OUT_PATH)
-    return 0
+    text = '{"ok": true, "peak_memory": %s, "value": %s}' % (json.dumps(_peak_memory()), encoded)
+    return 0 if _write_result(text) else 2
 
 
 if __name__ == "__main__":

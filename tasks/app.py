@@ -18,6 +18,7 @@ from celery.backends.redis import RedisBackend, SentinelBackend
 from . import security
 from .config import Settings
 from .failure import failure_text
+from .ids import check_task_id
 from .transport import TRANSPORTS
 
 RUN_TASK = "jobyard.run"
@@ -95,18 +96,43 @@ def configure(celery_app: Celery, settings: Settings) -> Celery:
 
 
 class JobAMQP(AMQP):
-    """Celery's message builder, with the job's own name in the task-sent event too.
+    """Celery's message builder, checking task ids and naming the job in its sent event.
 
-    Celery names the sent event after the real task (``jobyard.run``); when it
-    reaches Flower after the agent's received event, it would rename the job.
+    Every publish of the app passes here (delay, apply_async, canvas, retries), so a
+    bad task id, the message's own or one its chain, callbacks or chord will send
+    later, is refused before anything is queued (:mod:`tasks.ids`). Celery names the
+    sent event after the real task (``jobyard.run``); when it reaches Flower after
+    the agent's received event, it would rename the job.
     """
 
-    def as_task_v2(self, *args, **kwargs):
-        message = super().as_task_v2(*args, **kwargs)
+    def as_task_v2(self, task_id, *args, **kwargs):
+        check_task_id(task_id)
+        message = super().as_task_v2(task_id, *args, **kwargs)
+        for later in canvas_task_ids(message.body[2].values()):
+            check_task_id(later)
         shadow = message.headers.get("shadow")
         if shadow and message.sent_event:
             message.sent_event["name"] = shadow
         return message
+
+
+def canvas_task_ids(signatures) -> list:
+    """The task ids set in ``signatures`` (dicts, lists of them) and the canvas nested in them."""
+    found, pending = [], list(signatures)
+    while pending:
+        item = pending.pop()
+        if isinstance(item, (list, tuple)):
+            pending.extend(item)
+        if not isinstance(item, dict):
+            continue
+        options = item.get("options") or {}
+        if options.get("task_id") is not None:
+            found.append(options["task_id"])
+        pending += [options.get(name) for name in ("link", "link_error", "chain")]
+        kwargs = item.get("kwargs") if item.get("subtask_type") else None
+        if isinstance(kwargs, dict):
+            pending += [kwargs.get(name) for name in ("tasks", "header", "body")]
+    return found
 
 
 class JobFailureText:
