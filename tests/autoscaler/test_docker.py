@@ -2,7 +2,6 @@
 
 import json
 import os
-import secrets
 import shutil
 
 import pytest
@@ -56,15 +55,6 @@ def test_agent_container_runs_jobs_and_is_removed(pool, docker_client, redis_cli
     assert pool.hosts() == []
     assert not docker_client.containers.list(all=True, filters={"id": host.id})
     wait_for(lambda: not redis_client.exists(f"jobyard:agent:{host.name}"), 15, message="the agent state withdrawn")
-
-
-@pytest.fixture
-def acl_user(redis_client, redis_server):
-    """An ACL user with a password on the session's Redis: (name, password, URL of db 0)."""
-    name, password = f"{SESSION}-dk", f"pw-{secrets.token_hex(12)}"
-    redis_client.execute_command("ACL", "SETUSER", name, "on", f">{password}", "~*", "&*", "+@all", "-@dangerous")
-    yield name, password, f"redis://{name}:{password}@127.0.0.1:{redis_server.port}/0"
-    redis_client.execute_command("ACL", "DELUSER", name)
 
 
 def test_agent_containers_get_the_broker_password_in_a_file_not_their_environment(
