@@ -7,6 +7,11 @@
                             seconds; a job whose lease is this old is requeued (default 10)
 ``JOBYARD_MAX_PAYLOAD``     largest call payload in bytes (default 1 MiB)
 ``JOBYARD_BROKER_SSL_*``, ``JOBYARD_SIGNING_*``  TLS and message signing (:mod:`tasks.security`)
+
+A secret may come from a file instead: ``JOBYARD_BROKER_URL_FILE`` and
+``JOBYARD_RESULT_BACKEND_FILE`` name a file whose content is the value (see
+:func:`read_secret`), so the URL and its password stay out of every process's
+environment.
 """
 
 from __future__ import annotations
@@ -15,12 +20,43 @@ import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+from .errors import JobError
 from .security import Signing, tls_url
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_IMAGE = "jobyard/python:latest"
 DEFAULT_LEASE_SECONDS = 10
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
+#: Variables that hold a secret and may be given as ``<name>_FILE`` instead.
+SECRET_VARIABLES = ("JOBYARD_BROKER_URL", "JOBYARD_RESULT_BACKEND")
+
+
+class ConfigError(JobError, ValueError):
+    """A setting cannot be read; the message names the variable, never a secret's value."""
+
+    reason = "config"
+
+
+def read_secret(environ, name: str) -> str | None:
+    """The value of ``name``, or the content of the file ``<name>_FILE`` names
+    (less one trailing newline); None when neither is set."""
+    variable = f"{name}_FILE"
+    path = environ.get(variable)
+    if not path:
+        return environ.get(name) or None
+    if environ.get(name):
+        raise ConfigError(f"{name} and {variable} are both set: set one of them")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"{variable}: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{variable}: cannot read {path}: not UTF-8 text") from None
+    value = value.removesuffix("\n")
+    if not value:
+        raise ConfigError(f"{variable}: {path} is empty")
+    return value
 
 
 @dataclass(frozen=True)
@@ -38,10 +74,10 @@ class Settings:
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
         """Read settings from ``environ`` (default ``os.environ``)."""
         env = os.environ if environ is None else environ
-        broker = tls_url(env.get("JOBYARD_BROKER_URL") or DEFAULT_BROKER_URL, env)
+        broker = tls_url(read_secret(env, "JOBYARD_BROKER_URL") or DEFAULT_BROKER_URL, env)
         return cls(
             broker_url=broker,
-            result_backend=tls_url(env.get("JOBYARD_RESULT_BACKEND") or redis_db(broker, 1), env),
+            result_backend=tls_url(read_secret(env, "JOBYARD_RESULT_BACKEND") or redis_db(broker, 1), env),
             default_image=env.get("JOBYARD_DEFAULT_IMAGE") or DEFAULT_IMAGE,
             lease_seconds=int(env.get("JOBYARD_LEASE_SECONDS") or DEFAULT_LEASE_SECONDS),
             max_payload=int(env.get("JOBYARD_MAX_PAYLOAD") or DEFAULT_MAX_PAYLOAD),

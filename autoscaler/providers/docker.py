@@ -6,6 +6,12 @@ container gets the Docker socket (jobs never do: the agent launches them with it
 own hardened settings); the agent's state directory is bind-mounted at the same
 path, because the engine resolves a job's bind mounts on the host. The agent uses
 the host's network so it reaches the broker at the same address as the autoscaler.
+The broker and result-backend URLs (secrets: they hold the Redis password) never go
+into an agent container's environment: they are written to 0600 files in the
+private directory ``<state_dir>/.secrets-<prefix>`` and bind-mounted read-only under
+``/run/jobyard``, and the agent gets only ``JOBYARD_BROKER_URL_FILE`` (and
+``JOBYARD_RESULT_BACKEND_FILE``). The agent therefore runs as the autoscaler's uid
+(or root), as it must anyway to write the state directory the autoscaler made.
 Containers carry the label ``jobyard.autoscaler=<prefix>``, so a restarted
 autoscaler finds its hosts again.
 """
@@ -23,11 +29,13 @@ import requests.exceptions
 
 from ..errors import ProviderError
 from ..shape import HostShape
-from . import Host, HostProvider, agent_options
+from . import Host, HostProvider, agent_options, without_secrets, write_secrets
 
 LABEL_POOL = "jobyard.autoscaler"
 LABEL_HOST = "jobyard.host"
 SOCKET = "/var/run/docker.sock"
+#: Where an agent container finds its secret files.
+SECRETS_MOUNT = "/run/jobyard"
 #: Seconds a removed agent gets for its warm shutdown before the engine kills it.
 STOP_TIMEOUT = 30
 _DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
@@ -82,12 +90,12 @@ class DockerProvider(HostProvider):
     def _start(self, name: str) -> Host:
         command = [*self.command, *agent_options(name, self.shape, self.queues, self.state_dir, self.agent_args)]
         host_dir = os.path.join(self.state_dir, name)
-        environment = {**{k: v for k, v in os.environ.items() if k.startswith("JOBYARD_")}, **self.environment}
+        volumes = {SOCKET: {"bind": SOCKET, "mode": "rw"}, host_dir: {"bind": host_dir, "mode": "rw"}}
         try:
+            environment = self._environment(volumes)
             container = self.docker.containers.run(
                 self.image, command, name=f"jobyard-host-{name}", detach=True, network_mode="host",
-                labels={LABEL_POOL: self.prefix, LABEL_HOST: name}, environment=environment,
-                volumes={SOCKET: {"bind": SOCKET, "mode": "rw"}, host_dir: {"bind": host_dir, "mode": "rw"}},
+                labels={LABEL_POOL: self.prefix, LABEL_HOST: name}, environment=environment, volumes=volumes,
                 group_add=[str(os.stat(SOCKET).st_gid)], user=self.user, init=True,
                 # The agent needs only the socket and its state dir: nothing else is writable.
                 read_only=True, tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"}, cap_drop=["ALL"],
@@ -95,6 +103,18 @@ class DockerProvider(HostProvider):
         except (OSError, *_DOCKER_ERRORS) as exc:
             raise ProviderError(f"cannot start agent container {name} from {self.image}: {exc}") from exc
         return Host(name, time.time(), container.id)
+
+    def _environment(self, volumes: dict) -> dict[str, str]:
+        """The agent's environment: this process's JOBYARD_* settings with each secret
+        replaced by the path of its file, whose mount is added to ``volumes``."""
+        settings = {**{k: v for k, v in os.environ.items() if k.startswith("JOBYARD_")}, **self.environment}
+        environment = without_secrets(settings)
+        secrets_dir = os.path.join(self.state_dir, f".secrets-{self.prefix}")
+        for variable, source in write_secrets(settings, secrets_dir).items():
+            target = f"{SECRETS_MOUNT}/{os.path.basename(source)}"
+            volumes[source] = {"bind": target, "mode": "ro"}
+            environment[variable] = target
+        return environment
 
     def _containers(self, labels: dict[str, str] | None = None) -> list:
         wanted = [f"{LABEL_POOL}={self.prefix}"] + [f"{k}={v}" for k, v in (labels or {}).items()]

@@ -3,7 +3,9 @@
 Each host is an agent process with its own hostname, capacity slice and state
 directory. A pidfile per host in ``state_dir`` lets a restarted autoscaler find
 its agents again; a pid counts only while ``/proc/<pid>/cmdline`` still names the
-host, so a reused pid is never mistaken for an agent.
+host, so a reused pid is never mistaken for an agent. Agents get the broker and
+result-backend URLs as ``JOBYARD_*_FILE`` paths of 0600 files in
+``state_dir/.secrets``, not in their environment.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from tasks.units import format_memory
 
 from ..errors import ProviderError
 from ..shape import HostShape
-from . import Host, HostProvider, agent_options
+from . import Host, HostProvider, agent_options, without_secrets, write_secrets
 
 #: Seconds a removed agent gets for its warm shutdown before SIGKILL.
 STOP_TIMEOUT = 30.0
@@ -78,8 +80,9 @@ class LocalProvider(HostProvider):
         command = [sys.executable, "-m", "tasks.cli", "agent",
                    *agent_options(name, self.shape, self.queues, self.state_dir, self.agent_args)]
         try:
+            env = {**without_secrets(self.env), **write_secrets(self.env, os.path.join(self.state_dir, ".secrets"))}
             with open(os.path.join(self.state_dir, f"{name}.log"), "ab") as log:
-                process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                            stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
             raise ProviderError(f"cannot start agent {name}: {exc}") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
 import shutil
 import threading
 
@@ -47,6 +48,15 @@ def fleet(redis_server, redis_client, docker_client, python_image):
     yield make
     for one in made:
         one.stop()
+
+
+@pytest.fixture
+def acl_user(redis_client, redis_server):
+    """An ACL user with a password on the session's Redis: (name, password, URL of db 0)."""
+    name, password = f"{SESSION}-u{next(_names)}", f"pw-{secrets.token_hex(12)}"
+    redis_client.execute_command("ACL", "SETUSER", name, "on", f">{password}", "~*", "&*", "+@all", "-@dangerous")
+    yield name, password, f"redis://{name}:{password}@127.0.0.1:{redis_server.port}/0"
+    redis_client.execute_command("ACL", "DELUSER", name)
 
 
 @pytest.fixture

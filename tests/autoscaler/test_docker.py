@@ -55,3 +55,37 @@ def test_agent_container_runs_jobs_and_is_removed(pool, docker_client, redis_cli
     assert pool.hosts() == []
     assert not docker_client.containers.list(all=True, filters={"id": host.id})
     wait_for(lambda: not redis_client.exists(f"jobyard:agent:{host.name}"), 15, message="the agent state withdrawn")
+
+
+def test_agent_containers_get_the_broker_password_in_a_file_not_their_environment(
+        pool, docker_client, redis_client, acl_user, monkeypatch, tmp_path):
+    from sample_jobs import add
+
+    user, password, url = acl_user
+    backend = tmp_path / "backend-url"
+    backend.write_text(url.replace("/0", "/1") + "\n")
+    backend.chmod(0o600)
+    monkeypatch.setenv("JOBYARD_BROKER_URL", url)
+    monkeypatch.setenv("JOBYARD_RESULT_BACKEND_FILE", str(backend))
+    (host,) = pool.add(1)
+    container = docker_client.containers.get(host.id)
+    config = container.attrs["Config"]
+    shown = json.dumps({"env": config["Env"], "cmd": config["Cmd"], "labels": config["Labels"],
+                        "entrypoint": config["Entrypoint"]})
+    assert password not in shown, "docker inspect shows the broker password"
+    env = dict(variable.partition("=")[::2] for variable in config["Env"])
+    assert "JOBYARD_BROKER_URL" not in env and "JOBYARD_RESULT_BACKEND" not in env
+    mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
+    for name in ("JOBYARD_BROKER_URL_FILE", "JOBYARD_RESULT_BACKEND_FILE"):
+        assert mounts[env[name]]["RW"] is False, f"{name} must be mounted read-only"
+        assert os.stat(mounts[env[name]]["Source"]).st_mode & 0o077 == 0, f"{name} must be mode 0600"
+
+    def connected():
+        container.reload()
+        assert container.status != "exited", container.logs()[-3000:].decode(errors="replace")
+        users = {client.get("user") for client in redis_client.client_list()}
+        return redis_client.exists(f"jobyard:agent:{host.name}") and user in users
+
+    wait_for(connected, 60, message="the agent container to connect as the ACL user")
+    assert add.apply_async((2, 3), queue="dk-" + SESSION, cpus=0.5).get(timeout=60) == 5
+    assert password not in container.logs().decode(errors="replace"), "the agent logged the password"

@@ -148,11 +148,24 @@ def compose_stack(docker_client, jobyard_image):
         "JOBYARD_AUTOSCALE_MIN": "1",
         "JOBYARD_AUTOSCALE_MAX": "1",
     }
+    for name, host in (("broker-url", "redis"), ("host-broker-url", "127.0.0.1")):
+        port = "6379" if host == "redis" else settings["JOBYARD_REDIS_PORT"]
+        settings[f"JOBYARD_{name.upper().replace('-', '_')}_SECRET"] = write_secret(
+            workdir, name, f"redis://:{settings['JOBYARD_REDIS_PASSWORD']}@{host}:{port}/0\n")
     stack = ComposeStack(f"jobyard-{SESSION}", workdir, settings)
     stack.write_env()
     yield stack
     stack.down(docker_client)
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def write_secret(workdir: str, name: str, content: str) -> str:
+    """A secret file as deploy/compose.env.example says: mode 0600, owned by the image's user."""
+    path = os.path.join(workdir, name)
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        handle.write(content)
+    os.chown(path, IMAGE_UID, IMAGE_UID)
+    return path
 
 
 def submit(stack: ComposeStack, script: str, timeout: float = 240) -> dict:

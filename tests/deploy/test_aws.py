@@ -106,3 +106,9 @@ def test_user_data_parses_and_installs_the_shipped_agent_unit(template, tmp_path
     assert result.returncode == 0, result.stderr
     assert "--hostname %s" in script and "instance-id" in script, "agents are named by instance id"
     assert "systemctl enable --now jobyard-agent.service" in script
+
+
+def test_the_broker_url_goes_to_a_private_file_not_the_environment_file(template):
+    script = user_data(template)
+    assert "> /etc/jobyard/broker-url" in script and "umask 077" in script
+    assert "JOBYARD_BROKER_URL=" not in script, "the broker URL must not be in /etc/jobyard/jobyard.env"

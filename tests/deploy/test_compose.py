@@ -101,6 +101,15 @@ def test_the_autoscaler_adds_an_agent_host_that_joins(stack, docker_client):
     assert [c.name for c in stack.autoscaled_hosts(docker_client)] == [f"jobyard-host-{added}"]
 
 
+def test_no_jobyard_container_holds_the_redis_password_in_its_environment(stack, docker_client):
+    password = stack.settings["JOBYARD_REDIS_PASSWORD"]
+    jobyard = [c for c in stack.containers(docker_client) if c.labels["com.docker.compose.service"] != "redis"]
+    for container in jobyard + stack.autoscaled_hosts(docker_client):
+        config = container.attrs["Config"]
+        assert password not in json.dumps([config["Env"], config["Cmd"], config["Labels"]]), container.name
+        assert any(v.startswith("JOBYARD_BROKER_URL_FILE=") for v in config["Env"]), container.name
+
+
 def test_jobs_from_this_host_come_back_and_an_oom_is_reported(stack, docker_client):
     agents = {stack.agent_name, f"{stack.autoscaler_prefix}-0"}
     outcome = submit(stack, JOBS)

@@ -84,3 +84,14 @@ def test_the_agent_may_use_docker_and_its_state_dir():
     assert "SupplementaryGroups=docker" in text and "StateDirectory=jobyard" in text
     assert "--state-dir /var/lib/jobyard" in text
     assert "UMask=0022" in text, "job input files must be readable by the job's uid"
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_units_get_the_broker_url_as_a_credential_not_in_their_environment(name):
+    with open(os.path.join(UNITS_DIR, name)) as handle:
+        text = handle.read()
+    assert "LoadCredential=broker-url:/etc/jobyard/broker-url" in text
+    assert "Environment=JOBYARD_BROKER_URL_FILE=%d/broker-url" in text
+    with open(os.path.join(UNITS_DIR, "jobyard.env.example")) as handle:
+        settings = [line.split("=", 1)[0] for line in handle if line.strip() and not line.startswith("#")]
+    assert "JOBYARD_BROKER_URL" not in settings, "the broker URL must not be in the units' environment file"
