@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import JobError
+from .errors import SettingsError
 from .security import Signing, tls_url
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -31,12 +31,6 @@ DEFAULT_MAX_PAYLOAD = 1024 * 1024
 SECRET_VARIABLES = ("JOBYARD_BROKER_URL", "JOBYARD_RESULT_BACKEND")
 
 
-class ConfigError(JobError, ValueError):
-    """A setting cannot be read; the message names the variable, never a secret's value."""
-
-    reason = "config"
-
-
 def read_secret(environ, name: str) -> str | None:
     """The value of ``name``, or the content of the file ``<name>_FILE`` names
     (less one trailing newline); None when neither is set."""
@@ -45,17 +39,17 @@ def read_secret(environ, name: str) -> str | None:
     if not path:
         return environ.get(name) or None
     if environ.get(name):
-        raise ConfigError(f"{name} and {variable} are both set: set one of them")
+        raise SettingsError(f"{name} and {variable} are both set: set one of them")
     try:
         with open(path, encoding="utf-8") as handle:
             value = handle.read()
     except OSError as exc:
-        raise ConfigError(f"{variable}: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+        raise SettingsError(f"{variable}: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{variable}: cannot read {path}: not UTF-8 text") from None
+        raise SettingsError(f"{variable}: cannot read {path}: not UTF-8 text") from None
     value = value.removesuffix("\n")
     if not value:
-        raise ConfigError(f"{variable}: {path} is empty")
+        raise SettingsError(f"{variable}: {path} is empty")
     return value
 
 

@@ -25,6 +25,10 @@ class JobyardError(Exception):
     """Root of every error jobyard raises: job outcomes, agent and autoscaler errors."""
 
 
+class SettingsError(JobyardError, ValueError):
+    """A ``JOBYARD_*`` setting cannot be read; the message names the variable, never a secret's value."""
+
+
 class JobError(JobyardError):
     """Root of every error a job can end with."""
 
@@ -134,6 +138,7 @@ class BackendError(JobError):
 
 __all__ = [
     "JobyardError",
+    "SettingsError",
     "JobError",
     "InvalidJobSpec",
     "PayloadTooLarge",

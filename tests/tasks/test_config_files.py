@@ -5,8 +5,11 @@ import os
 
 import pytest
 
-from tasks.config import ConfigError, Settings, read_secret, redact
-from tasks.errors import JobError
+from tasks.config import Settings, read_secret, redact
+from tasks.errors import JobyardError
+from tasks.errors import SettingsError as ConfigError
+
+pytestmark = pytest.mark.pure
 
 SECRET = "redis://agent:s3cret-pw@redis.internal:6379/0"
 
@@ -56,7 +59,7 @@ def test_a_bad_secret_file_is_a_clear_error_that_never_shows_the_secret(tmp_path
     env = {name: value.format(dir=tmp_path) for name, value in env.items()}
     with pytest.raises(ConfigError) as caught:
         Settings.from_env(env)
-    assert isinstance(caught.value, JobError), "one error root: tasks.errors.JobError"
+    assert isinstance(caught.value, JobyardError), "one error root: tasks.errors.JobyardError"
     assert message.format(dir=tmp_path) in str(caught.value), problem
     assert "s3cret" not in repr(caught.value.args), f"{problem}: the error shows the secret"
 

@@ -6,6 +6,8 @@ from tasks.errors import (BackendError, ContainerOOMKilled, HostLost, ImageNotFo
                           JobRejected, JobTimeout, Revoked)
 from tasks.failure import MAX_TEXT_BYTES, failure_text
 
+pytestmark = pytest.mark.pure
+
 MI = 1024 * 1024
 WHERE = {"container_id": "abc123def456789", "image": "jobyard/python:latest", "host": "h1", "attempt": 1}
 REMOTE = 'Traceback (most recent call last):\n  File "/app/reports.py", line 3, in grade\nValueError: no\n'

@@ -5,6 +5,8 @@ import pytest
 from tasks.errors import InvalidJobSpec
 from tasks.ids import MAX_TASK_ID, check_task_id, task_id_problem
 
+pytestmark = pytest.mark.pure
+
 VALID = ["0b6c3f1e-8a9e-4a53-9d1e-1f2a3b4c5d6e", "a", "job.1", "a:b_c-d", "x" * MAX_TASK_ID, "A.."]
 INVALID = ["", ".hidden", ".", "..", "../x", "a/../../b", "/abs", "a/b", "x" * (MAX_TASK_ID + 1),
            "caf\u00e9", "\u0661\u0662", "a\x00b", "a b", "a\nb", "ok\n", "a\\b", None, 7, b"bytes"]
