@@ -38,8 +38,10 @@ sweep rings when it requeues; jobyard's own requeues call :func:`ring`.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
+from importlib.resources import files
 from queue import Empty
 from time import monotonic, time
 from typing import Any, Callable
@@ -55,6 +57,17 @@ from . import keys
 
 log = logging.getLogger(__name__)
 
+
+def _script(name: str) -> str:
+    """The text of the Lua script ``tasks/lua/<name>``.
+
+    Scripts run by EVAL with their text, never by SHA alone: a server that lost its
+    script cache (SCRIPT FLUSH, a restart, a failover to a replica) runs them all the
+    same, on every path (the poll connection's raw take included).
+    """
+    return files(__package__).joinpath("lua", name).read_text(encoding="utf-8")
+
+
 #: Doorbell entries kept per queue: enough to wake every consumer, never a backlog.
 BELL_CAP = 256
 
@@ -68,154 +81,18 @@ NOTHING_FITS_WAIT = 0.5
 #: while it has any free capacity).
 RESERVATION_LIFETIME = 30.0
 
-#: KEYS: unacked hash, unacked index, the skipped set, the queue lists in order, per
-#: list its queue's reservations hash (:func:`tasks.keys.reservations`), then the
-#: queues' doorbells. ARGV: now (kombu scores the index with the consumer's clock),
-#: the number of lists, the look-ahead depth (0: take the oldest, unsized), free cpus
-#: and memory, host cpus and memory, the backfill bound (seconds), the spec and
-#: memory-scale header names, this consumer's host name, the agent state key prefix,
-#: how long a reservation lives unrefreshed (seconds), then per list the largest
-#: host's cpus and memory for its queue and how many hosts may reserve in it at once.
-#:
-#: Returns {list key, raw item, delivery tag or false} for a message taken; false
-#: (nil) when every list is empty, after deleting the queues' doorbells; 0 when
-#: nothing within the look-ahead fits the free capacity; 1 when this host is reserved
-#: for a message that could run here and has been passed over for longer than the
-#: bound, so it takes nothing until that one fits. Taken, in this order: a message
-#: the script cannot size (the consumer screens it), one larger than every host (the
-#: consumer rejects it), one that fits the free capacity. The record is kombu's own
-#: ``[payload, exchange, routing_key]`` with the payload's text kept byte for byte,
-#: written before the removal: Redis does not roll a failed script back, and on a
-#: full ``noeviction`` server the record is what fails.
-#:
-#: Reservations: a passed-over message past the bound is reserved by the first host
-#: that could run it and looks at it then, unless that host already holds a
-#: reservation in the queue or the queue has as many live ones as it may. Other
-#: hosts keep backfilling around it. A reservation is live while its holder's state
-#: key exists and the holder saw the message within the reservation's lifetime.
-TAKE = """local now = tonumber(ARGV[1])
-local lists = tonumber(ARGV[2])
-local depth = tonumber(ARGV[3])
-local me, agents, lifetime = ARGV[11], ARGV[12], tonumber(ARGV[13])
-local function take(i, index, item, message)
-  local key = KEYS[3 + i]
-  local tag = false
-  if type(message) == 'table' and type(message.properties) == 'table' then
-    local properties = message.properties
-    local info = properties.delivery_info
-    if type(properties.delivery_tag) == 'string' and type(info) == 'table'
-        and type(info.exchange) == 'string' and type(info.routing_key) == 'string' then
-      tag = properties.delivery_tag
-      redis.call('HSET', KEYS[1], tag,
-        '[' .. item .. ',' .. cjson.encode(info.exchange) .. ',' .. cjson.encode(info.routing_key) .. ']')
-      redis.call('ZADD', KEYS[2], now, tag)
-      redis.call('ZREM', KEYS[3], tag)
-      redis.call('HDEL', KEYS[3 + lists + i], tag)
-    end
-  end
-  if index == -1 then
-    redis.call('RPOP', key)
-  else
-    redis.call('LSET', key, index, '__jobyard_taking__')
-    redis.call('LREM', key, -1, '__jobyard_taking__')
-  end
-  return {key, item, tag}
-end
-local function holder_of(entry)
-  if not entry then return nil end
-  local holder, seen = string.match(entry, '^(.*) ([^ ]+)$')
-  if holder and now - tonumber(seen) < lifetime and redis.call('EXISTS', agents .. holder) == 1 then
-    return holder
-  end
-  return nil
-end
-local function reserve(reservations, tag, cap)
-  local entries = redis.call('HGETALL', reservations)
-  local live = 0
-  for n = 1, #entries, 2 do
-    local holder = holder_of(entries[n + 1])
-    if holder == me then return false end
-    if holder then live = live + 1 else redis.call('HDEL', reservations, entries[n]) end
-  end
-  if live >= cap then return false end
-  redis.call('HSET', reservations, tag, me .. ' ' .. now)
-  return true
-end
-local seen = false
-for i = 1, lists do
-  local key = KEYS[3 + i]
-  local items = redis.call('LRANGE', key, -math.max(depth, 1), -1)
-  local count = #items
-  for n = count, 1, -1 do
-    seen = true
-    local item, index = items[n], n - count - 1
-    local ok, message = pcall(cjson.decode, item)
-    if not ok then message = nil end
-    if depth == 0 then return take(i, index, item, message) end
-    local headers = type(message) == 'table' and message.headers
-    local spec = type(headers) == 'table' and headers[ARGV[9]]
-    if type(spec) ~= 'table' or type(spec.cpus) ~= 'number' or type(spec.memory) ~= 'number' then
-      return take(i, index, item, message)
-    end
-    local cpus, memory = spec.cpus, spec.memory
-    local scale = tonumber(headers[ARGV[10]])
-    if scale and scale > 1 then
-      memory = math.min(math.floor(memory * scale), tonumber(spec.retry_memory_max) or memory * 1024)
-    end
-    if cpus > tonumber(ARGV[11 + 3 * i]) + 1e-9 or memory > tonumber(ARGV[12 + 3 * i]) then
-      return take(i, index, item, message)
-    end
-    if cpus <= tonumber(ARGV[4]) + 1e-9 and memory <= tonumber(ARGV[5]) then
-      return take(i, index, item, message)
-    end
-    local tag = type(message.properties) == 'table' and message.properties.delivery_tag
-    if cpus <= tonumber(ARGV[6]) + 1e-9 and memory <= tonumber(ARGV[7]) and type(tag) == 'string' then
-      local first = tonumber(redis.call('ZSCORE', KEYS[3], tag))
-      if not first then
-        redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 86400)
-        redis.call('ZADD', KEYS[3], now, tag)
-        first = now
-      end
-      local reservations = KEYS[3 + lists + i]
-      local holder = holder_of(redis.call('HGET', reservations, tag))
-      if holder == me then
-        redis.call('HSET', reservations, tag, me .. ' ' .. now)
-        return 1
-      end
-      if not holder and now - first >= tonumber(ARGV[8])
-          and reserve(reservations, tag, tonumber(ARGV[13 + 3 * i])) then
-        return 1
-      end
-    end
-  end
-end
-if not seen then
-  for i = 4 + 2 * lists, #KEYS do
-    redis.call('DEL', KEYS[i])
-  end
-  return false
-end
-return 0
-"""
+#: Take one message that fits and record it as unacknowledged in the same step. Its
+#: KEYS, ARGV, reply and the keys it touches are documented in ``tasks/lua/take.lua``;
+#: :func:`take_arguments` builds them.
+TAKE = _script("take.lua")
 
 
 #: Seconds a publish is remembered (:data:`PUBLISH`): longer than any publish retry.
 PUBLISHED_TTL = 600
 
-#: KEYS: the queue list, its doorbell, and (for a task message) the publish's marker.
-#: ARGV: the message, the doorbell cap, the marker's TTL. A publisher whose reply was
-#: lost (Redis died just after executing it) retries the publish; the marker, named
-#: by task id and retry number, makes that retry a no-op instead of a second job.
-#: Returns 1 if queued, 0 if it was already.
-PUBLISH = """
-if KEYS[3] and not redis.call('SET', KEYS[3], 1, 'NX', 'EX', ARGV[3]) then
-  return 0
-end
-redis.call('LPUSH', KEYS[1], ARGV[1])
-redis.call('LPUSH', KEYS[2], 1)
-redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
-return 1
-"""
+#: Queue a message and ring its doorbell, at most once per task id and retry number:
+#: see ``tasks/lua/publish.lua``.
+PUBLISH = _script("publish.lua")
 
 
 @dataclass(frozen=True)
@@ -241,19 +118,24 @@ def take_arguments(fixed: list[str], lists: list[tuple[str, str]], reservations:
                    limits: TakeLimits | None, spec_header: str | None = None,
                    scale_header: str | None = None) -> tuple[list, list]:
     """KEYS and ARGV of :data:`TAKE`: ``fixed`` is [unacked, unacked index, skipped];
-    ``lists`` pairs each list key with its queue, in the order to look at them;
+    ``lists`` pairs each queue with its list key, in the order to look at them;
     ``reservations`` is each list's queue's reservations hash, in the same order."""
     if limits is None or not spec_header:
-        sizing, per_list = [0, 0, 0, 0, 0, 0, "", "", "", "", 0], [0, 0, 0] * len(lists)
+        sizing = [0, 0, 0, 0, 0, 0, "", "", "", "", 0]
+        per_list = [{"cpus": 0, "memory": 0, "reserving": 0} for _ in lists]
     else:
         sizing = [LOOK_AHEAD, limits.free_cpus, limits.free_memory, limits.host_cpus, limits.host_memory,
                   limits.bound, spec_header, scale_header or "", limits.holder, keys.agent(""),
                   RESERVATION_LIFETIME]
         own = (limits.host_cpus, limits.host_memory)
-        per_list = [v for queue, _ in lists
-                    for v in (*limits.largest.get(queue, own), limits.reserving.get(queue, 1))]
+        per_list = [_largest(limits.largest.get(queue, own), limits.reserving.get(queue, 1)) for queue, _ in lists]
     script_keys = [*fixed, *(key for _, key in lists), *reservations, *bells]
-    return script_keys, [time(), len(lists), *sizing, *per_list]
+    return script_keys, [time(), len(lists), *sizing, json.dumps(per_list)]
+
+
+def _largest(host: tuple[float, int], reserving: int) -> dict:
+    """One entry of :data:`TAKE`'s per-list ARGV: the largest host and the reservation cap."""
+    return {"cpus": host[0], "memory": host[1], "reserving": reserving}
 
 
 def ring(pipe, queue: str) -> Any:

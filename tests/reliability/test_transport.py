@@ -279,3 +279,37 @@ def test_acknowledging_through_a_closed_channel_leaves_the_record_instead_of_rai
     message.channel.basic_reject(message.delivery_tag, requeue=True)
     # Still recorded or back on its queue: either way the job is not lost.
     assert client.hlen("unacked") + client.llen("closing") == 1
+
+
+def test_publish_and_take_run_after_the_server_lost_its_script_cache(client, connection):
+    # SCRIPT FLUSH is what a restart or a failover to a replica leaves: scripts run
+    # earlier on this same connection must still run, not fail with NOSCRIPT.
+    queue = Queue("flushed", Exchange("flushed"), "flushed")
+    with connection.Producer() as producer:
+        for n in (1, 2):
+            producer.publish({"n": n}, exchange=queue.exchange, routing_key="flushed", declare=[queue],
+                             headers={"id": f"flushed-{n}"})
+            got = received(connection, "flushed", timeout=5)
+            assert [m.payload for m in got] == [{"n": n}]
+            got[0].ack()
+            client.script_flush()
+    assert client.hlen("unacked") == 0 and client.exists(keys.published("flushed-2", 0))
+
+
+def deliverable(payload: dict) -> dict:
+    """``payload`` with its body base64-encoded, as its envelope says, so a consumer can decode it."""
+    return {**payload, "body": base64.b64encode(payload["body"].encode()).decode()}
+
+
+def test_a_sized_take_reserves_after_the_server_lost_its_script_cache(client, server):
+    alive(client, "a")
+    options = {"take_limits": lambda queues: limits(holder="a", bound=0)}
+    with Connection(server.url, transport="redis-jobyard", transport_options=options) as sized:
+        sized.default_channel.spec_header = SPEC_HEADER
+        queued(client, deliverable(job("q", 0.25, 64)))
+        assert [m.body for m in received(sized, "q", 5)] == [b"0.25/64"]
+        client.script_flush()
+        big = deliverable(job("q", 0.5, 900))
+        queued(client, big)
+        assert received(sized, "q", 1.5) == []  # 900Mi does not fit 512Mi free: this host reserves for it
+    assert client.hget(keys.reservations("q"), big["properties"]["delivery_tag"]).startswith("a ")
