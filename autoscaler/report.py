@@ -24,6 +24,8 @@ log = logging.getLogger("autoscaler")
 
 #: Decisions kept in Redis.
 DECISIONS_KEPT = 100
+#: Seconds the decisions are kept after the latest one.
+DECISIONS_TTL = 7 * 24 * 3600
 #: Seconds an unfit reason outlives the last poll that saw the job.
 UNFIT_TTL = 60
 
@@ -83,6 +85,7 @@ class RedisReporter:
         pipe = self.redis.pipeline()
         pipe.lpush(keys.DECISIONS, json.dumps(entry))
         pipe.ltrim(keys.DECISIONS, 0, DECISIONS_KEPT - 1)
+        pipe.expire(keys.DECISIONS, DECISIONS_TTL)
         pipe.execute()
 
     def _unfit(self, tick: Tick) -> None:

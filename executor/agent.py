@@ -48,6 +48,11 @@ HOUSEKEEPING_DOCKER_TIMEOUT = 10
 STATE_TTL_SECONDS = 10
 #: How long facts and logs of a finished job are kept (matches result_expires).
 FACTS_TTL_SECONDS = 7 * 24 * 3600
+#: A wake ring is worth a look for this long: a consumer looks again within its
+#: doorbell wait (1 s) anyway, so a ring left by a dead agent only has to go.
+WAKE_TTL_SECONDS = 10
+#: Skipped-set entries older than this are swept (the take script's own bound).
+SKIPPED_RETENTION_SECONDS = 86400
 
 
 def default_state_dir() -> str:
@@ -320,6 +325,18 @@ class Agent:
             "pid": os.getpid(),
         }
 
+    def _sweep_shared(self, pipe, now: float) -> None:
+        """Queue the sweeps of shared keys on ``pipe``: hosts silent past the retention
+        leave AGENTS, and the keys the take script writes without a TTL get one, renewed
+        while any agent lives (see :mod:`tasks.keys`)."""
+        pipe.zremrangebyscore(keys.AGENTS, "-inf", now - keys.AGENTS_RETENTION)
+        pipe.expire(keys.AGENTS, keys.AGENTS_RETENTION)
+        pipe.zremrangebyscore(keys.SKIPPED, "-inf", now - SKIPPED_RETENTION_SECONDS)
+        pipe.expire(keys.SKIPPED, keys.AGENTS_RETENTION)
+        for queue in self.config.queues:
+            pipe.expire(keys.reservations(queue), keys.AGENTS_RETENTION)
+            pipe.expire(keys.bell(queue), keys.AGENTS_RETENTION)
+
     def publish(self, wake: bool = False) -> None:
         """Write this agent's state to Redis with a TTL (see :mod:`tasks.keys`).
 
@@ -331,8 +348,10 @@ class Agent:
             pipe = self.redis.pipeline()
             pipe.set(keys.agent(self.name), json.dumps(state), ex=STATE_TTL_SECONDS)
             pipe.zadd(keys.AGENTS, {self.name: state["heartbeat"]})
+            self._sweep_shared(pipe, state["heartbeat"])
             if wake:
                 transport.ring_key(pipe, keys.wake(self.name))
+                pipe.expire(keys.wake(self.name), WAKE_TTL_SECONDS)
             pipe.execute()
         except Exception as exc:  # noqa: BLE001 - Redis may be restarting; next beat retries
             log.warning("heartbeat failed: %s", exc)
@@ -389,7 +408,7 @@ class Agent:
         for loop in self.loops:
             loop.stop()
         try:
-            self.redis.delete(keys.agent(self.name))
+            self.redis.delete(keys.agent(self.name), keys.wake(self.name))
             self.redis.zrem(keys.AGENTS, self.name)
         except Exception as exc:  # noqa: BLE001
             log.warning("could not withdraw agent state: %s", exc)

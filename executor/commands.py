@@ -11,6 +11,7 @@ from tasks.units import parse_memory
 
 from .errors import AgentError
 from .placement import DEFAULT_MAX_WAIT
+from .policy import DEFAULT_MAX_PIDS
 
 
 def memory_option(_ctx, _param, value):
@@ -56,13 +57,17 @@ def queues_option(_ctx, _param, value):
 @click.option("--max-job-cpus", type=float, default=None, help="Largest CPU limit one job may ask for.")
 @click.option("--max-job-memory", callback=memory_option, default=None, help="Largest memory limit one job may ask for.")
 @click.option("--allow-network", is_flag=True, help="Let jobs ask for network='bridge'.")
+@click.option("--max-job-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Longest timeout (seconds) one job may ask for.")
+@click.option("--max-job-pids", type=click.IntRange(min=8), default=DEFAULT_MAX_PIDS, show_default=True,
+              help="Most processes one job may ask for.")
 @click.option("--state-dir", default=None, help="Where job input/output dirs live (JOBYARD_STATE_DIR).")
 @click.option("--max-job-file", callback=job_file_option, default="64Mi", show_default=True,
               help="Largest file a job may write (its result, and any file in /tmp): what it can put on the host.")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
 def agent(hostname, cpus, memory, queues, max_jobs, max_wait, slots, allowed_images, max_job_cpus, max_job_memory,
-          allow_network, state_dir, max_job_file, loglevel, metrics_port):
+          allow_network, max_job_timeout, max_job_pids, state_dir, max_job_file, loglevel, metrics_port):
     """Run an executor agent on this host."""
     from .agent import Agent, AgentConfig, default_state_dir
     from .capacity import Capacity
@@ -72,7 +77,8 @@ def agent(hostname, cpus, memory, queues, max_jobs, max_wait, slots, allowed_ima
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     policy = HostPolicy(allowed_images=tuple(allowed_images) or ("*",), max_cpus=max_job_cpus,
-                        max_memory=max_job_memory, allow_network=allow_network)
+                        max_memory=max_job_memory, allow_network=allow_network, max_timeout=max_job_timeout,
+                        max_pids=max_job_pids)
     config = AgentConfig(hostname=hostname or socket.gethostname(), capacity=Capacity.detect(cpus, memory),
                          queues=queues, policy=policy, state_dir=state_dir or default_state_dir(),
                          max_jobs=max_jobs, max_wait=max_wait, slots=slots, max_job_file=max_job_file)

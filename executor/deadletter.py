@@ -37,6 +37,8 @@ class DeadLetters:
         pipe.expire(keys.dead_job(task_id), KEEP_SECONDS)
         pipe.zadd(keys.DEAD, {task_id: now})
         pipe.zremrangebyrank(keys.DEAD, 0, -MAX_DEAD - 1)
+        pipe.zremrangebyscore(keys.DEAD, "-inf", now - KEEP_SECONDS)  # their hashes have expired
+        pipe.expire(keys.DEAD, KEEP_SECONDS)
         pipe.execute()
 
     def list(self, limit: int = 100) -> list[dict[str, Any]]:

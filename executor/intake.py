@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: Rejected messages kept, newest first.
 REJECTED_KEEP = 1000
+#: Seconds refused messages are kept after the latest refusal.
+REJECTED_TTL = 14 * 24 * 3600
 #: Bytes of each rejected raw message kept for inspection.
 SAMPLE_BYTES = 16 * 1024
 #: The default cap on one raw message, as a multiple of the call payload cap: the
@@ -209,7 +211,8 @@ class IntakeChannel(transport.Channel):
         try:
             with self.conn_or_acquire() as client:
                 client.pipeline().lpush(keys.rejected(), rejection(raw, reason, queue, self.intake_host)) \
-                    .ltrim(keys.rejected(), 0, REJECTED_KEEP - 1).execute()
+                    .ltrim(keys.rejected(), 0, REJECTED_KEEP - 1) \
+                    .expire(keys.rejected(), REJECTED_TTL).execute()
         except self.connection_errors as exc:
             log.warning("could not set the refused message aside: %s", exc)
 

@@ -101,7 +101,7 @@ def _wait(results):
 @click.option("--decisions", type=click.IntRange(1, 1000), default=10, show_default=True,
               help="Autoscaler decisions to show.")
 def status(as_json, queues, decisions):
-    """Queues, hosts, jobs that fit no host, and the autoscaler's decisions."""
+    """Queues, hosts, lost hosts, jobs that fit no host, and the autoscaler's decisions."""
     from .status import collect, render
 
     with _broker_errors():

@@ -1,9 +1,9 @@
-"""The fleet at a glance: queues, hosts, jobs that fit no host, autoscaler decisions.
+"""The fleet at a glance: queues, hosts, lost hosts, jobs that fit no host, autoscaler decisions.
 
 Everything is read from the broker's Redis without consuming anything: queue
 backlogs and demand through the autoscaler's metric source
 (:class:`autoscaler.metrics.BrokerMetrics`), hosts from the state every agent
-publishes, unfit jobs from what the autoscaler records plus what this module
+publishes (a host still registered whose state expired is lost), unfit jobs from what the autoscaler records plus what this module
 works out itself, and the autoscaler's latest decisions.
 """
 
@@ -60,6 +60,15 @@ class HostRow:
 
 
 @dataclass
+class LostHostRow:
+    """A host that stopped heartbeating: registered, but its published state expired."""
+
+    hostname: str
+    last_heartbeat: float
+    heartbeat_age: float
+
+
+@dataclass
 class UnfitRow:
     """A waiting job no host can hold, and why; ``source`` says who found out."""
 
@@ -78,6 +87,7 @@ class FleetStatus:
     broker: str
     queues: list[QueueRow] = field(default_factory=list)
     hosts: list[HostRow] = field(default_factory=list)
+    lost: list[LostHostRow] = field(default_factory=list)
     unfit: list[UnfitRow] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
 
@@ -91,9 +101,9 @@ def collect(client: redis.Redis, broker: str, queues: Iterable[str] = (),
     """Read the fleet's status from Redis (``broker`` is shown, already redacted)."""
     from autoscaler.metrics import BrokerMetrics
 
-    hosts = read_hosts(client)
+    hosts, lost = read_fleet(client)
     names = known_queues(client, hosts, queues)
-    status = FleetStatus(broker, hosts=hosts, decisions=read_decisions(client, decisions))
+    status = FleetStatus(broker, hosts=hosts, lost=lost, decisions=read_decisions(client, decisions))
     computed: list[UnfitRow] = []
     shape = _json(client.get(keys.AUTOSCALER_SHAPE))
     for queue in names:
@@ -120,18 +130,27 @@ def known_queues(client: redis.Redis, hosts: list[HostRow], extra: Iterable[str]
 
 def read_hosts(client: redis.Redis, now: float | None = None) -> list[HostRow]:
     """Every agent whose published state has not expired, by hostname."""
+    return read_fleet(client, now)[0]
+
+
+def read_fleet(client: redis.Redis, now: float | None = None) -> tuple[list[HostRow], list[LostHostRow]]:
+    """Live agents (published state not expired) and lost ones (registered in
+    :data:`tasks.keys.AGENTS`, state expired), each by hostname."""
     now = time.time() if now is None else now
-    names = client.zrange(keys.AGENTS, 0, -1)
+    registered = client.zrange(keys.AGENTS, 0, -1, withscores=True)
     draining = set(client.zrange(keys.DRAINING, 0, -1))
-    rows = []
-    for raw in client.mget([keys.agent(n) for n in names]) if names else []:
+    rows, lost = [], []
+    states = client.mget([keys.agent(name) for name, _ in registered]) if registered else []
+    for (name, beat), raw in zip(registered, states):
         state = _json(raw)
         if isinstance(state, dict) and "hostname" in state:
             rows.append(_host_row(state, draining, now))
+        else:
+            lost.append(LostHostRow(name, beat, max(0.0, now - beat)))
     holding = reservation_holders(client, sorted({q for row in rows for q in row.queues}), now)
     for row in rows:
         row.holding = holding.get(row.hostname, 0)
-    return sorted(rows, key=lambda row: row.hostname)
+    return sorted(rows, key=lambda row: row.hostname), sorted(lost, key=lambda row: row.hostname)
 
 
 def _host_row(state: dict[str, Any], draining: set[str], now: float) -> HostRow:
@@ -227,6 +246,10 @@ def render(status: FleetStatus, now: float | None = None) -> str:
               f"{h.holding} passed-over job{'s' if h.holding > 1 else ''}" if h.holding else "-",
               "yes" if h.draining else "no", f"{h.heartbeat_age:.0f}s ago") for h in status.hosts],
             empty="(no live agent)"),
+        "LOST HOSTS (stopped heartbeating)\n" + render_table(
+            ["host", "last heartbeat", "ago"],
+            [(h.hostname, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(h.last_heartbeat)) + " UTC",
+              f"{h.heartbeat_age:.0f}s") for h in status.lost]),
         "JOBS THAT FIT NO HOST\n" + render_table(
             ["task id", "queue", "reason", "source"],
             [(u.task_id, u.queue, u.reason, u.source) for u in status.unfit]),
