@@ -78,7 +78,7 @@ assemble_context() {
     local context="$WORK/context"
     mkdir -p "$context/deploy/wheels"
     cp "$ROOT/pyproject.toml" "$ROOT/README.md" "$context/"
-    cp -r "$ROOT/tasks" "$ROOT/executor" "$ROOT/autoscaler" "$context/"
+    cp -r "$ROOT/tasks" "$ROOT/executor" "$ROOT/autoscaler" "$ROOT/jobyard" "$context/"
     find "$context" -name __pycache__ -prune -exec rm -rf {} +
     cp "$ROOT/deploy/Dockerfile" "$context/deploy/"
     local version

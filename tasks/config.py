@@ -6,6 +6,7 @@
 ``JOBYARD_LEASE_SECONDS``  a running job's lease: its agent renews it every few
                             seconds; a job whose lease is this old is requeued (default 10)
 ``JOBYARD_MAX_PAYLOAD``     largest call payload in bytes (default 1 MiB)
+``JOBYARD_STATE_DIR``       agents' job input/output dirs (:func:`default_state_dir`)
 ``JOBYARD_BROKER_SSL_*``, ``JOBYARD_SIGNING_*``  TLS and message signing (:mod:`tasks.security`)
 
 A secret may come from a file instead: ``JOBYARD_BROKER_URL_FILE`` and
@@ -95,3 +96,11 @@ def redact(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def default_state_dir(environ: dict[str, str] | None = None) -> str:
+    """Where job input/output directories live (must be a path the engine can mount)."""
+    env = os.environ if environ is None else environ
+    if env.get("JOBYARD_STATE_DIR"):
+        return env["JOBYARD_STATE_DIR"]
+    return "/var/lib/jobyard" if os.geteuid() == 0 else os.path.expanduser("~/.local/state/jobyard")

@@ -141,6 +141,6 @@ def _created(container) -> float:
 
 
 def _default_state_dir() -> str:
-    from executor.agent import default_state_dir
+    from tasks.config import default_state_dir
 
     return os.path.join(default_state_dir(), "autoscaler")

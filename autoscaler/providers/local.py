@@ -77,7 +77,7 @@ class LocalProvider(HostProvider):
         self._forget(name)
 
     def _start(self, name: str) -> Host:
-        command = [sys.executable, "-m", "tasks.cli", "agent",
+        command = [sys.executable, "-m", "jobyard.cli", "agent",
                    *agent_options(name, self.shape, self.queues, self.state_dir, self.agent_args)]
         try:
             env = {**without_secrets(self.env), **write_secrets(self.env, os.path.join(self.state_dir, ".secrets"))}

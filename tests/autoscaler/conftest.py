@@ -188,7 +188,7 @@ def agent_image(docker_client):
             shutil.copy2(source, target)
     _bundle_libraries(code)
     shutil.copytree("/usr/share/zoneinfo", os.path.join(code, ".zoneinfo"), symlinks=True)
-    for package in ("tasks", "executor", "autoscaler"):
+    for package in ("tasks", "executor", "autoscaler", "jobyard"):
         shutil.copytree(os.path.join(ROOT, package), os.path.join(code, package),
                         ignore=shutil.ignore_patterns("__pycache__"))
     try:

@@ -19,7 +19,7 @@ def pool(docker_client, agent_image, python_image, redis_server):
     state_dir = temp_dir("jobyard-docker-hosts-")
     os.chmod(state_dir, 0o755)
     provider = DockerProvider(HostShape(1.0, 512 * 1024**2), agent_image, f"{SESSION}-dk", queues=("dk-" + SESSION,),
-                              state_dir=state_dir, command=("python3", "-m", "tasks.cli", "agent"), user="0:0",
+                              state_dir=state_dir, command=("python3", "-m", "jobyard.cli", "agent"), user="0:0",
                               environment=AGENT_IMAGE_ENV, client=docker_client)
     yield provider
     for container in docker_client.containers.list(all=True, filters={"label": f"{LABEL_POOL}={provider.prefix}"}):

@@ -72,7 +72,7 @@ class Cli:
     """``jobyard autoscale`` as a real process of its own."""
 
     def __init__(self, fleet, queue, log_name, *options):
-        self.command = [sys.executable, "-m", "tasks.cli", "autoscale", "--provider", "local",
+        self.command = [sys.executable, "-m", "jobyard.cli", "autoscale", "--provider", "local",
                         "--state-dir", fleet.state_dir, "--host-prefix", fleet.prefix, "--queues", queue,
                         "--host-cpus", "2", "--host-memory", "1Gi", "--agent-arg=--max-jobs", "--agent-arg=1",
                         "--poll", "0.5", "--cooldown", "0", *options]
@@ -133,6 +133,6 @@ def test_restart_mid_drain_removes_the_host_only_after_its_job(fleet, queue_name
     finally:
         cli.stop()
     png = tmp_path / "timeline.png"
-    subprocess.run([sys.executable, "-m", "tasks.cli", "autoscale", "plot", record, "-o", str(png)], check=True,
+    subprocess.run([sys.executable, "-m", "jobyard.cli", "autoscale", "plot", record, "-o", str(png)], check=True,
                    timeout=120)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

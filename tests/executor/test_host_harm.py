@@ -201,7 +201,7 @@ def test_result_over_the_file_limit_is_a_short_failure(agents):
 
 
 def test_max_job_file_below_result_cap_is_refused():
-    from executor.commands import agent
+    from jobyard.agent_command import agent
     from executor.container import MAX_RESULT_BYTES
 
     too_small = f"{MAX_RESULT_BYTES + MIB - 1}"

@@ -3,7 +3,7 @@
 import pytest
 from click.testing import CliRunner
 
-from executor.commands import agent as agent_command
+from jobyard.agent_command import agent as agent_command
 from executor.policy import DEFAULT_MAX_PIDS, HostPolicy
 from tasks import command_job
 from tasks.errors import JobRejected

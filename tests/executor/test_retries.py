@@ -6,8 +6,8 @@ import pytest
 from celery.result import AsyncResult
 from click.testing import CliRunner
 
+from jobyard.cli import main
 from tasks import command_job
-from tasks.cli import main
 from tasks.errors import JobFailed
 from tasks.state import job_facts
 from tests.conftest import BUSYBOX_IMAGE, wait_for

@@ -62,7 +62,7 @@ def start_flower(broker_url: str, user: str = "", password: str = "", *args: str
     env["JOBYARD_BROKER_URL"] = broker_url
     if user:
         env.update(JOBYARD_FLOWER_USER=user, JOBYARD_FLOWER_PASSWORD=password)
-    process = subprocess.Popen([sys.executable, "-m", "tasks.cli", "flower", "--port", str(port), *args],
+    process = subprocess.Popen([sys.executable, "-m", "jobyard.cli", "flower", "--port", str(port), *args],
                                env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
                                start_new_session=True)
     flower = FlowerProcess(f"http://127.0.0.1:{port}", user, password, process, log_path)

@@ -7,8 +7,8 @@ import time
 import pytest
 from click.testing import CliRunner
 
+from jobyard.cli import main
 from tasks import keys
-from tasks.cli import main
 from tests.conftest import BUSYBOX_IMAGE, PYTHON_IMAGE, wait_for
 
 
@@ -158,7 +158,7 @@ def test_logs_follow_a_running_job_to_its_end(obs_agent):
 
 
 def test_logs_of_a_job_on_another_host_wait_for_its_end(obs_agent, monkeypatch):
-    import tasks.logs
+    import jobyard.logs
     from tasks import command_job
 
     remote = command_job("obs.remote", image=BUSYBOX_IMAGE, memory="16Mi",
@@ -166,7 +166,7 @@ def test_logs_of_a_job_on_another_host_wait_for_its_end(obs_agent, monkeypatch):
     job = remote.delay()
     wait_for(lambda: _running_in_docker(job.id), timeout=20, message="the job's container")
     # From here on this machine's Docker does not have it: as if it ran elsewhere.
-    monkeypatch.setattr(tasks.logs, "local_container", lambda task_id: None)
+    monkeypatch.setattr(jobyard.logs, "local_container", lambda task_id: None)
     now = CliRunner().invoke(main, ["logs", job.id])
     assert now.exit_code == 0 and now.stdout == ""
     assert f"job {job.id} is running on {obs_agent.hostname}; its output is kept when it ends" in now.stderr
@@ -175,7 +175,7 @@ def test_logs_of_a_job_on_another_host_wait_for_its_end(obs_agent, monkeypatch):
 
 
 def _running_in_docker(task_id: str) -> bool:
-    from tasks.logs import local_container
+    from jobyard.logs import local_container
 
     container = local_container(task_id)
     return container is not None and container.status == "running"

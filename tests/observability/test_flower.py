@@ -8,7 +8,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from tasks.cli import main
+from jobyard.cli import main
 from tests.conftest import PYTHON_IMAGE, wait_for
 
 
@@ -105,14 +105,14 @@ def test_flower_refuses_a_half_configured_login(redis_server):
 
 
 def test_basic_auth_file_entries_must_be_user_colon_password(tmp_path):
-    from tasks.flower import load_credentials
+    from jobyard.flower import load_credentials
 
     path = tmp_path / "users"
     path.write_text("# operators\nalice:s3cr:et\nbob:pw\n")
     path.chmod(0o600)
     assert load_credentials(str(path), environ={}) == ("alice:s3cr:et", "bob:pw")
     path.write_text("no-colon-here\n")
-    result = subprocess.run([sys.executable, "-m", "tasks.cli", "flower", "--basic-auth-file", str(path)],
+    result = subprocess.run([sys.executable, "-m", "jobyard.cli", "flower", "--basic-auth-file", str(path)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "expected user:password" in result.stderr
     assert "no-colon-here" not in result.stderr, "a malformed entry may be a password: never echo it"

@@ -96,7 +96,7 @@ def _caller(env: dict):
 
 
 def _status_output(env: dict) -> str:
-    result = subprocess.run([sys.executable, "-m", "tasks.cli", "status"], env={**os.environ, **env}, cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "jobyard.cli", "status"], env={**os.environ, **env}, cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     return result.stdout + result.stderr
 

@@ -132,7 +132,7 @@ def _unacked_on(redis_client, queue: str) -> list:
 def test_refused_raw_message_is_kept_for_inspection(intake_agent, redis_client):
     from click.testing import CliRunner
 
-    from tasks.cli import main
+    from jobyard.cli import main
 
     raw = b"not a message " + uuid.uuid4().hex.encode()
     redis_client.lpush(QUEUE, raw)

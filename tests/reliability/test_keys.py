@@ -11,7 +11,7 @@ import redis
 from click.testing import CliRunner
 
 from tasks import keys
-from tasks.cli import main
+from jobyard.cli import main
 from tasks.config import Settings
 from tasks.errors import JobFailed, JobRejected
 from tests.conftest import PYTHON_IMAGE, SESSION, wait_for

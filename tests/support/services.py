@@ -86,7 +86,7 @@ class AgentProcess:
     extra: dict = field(default_factory=dict)
 
     def start(self, client: redis.Redis, timeout: float = 30.0) -> "AgentProcess":
-        command = [sys.executable, "-m", "tasks.cli", "agent", "--hostname", self.hostname, *self.args]
+        command = [sys.executable, "-m", "jobyard.cli", "agent", "--hostname", self.hostname, *self.args]
         self.process = subprocess.Popen(command, env=self.env, stdout=open(self.log_path, "ab"),
                                         stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout

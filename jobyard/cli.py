@@ -1,17 +1,17 @@
 """The ``jobyard`` command.
 
-Each part of jobyard owns its commands in its own module, which lists them in a
-module-level ``commands``; this group only collects them.
+Each command module of this package lists its commands in a module-level
+``commands``; this group only collects them.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import click
 
+from . import agent_command, autoscale_command, commands, dead, demo_command, image_command, rejected
+
 #: Modules whose ``commands`` become subcommands of ``jobyard``.
-COMMAND_MODULES = ("executor.commands", "autoscaler.commands", "tasks.commands")
+COMMAND_MODULES = (agent_command, image_command, demo_command, dead, rejected, autoscale_command, commands)
 
 
 @click.group()
@@ -21,8 +21,8 @@ def main():
 
 
 def _register() -> None:
-    for module_name in COMMAND_MODULES:
-        for command in importlib.import_module(module_name).commands:
+    for module in COMMAND_MODULES:
+        for command in module.commands:
             main.add_command(command)
 
 

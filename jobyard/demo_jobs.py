@@ -1,4 +1,4 @@
-"""The jobs ``jobyard demo`` runs. Baked into the demo image as ``executor.demo_jobs``."""
+"""The jobs ``jobyard demo`` runs. Baked into the demo image as ``jobyard.demo_jobs``."""
 
 from tasks import job
 

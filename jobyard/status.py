@@ -16,10 +16,11 @@ from typing import Any, Iterable
 
 import redis
 
-from . import keys
+from tasks import keys
+from tasks.transport import reservation_holders
+from tasks.units import format_memory
+
 from .table import render_table
-from .transport import reservation_holders
-from .units import format_memory
 
 #: Prefix of the sets in which kombu records each exchange's queue bindings.
 BINDING_PREFIX = "_kombu.binding."

@@ -1,19 +1,15 @@
-"""CLI commands of the autoscaler: ``jobyard autoscale`` and ``jobyard autoscale plot``."""
+"""``jobyard autoscale`` and ``jobyard autoscale plot``: options parsed here, the work in :mod:`autoscaler.run`."""
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
-import socket
-import threading
 
 import click
 
-# The agent's option parsers, so both commands read sizes and queue lists alike.
-from executor.commands import memory_option, queues_option
+from autoscaler.errors import AutoscalerError
 
-from .errors import AutoscalerError
+from .options import memory_option, queues_option
 
 
 @click.group(invoke_without_command=True)
@@ -51,73 +47,15 @@ def autoscale(ctx, **options):
     logging.basicConfig(level=options["loglevel"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if options["maximum"] is None:
         raise click.UsageError("--max is required")
+    if options["provider"] == "aws" and not options["asg_name"]:
+        raise click.UsageError("--asg-name is required for --provider aws")
+    from autoscaler.run import AutoscaleConfig, run_autoscaler
+
+    options.pop("loglevel")
     try:
-        _run(options)
+        run_autoscaler(AutoscaleConfig(**options))
     except AutoscalerError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-def _run(options: dict) -> None:
-    from tasks.app import app
-    from tasks.state import state_client
-
-    from .drain import Drainer
-    from .loop import Autoscaler, Policy
-    from .metrics import BrokerMetrics, ListLengthMetrics
-    from .report import DecisionLog, RedisReporter
-    from .strategy import BinPacking, ListLength
-    from .telemetry import Telemetry
-    from .timeline import TimelineWriter
-
-    client = state_client()
-    policy = Policy(minimum=options["minimum"], maximum=options["maximum"], poll=options["poll"],
-                    cooldown=options["cooldown"], stabilisation=options["stabilisation"],
-                    hysteresis=options["hysteresis"])
-    if options["signal_kind"] == "llen":
-        source, strategy = ListLengthMetrics(client, options["queues"]), ListLength(options["jobs_per_host"] or 5)
-    else:
-        source, strategy = BrokerMetrics(client, options["queues"]), BinPacking(options["jobs_per_host"])
-    provider = make_provider(options)
-    listeners = [DecisionLog(), RedisReporter(client, provider.shape, options["queues"], policy.poll)]
-    if options["record"]:
-        listeners.append(TimelineWriter(options["record"]))
-    if options["metrics_port"]:
-        telemetry = Telemetry()
-        telemetry.serve(options["metrics_port"])
-        listeners.append(telemetry)
-    autoscaler = Autoscaler(source, provider, Drainer(app, client), policy, strategy, listeners)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    logging.getLogger("autoscaler").info("autoscaling %s between %d and %d hosts", ",".join(options["queues"]),
-                                         policy.minimum, policy.maximum)
-    autoscaler.run(stop)
-
-
-def make_provider(options: dict):
-    """The host provider the options name."""
-    from .shape import HostShape
-
-    shape = HostShape(options["host_cpus"], options["host_memory"])
-    prefix = options.get("host_prefix") or socket.gethostname().split(".")[0]
-    if options["provider"] == "local":
-        from executor.agent import default_state_dir
-
-        from .providers.local import LocalProvider
-
-        state_dir = options.get("state_dir") or os.path.join(default_state_dir(), "autoscaler")
-        return LocalProvider(shape, state_dir, prefix, options["queues"], tuple(options.get("agent_args") or ()))
-    if options["provider"] == "docker":
-        from .providers.docker import DockerProvider
-
-        image = options.get("image") or os.environ.get("JOBYARD_AGENT_IMAGE") or "jobyard/jobyard:latest"
-        return DockerProvider(shape, image, prefix, options["queues"], tuple(options.get("agent_args") or ()),
-                              state_dir=options.get("state_dir"))
-    from .providers.aws import AwsProvider
-
-    if not options.get("asg_name"):
-        raise click.UsageError("--asg-name is required for --provider aws")
-    return AwsProvider(shape, options["asg_name"], region=options.get("region"))
 
 
 @autoscale.command("plot")
@@ -126,7 +64,7 @@ def make_provider(options: dict):
 @click.option("--title", default=None, help="Plot title.")
 def plot(timeline, output, title):
     """Render a ``--record`` timeline as a PNG."""
-    from .plot import plot_timeline
+    from autoscaler.plot import plot_timeline
 
     output = output or os.path.splitext(timeline)[0] + ".png"
     try:

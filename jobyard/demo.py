@@ -22,8 +22,9 @@ import redis
 from tasks.app import app, configure
 from tasks.config import Settings
 from tasks.errors import JobError
-from tasks.table import render_table
 from tasks.units import format_memory
+
+from .table import render_table
 
 Echo = Callable[[str], None]
 
@@ -73,12 +74,13 @@ def _broker(stack: ExitStack, echo: Echo) -> Settings:
 
 
 def _build_image(echo: Echo) -> None:
-    from .agent import connect_docker
+    from executor.agent import connect_docker
+    from executor.image import build_image
+
     from .demo_jobs import DEMO_IMAGE
-    from .image import build_image
 
     with tempfile.TemporaryDirectory(prefix="jobyard-demo-code-") as code:
-        package = os.path.join(code, "executor")
+        package = os.path.join(code, "jobyard")
         os.makedirs(package)
         open(os.path.join(package, "__init__.py"), "w").close()
         shutil.copy(os.path.join(os.path.dirname(__file__), "demo_jobs.py"), package)
@@ -89,7 +91,7 @@ def _start_agent(stack: ExitStack, settings: Settings, name: str, echo: Echo) ->
     state_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="jobyard-demo-state-"))
     log_file = stack.enter_context(tempfile.NamedTemporaryFile(prefix="jobyard-demo-agent-", suffix=".log"))
     process = subprocess.Popen(
-        [sys.executable, "-m", "tasks.cli", "agent", "--hostname", name, "--cpus", "2", "--memory", "1Gi",
+        [sys.executable, "-m", "jobyard.cli", "agent", "--hostname", name, "--cpus", "2", "--memory", "1Gi",
          "--state-dir", state_dir, "--loglevel", "WARNING"],
         env={**os.environ, "JOBYARD_BROKER_URL": settings.broker_url}, stdout=log_file, stderr=subprocess.STDOUT)
     stack.callback(_stop, process)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import click
 
-from .config import Settings, redact
+from tasks.config import Settings, redact
 
 log = logging.getLogger(__name__)
 

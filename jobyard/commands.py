@@ -1,7 +1,7 @@
 """CLI commands for callers and operators: submit, status, job, logs, flower.
 
-Each command only parses options and prints; the work is in :mod:`tasks.submit`,
-:mod:`tasks.status`, :mod:`tasks.facts`, :mod:`tasks.logs` and :mod:`tasks.flower`.
+Each command only parses options and prints; the work is in :mod:`jobyard.submit`,
+:mod:`jobyard.status`, :mod:`jobyard.facts`, :mod:`jobyard.logs` and :mod:`jobyard.flower`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from .config import Settings, redact
+from tasks.config import Settings, redact
 
 
 def _settings() -> Settings:
@@ -21,7 +21,7 @@ def _settings() -> Settings:
 
 
 def _client():
-    from .state import state_client
+    from tasks.state import state_client
 
     return state_client(_settings())
 
@@ -58,7 +58,8 @@ def submit(image, argv, name, memory, cpus, timeout, queue, count, wait):
     Prints the task ids; with --wait, one job's output, or for many a progress
     count and a summary table. Exits 1 if any job did not succeed.
     """
-    from .errors import InvalidJobSpec
+    from tasks.errors import InvalidJobSpec
+
     from .submit import submit as send
 
     try:
@@ -114,8 +115,9 @@ def status(as_json, queues, decisions):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def job_view(task_id, as_json):
     """A job's container facts: container, image, limits, exit code, peak memory, attempt."""
+    from tasks.state import job_facts
+
     from .facts import facts_rows
-    from .state import job_facts
     from .table import render_table
 
     with _broker_errors():

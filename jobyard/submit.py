@@ -15,8 +15,9 @@ from typing import Any, Callable, Sequence
 
 from celery.result import AsyncResult
 
-from .errors import JobError
-from .job import command_job
+from tasks.errors import JobError
+from tasks.job import command_job
+
 from .table import render_table
 
 POLL_SECONDS = 0.25

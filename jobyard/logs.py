@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import click
 import redis
 
-from .state import job_facts, job_logs
+from tasks.state import job_facts, job_logs
 
 #: The container label that names a job (see executor.container).
 JOB_LABEL = "jobyard.job"
@@ -33,7 +33,7 @@ def has_ended(task_id: str, facts: dict) -> bool:
     (the facts of a job whose image was missing still say "running")."""
     if facts and not is_running(facts):
         return True
-    from .app import app
+    from tasks.app import app
 
     return app.AsyncResult(task_id).ready()
 

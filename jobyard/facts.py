@@ -11,8 +11,8 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from .state import job_facts, state_client
-from .units import format_memory
+from tasks.state import job_facts, state_client
+from tasks.units import format_memory
 
 log = logging.getLogger(__name__)
 
