@@ -100,3 +100,18 @@ def test_a_missing_registry_binary_fails_the_run(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(RuntimeError, match="docker-registry is not installed"):
         Registry(workdir=str(tmp_path / "registry")).start()
+
+
+@pytest.mark.pure
+def test_pull_failures_survive_json_like_every_job_error():
+    import json
+
+    from tasks.errors import JobError
+
+    error = ImagePullFailed("image pull failed (auth): r.example/team/app: unauthorized", reason="auth",
+                            registry="r.example", repository="team/app")
+    rebuilt = ImagePullFailed(*json.loads(json.dumps(error.args)))
+    assert isinstance(rebuilt, JobError) and not isinstance(rebuilt, ImageNotFound)
+    assert (rebuilt.reason, rebuilt.registry, rebuilt.repository) == ("auth", "r.example", "team/app")
+    with pytest.raises(ValueError):
+        ImagePullFailed("x", reason="because")
