@@ -62,7 +62,8 @@ install_venv() {
 install_all() {
     apt_install dockerd:docker.io redis-server:redis-server /bin/busybox:busybox-static \
         ip:iproute2 python3:python3 chromium:chromium chromedriver:chromium-driver \
-        debootstrap:debootstrap docker-compose:docker-compose systemd-analyze:systemd
+        debootstrap:debootstrap docker-compose:docker-compose systemd-analyze:systemd \
+        docker-registry:docker-registry htpasswd:apache2-utils
     if ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
         log "installing python3-venv"
         $SUDO apt-get update -qq

@@ -94,6 +94,36 @@ class ImageNotFound(JobError):
     reason = "image_not_found"
 
 
+class ImagePullFailed(JobError):
+    """The agent could not pull the job's image from its registry.
+
+    ``.reason`` is one of :data:`PULL_REASONS`; ``registry`` and ``repository`` name
+    what was pulled. Never carries credentials. Not an :class:`ImageNotFound`: that
+    one means the image is absent and no pull was asked for.
+    """
+
+    def __init__(self, message: str = "", details: dict[str, Any] | None = None, *, reason: str | None = None,
+                 registry: str | None = None, repository: str | None = None):
+        details = dict(details or {})
+        if reason is not None:
+            if reason not in PULL_REASONS:
+                raise ValueError(f"unknown pull failure reason {reason!r}")
+            details["reason"] = reason
+        for name, value in (("registry", registry), ("repository", repository)):
+            if value is not None:
+                details[name] = value
+        super().__init__(message, details)
+
+    @property
+    def reason(self) -> str:  # type: ignore[override]
+        """Why the pull failed: ``auth``, ``not_found``, ``timeout``, ``unreachable`` or ``policy``."""
+        return self.details.get("reason", "image_pull_failed")
+
+
+#: Every ``ImagePullFailed.reason``.
+PULL_REASONS = ("auth", "not_found", "timeout", "unreachable", "policy")
+
+
 class JobRuntimeError(JobError):
     """The job started but did not finish with a value."""
 
@@ -144,6 +174,8 @@ __all__ = [
     "PayloadTooLarge",
     "JobRejected",
     "ImageNotFound",
+    "ImagePullFailed",
+    "PULL_REASONS",
     "JobRuntimeError",
     "ContainerOOMKilled",
     "JobTimeout",
