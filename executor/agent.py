@@ -98,7 +98,8 @@ class Agent:
         self.app = celery_app or default_app
         self.docker = client or connect_docker()
         self.ledger = Ledger(config.capacity, slots=config.slots)
-        self.launcher = ContainerLauncher(self.docker, config.state_dir, config.hostname)
+        self.launcher = ContainerLauncher(self.docker, config.state_dir, config.hostname,
+                                          max_result=self.app.jobyard_settings.max_result)
         self.redis = state_client(self.app.jobyard_settings)
         self._stopping = threading.Event()
         self.observers: list[AgentObserver] = []
