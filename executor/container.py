@@ -273,10 +273,15 @@ def _kill(container) -> None:
 def _read_logs(container) -> str:
     """The end of the job's output, never holding more than twice what is kept."""
     kept = bytearray()
-    for chunk in container.logs(stdout=True, stderr=True, tail=4000, stream=True, follow=False):
-        kept += chunk
-        if len(kept) > 2 * LOG_KEEP_BYTES:
-            del kept[:-LOG_KEEP_BYTES]
+    chunks = container.logs(stdout=True, stderr=True, tail=4000, stream=True, follow=False)
+    try:
+        for chunk in chunks:
+            kept += chunk
+            if len(kept) > 2 * LOG_KEEP_BYTES:
+                del kept[:-LOG_KEEP_BYTES]
+    except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
+        # The job has ended: an engine lost mid-stream costs only the rest of its output.
+        log.warning("output of container %s cut short: %s", container.id[:12], exc)
     return tail(kept[-LOG_KEEP_BYTES:].decode("utf-8", errors="replace"), LOG_KEEP_BYTES)
 
 
