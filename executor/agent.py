@@ -109,7 +109,8 @@ class Agent:
         # Short timeouts for the reaper and engine pings; job containers keep the long ones.
         self.housekeeping_docker = client or connect_docker(timeout=HOUSEKEEPING_DOCKER_TIMEOUT)
         self.ledger = Ledger(config.capacity, slots=config.slots)
-        self.launcher = ContainerLauncher(self.docker, config.state_dir, config.hostname, config.max_job_file)
+        self.launcher = ContainerLauncher(self.docker, config.state_dir, config.hostname, config.max_job_file,
+                                          max_result=self.app.jobyard_settings.max_result)
         self.redis = state_client(self.app.jobyard_settings)
         self.observers: list[AgentObserver] = []
         self.fleet = FleetView(self.redis)

@@ -22,9 +22,11 @@ import requests.exceptions
 import urllib3.exceptions
 from docker.types import LogConfig, Mount, Ulimit
 
+from tasks.config import DEFAULT_MAX_PAYLOAD
 from tasks.errors import BackendError, ImageNotFound
 from tasks.spec import PYTHON, JobSpec, render_command
 
+from .bounds import LOG_KEEP_BYTES, LOG_TAIL_BYTES, result_problem, tail
 from .cgroup import PeakMemory
 from .errors import EngineUnavailable, InvalidAgentConfig
 
@@ -44,11 +46,8 @@ OUT_DIR = "/jobyard/out"
 RESULT_FILE = "result.json"
 #: How often the supervisor wakes while a job runs (revocation, peak memory).
 POLL_SECONDS = 0.25
-#: Captured output kept per job (the end of it) and the tail put in errors.
-LOG_KEEP_BYTES = 256 * 1024
-LOG_TAIL_BYTES = 4 * 1024
-#: Largest result.json the agent will read back.
-MAX_RESULT_BYTES = 16 * 1024 * 1024
+#: Largest result.json the agent reads back unless told otherwise (``JOBYARD_MAX_RESULT``).
+MAX_RESULT_BYTES = DEFAULT_MAX_PAYLOAD
 #: The default size limit (fsize) of every file a job writes, so of what it puts on the host.
 DEFAULT_MAX_JOB_FILE = 64 * 1024**2
 #: Room the file limit needs above the result cap: the result's envelope, a failure record.
@@ -84,6 +83,8 @@ class Outcome:
     peak_memory: int | None = None
     logs: str = ""
     result: dict[str, Any] | None = None
+    #: Why the agent refused the job's result file (made by the agent, never by the job).
+    refusal: dict[str, Any] | None = None
     started_at: float = 0.0
     finished_at: float = 0.0
     facts: dict[str, Any] = field(default_factory=dict)
@@ -91,17 +92,18 @@ class Outcome:
     @property
     def log_tail(self) -> str:
         """The last few KiB of output, for error messages."""
-        return self.logs[-LOG_TAIL_BYTES:]
+        return tail(self.logs, LOG_TAIL_BYTES)
 
 
 class ContainerLauncher:
     """Creates, watches and removes job containers for one agent."""
 
     def __init__(self, client: docker.DockerClient, state_dir: str, agent_name: str,
-                 max_job_file: int = DEFAULT_MAX_JOB_FILE):
+                 max_job_file: int = DEFAULT_MAX_JOB_FILE, max_result: int = MAX_RESULT_BYTES):
         self.client = client
+        self.max_result = max_result
         self.agent_name = agent_name
-        self.max_job_file = check_max_job_file(max_job_file)
+        self.max_job_file = check_max_job_file(max_job_file, max_result)
         self.jobs_dir = os.path.join(state_dir, "jobs")
         self.runner_dir = os.path.join(state_dir, "runner")
         os.makedirs(self.jobs_dir, mode=0o700, exist_ok=True)
@@ -252,11 +254,12 @@ class ContainerLauncher:
             state = container.attrs["State"]
             outcome.exit_code = state.get("ExitCode")
             outcome.oom_killed = bool(state.get("OOMKilled"))
-        raw = container.logs(stdout=True, stderr=True, tail=4000)
-        outcome.logs = raw[-LOG_KEEP_BYTES:].decode("utf-8", errors="replace")
-        outcome.result = _job_result(os.path.join(job_dir, "out", RESULT_FILE))
+        outcome.logs = _read_logs(container)
+        outcome.result, outcome.refusal = _job_result(os.path.join(job_dir, "out", RESULT_FILE), self.max_result)
         reported = (outcome.result or {}).get("peak_memory")
-        samples = [v for v in (peak.sample(), reported if isinstance(reported, int) else None) if v]
+        if not isinstance(reported, int) or isinstance(reported, bool) or not 0 < reported < 2**63:
+            reported = None  # the job wrote it
+        samples = [v for v in (peak.sample(), reported) if v]
         outcome.peak_memory = max(samples) if samples else None
         if outcome.oom_killed and outcome.exit_code:
             outcome.peak_memory = max(outcome.peak_memory or 0, spec.effective_memory_limit)
@@ -277,9 +280,9 @@ def job_slug(task_id: str, attempt: int) -> str:
     return hashlib.sha256(json.dumps([task_id, attempt]).encode()).hexdigest()[:32]
 
 
-def check_max_job_file(size: int) -> int:
+def check_max_job_file(size: int, max_result: int = MAX_RESULT_BYTES) -> int:
     """Return ``size`` if it leaves room for a result at the cap; else raise InvalidAgentConfig."""
-    least = MAX_RESULT_BYTES + JOB_FILE_SLACK
+    least = max_result + JOB_FILE_SLACK
     if not isinstance(size, int) or size < least:
         raise InvalidAgentConfig(f"the job file limit must be at least the result cap plus 1 MiB "
                                  f"({least} bytes), not {size!r}")
@@ -298,14 +301,14 @@ def _create_result_file(path: str) -> None:
         os.close(fd)
 
 
-def _job_result(path: str) -> dict[str, Any] | None:
+def _job_result(path: str, limit: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     # The file is pre-created: left empty, the job wrote no result.
     try:
         if os.lstat(path).st_size == 0:
-            return None
+            return None, None
     except FileNotFoundError:
-        return None
-    return _read_result(path)
+        return None, None
+    return _read_result(path, limit)
 
 
 def _is_read_timeout(exc: Exception) -> bool:
@@ -323,33 +326,68 @@ def _kill(container) -> None:
         log.debug("kill %s: %s", container.id[:12], exc)
 
 
-def _read_result(path: str) -> dict[str, Any] | None:
+def _read_logs(container) -> str:
+    """The end of the job's output, never holding more than twice what is kept."""
+    kept = bytearray()
+    chunks = container.logs(stdout=True, stderr=True, tail=4000, stream=True, follow=False)
+    try:
+        for chunk in chunks:
+            kept += chunk
+            if len(kept) > 2 * LOG_KEEP_BYTES:
+                del kept[:-LOG_KEEP_BYTES]
+    except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
+        # The job has ended: an engine lost mid-stream costs only the rest of its output.
+        log.warning("output of container %s cut short: %s", container.id[:12], exc)
+    return tail(kept[-LOG_KEEP_BYTES:].decode("utf-8", errors="replace"), LOG_KEEP_BYTES)
+
+
+def _read_result(path: str, limit: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The job's result and None, or None and why the agent refuses it.
+
+    Refused before parsing: over ``limit`` bytes (by fstat, and reading at most
+    ``limit + 1``), or too many JSON values or too deep to parse in bounded memory.
+    """
     # The job owns the directory and the agent is root on the host: never follow
     # a link the job planted, never block on a FIFO, never read a device.
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
-        return None
+        return None, None
     except OSError as exc:
-        return _corrupt(f"unreadable result: {exc.strerror}")
-    with os.fdopen(fd) as handle:
+        return None, _corrupt(f"unreadable result: {exc.strerror}")
+    with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
-            return _corrupt("result is not a regular file")
-        if info.st_size > MAX_RESULT_BYTES:
-            return {"ok": False, "kind": "encode", "exc_type": "ResultTooLarge", "exc_module": "jobyard",
-                    "message": f"result is {info.st_size} bytes, over the {MAX_RESULT_BYTES}-byte cap",
-                    "traceback": ""}
-        try:
-            data = json.loads(handle.read(MAX_RESULT_BYTES + 1))
-        except ValueError as exc:
-            return _corrupt(f"unreadable result: {exc}")
-    return data if isinstance(data, dict) else None
+            return None, _corrupt("result is not a regular file")
+        if info.st_size > limit:
+            return None, _too_large(info.st_size, limit)
+        raw = handle.read(limit + 1)
+    if len(raw) > limit:
+        return None, _too_large(len(raw), limit)
+    problem = result_problem(raw, limit)
+    if problem:
+        return None, _too_large(len(raw), limit, **problem)
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        return None, _corrupt(f"unreadable result: {type(exc).__name__}: {str(exc)[:200]}")
+    return (data, None) if isinstance(data, dict) else (None, None)
+
+
+def _too_large(size: int, limit: int, **problem: int) -> dict[str, Any]:
+    if "values" in problem:
+        why = (f"holds {problem['values']} JSON values, over the {problem['max_values']} "
+               f"the {limit}-byte result cap allows")
+    elif "depth" in problem:
+        why = f"is nested {problem['depth']} deep, over the {problem['max_depth']} levels allowed"
+    else:
+        why = f"is {size} bytes, over the {limit}-byte result cap"
+    return {"exc_type": "ResultTooLarge", "message": f"its result {why}", "size": size, "limit": limit,
+            **problem}
 
 
 def _corrupt(message: str) -> dict[str, Any]:
-    return {"ok": False, "kind": "encode", "exc_type": "CorruptResult", "exc_module": "jobyard",
-            "message": message, "traceback": ""}
+    return {"exc_type": "CorruptResult", "message": message}
 
 
 def _install_runner(runner_dir: str) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 
 from tasks import keys, transport
 
+from .bounds import ERROR_BYTES, clip_facts, head
+
 KEEP_SECONDS = 14 * 24 * 3600
 #: Most dead jobs kept; the oldest are dropped beyond this.
 MAX_DEAD = 10_000
@@ -26,9 +28,13 @@ class DeadLetters:
         self.redis = client
 
     def add(self, task_id: str, record: dict[str, Any], payload: dict | None, queue_key: str | None) -> None:
-        """Store a dead job: ``record`` facts plus the message to requeue it with."""
+        """Store a dead job: ``record`` facts plus the message to requeue it with.
+
+        Every string of ``record`` is cut (``error`` to 4 KiB, ``details`` to their
+        documented sizes): its error text comes from the job.
+        """
         now = time.time()
-        fields = {**record, "task_id": task_id, "died_at": now}
+        fields = {**_bounded(record), "task_id": task_id, "died_at": now}
         if payload is not None and queue_key:
             fields["message"] = payload
             fields["queue_key"] = queue_key
@@ -88,3 +94,15 @@ class DeadLetters:
             pipe.zrem(keys.DEAD, task_id)
         results = pipe.execute()
         return sum(1 for deleted in results[1::2] if deleted)
+
+
+def _bounded(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with its strings and its details' strings cut to their documented sizes."""
+    bounded = {}
+    for key, value in record.items():
+        if key == "details" and isinstance(value, dict):
+            value = clip_facts(value)
+        elif isinstance(value, str):
+            value = head(value, ERROR_BYTES)
+        bounded[key] = value
+    return bounded

@@ -20,6 +20,7 @@ from tasks.app import SPEC_HEADER
 from tasks.errors import HostLost, InvalidJobSpec, JobError, Revoked
 from tasks.spec import JobSpec
 
+from .bounds import ERROR_BYTES, head
 from .container import JobCall
 from .placement import HandBack
 from .request import hand_back, messages
@@ -61,7 +62,8 @@ def supervise(task: Task, args: tuple, kwargs: dict) -> Any:
             agent.redis.set(keys.retried(call.task_id), int(task.request.retries or 0) + 1, ex=RETRIED_TTL)
             raise task.retry(exc=exc, countdown=decision.delay, max_retries=call.spec.retries,
                              headers=_retry_headers(call.task_id, decision.memory_scale))
-        log.info("job %s[%s] ended: %s: %s", call.spec.name, call.task_id, type(exc).__name__, exc)
+        log.info("job %s[%s] ended: %s: %s", call.spec.name, call.task_id, type(exc).__name__,
+                 head(str(exc), ERROR_BYTES))
         if not isinstance(exc, _NOT_DEAD):
             agent.dead_letter(call, exc, decision.reason)
         raise

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.errors import ContainerOOMKilled, JobFailed, JobTimeout, Revoked
+from tasks.errors import ContainerOOMKilled, JobFailed, JobTimeout, ResultTooLarge, Revoked
 from tasks.spec import PYTHON
 from tasks.units import format_memory
 
+from .bounds import LINE_BYTES, MESSAGE_BYTES, NAME_BYTES, TRACEBACK_BYTES, head, text
 from .container import JobCall, Outcome
+
+_WHAT = {"load": "could not be loaded", "encode": "returned a value that is not JSON"}
 
 
 def verdict(call: JobCall, outcome: Outcome, host: str) -> Any:
@@ -41,18 +44,31 @@ def verdict(call: JobCall, outcome: Outcome, host: str) -> Any:
 def _python_value(call: JobCall, outcome: Outcome, facts: dict[str, Any]) -> Any:
     result = outcome.result
     name = call.spec.name
+    if outcome.refusal:
+        raise _refused(name, outcome.refusal, facts)
     if result and result.get("ok") and outcome.exit_code == 0:
         return result.get("value")
     if result and not result.get("ok"):
-        facts.update(exc_type=result.get("exc_type"), exc_module=result.get("exc_module"),
-                     traceback=result.get("traceback", ""), remote_message=result.get("message", ""))
-        what = {"load": "could not be loaded", "encode": "returned a value that is not JSON"}.get(
-            result.get("kind"), "raised")
-        raise JobFailed(f"{name} {what}: {result.get('exc_type')}: {result.get('message')}", facts)
+        # Every field below was written by the job: cut each one, whatever its type.
+        facts.update(exc_type=text(result.get("exc_type"), NAME_BYTES),
+                     exc_module=text(result.get("exc_module"), NAME_BYTES),
+                     traceback=text(result.get("traceback"), TRACEBACK_BYTES, keep_end=True),
+                     remote_message=text(result.get("message"), MESSAGE_BYTES))
+        kind = result.get("kind")
+        what = _WHAT.get(kind, "raised") if isinstance(kind, str) else "raised"
+        raise JobFailed(f"{name} {what}: {facts['exc_type']}: {facts['remote_message']}", facts)
     raise JobFailed(f"{name} exited with code {outcome.exit_code} without a result: "
                     f"{_last_line(outcome.logs)}", facts)
 
 
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "(no output)"
+def _refused(name: str, refusal: dict[str, Any], facts: dict[str, Any]) -> JobFailed:
+    """The error for a result file the agent refused to parse (see container._read_result)."""
+    details = {**facts, **{k: v for k, v in refusal.items() if k != "message"}, "exc_module": "jobyard"}
+    if refusal["exc_type"] == "ResultTooLarge":
+        return ResultTooLarge(f"{name}: {refusal['message']}; return less, or a reference to it", details)
+    return JobFailed(f"{name} returned a result the agent cannot read: {refusal['message']}", details)
+
+
+def _last_line(logs: str) -> str:
+    lines = [line for line in logs.strip().splitlines() if line.strip()]
+    return head(lines[-1], LINE_BYTES) if lines else "(no output)"

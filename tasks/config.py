@@ -6,6 +6,7 @@
 ``JOBYARD_LEASE_SECONDS``  a running job's lease: its agent renews it every few
                             seconds; a job whose lease is this old is requeued (default 10)
 ``JOBYARD_MAX_PAYLOAD``     largest call payload in bytes (default 1 MiB)
+``JOBYARD_MAX_RESULT``      largest job result in bytes (default: ``JOBYARD_MAX_PAYLOAD``)
 ``JOBYARD_STATE_DIR``       agents' job input/output dirs (:func:`default_state_dir`)
 ``JOBYARD_BROKER_SSL_*``, ``JOBYARD_SIGNING_*``  TLS and message signing (:mod:`tasks.security`)
 
@@ -64,6 +65,7 @@ class Settings:
     lease_seconds: int
     max_payload: int
     signing: Signing | None = None
+    max_result: int = DEFAULT_MAX_PAYLOAD
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -77,6 +79,8 @@ class Settings:
             lease_seconds=int(env.get("JOBYARD_LEASE_SECONDS") or DEFAULT_LEASE_SECONDS),
             max_payload=int(env.get("JOBYARD_MAX_PAYLOAD") or DEFAULT_MAX_PAYLOAD),
             signing=Signing.from_env(env),
+            max_result=int(env.get("JOBYARD_MAX_RESULT") or env.get("JOBYARD_MAX_PAYLOAD")
+                           or DEFAULT_MAX_PAYLOAD),
         )
 
 

@@ -148,6 +148,15 @@ class JobFailed(JobRuntimeError):
     reason = "failed"
 
 
+class ResultTooLarge(JobFailed):
+    """The job's result is over the agent's result cap, refused before it was parsed.
+
+    ``size`` is the result's size in bytes and ``limit`` the cap (``JOBYARD_MAX_RESULT``);
+    a result within the cap but with too many JSON values or nested too deep for the
+    agent to parse in bounded memory is refused the same way (``values``/``depth``).
+    """
+
+
 class HostLost(JobRuntimeError):
     """The host or agent running the job went away before it finished."""
 
@@ -180,6 +189,7 @@ __all__ = [
     "ContainerOOMKilled",
     "JobTimeout",
     "JobFailed",
+    "ResultTooLarge",
     "HostLost",
     "Revoked",
     "BackendError",
