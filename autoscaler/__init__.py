@@ -1,6 +1,8 @@
 """The jobyard autoscaler: grow and shrink the fleet from backlog and demand.
 
-Four roles, as in nomad-autoscaler:
+Three roles, as in nomad-autoscaler, typed in :mod:`autoscaler.roles` and registered
+by name in :mod:`autoscaler.registry` (which ``jobyard autoscale`` picks from), and the
+loop that runs them:
 
 * a **metric source** (:mod:`autoscaler.metrics`) reads the backlog from Redis without
   consuming it: ready messages in every priority list, messages delivered but not

@@ -27,8 +27,8 @@ from typing import Callable, Protocol
 from .action import HOLD, IN, OUT, Action
 from .drain import Drainer
 from .errors import AutoscalerError, ConfigError
-from .metrics import AgentState, BrokerMetrics, Observation
-from .providers import Host, HostProvider
+from .metrics import AgentState, Observation
+from .roles import Host, HostProvider, MetricSource, Strategy
 from .shape import Request
 from .strategy import BinPacking, Target
 
@@ -94,8 +94,9 @@ class Listener(Protocol):
 class Autoscaler:
     """Runs the loop described in the module docstring."""
 
-    def __init__(self, source: BrokerMetrics, provider: HostProvider, drainer: Drainer,
-                 policy: Policy | None = None, strategy=None, listeners: list[Listener] | None = None,
+    def __init__(self, source: MetricSource, provider: HostProvider, drainer: Drainer,
+                 policy: Policy | None = None, strategy: Strategy | None = None,
+                 listeners: list[Listener] | None = None,
                  clock: Callable[[], float] = time.time):
         self.source = source
         self.provider = provider

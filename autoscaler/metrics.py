@@ -215,19 +215,6 @@ def _unacked(raws: Iterable[str]) -> dict[str, list[Request]]:
     return by_queue
 
 
-class ListLengthMetrics(BrokerMetrics):
-    """KEDA's signal, for comparison: LLEN of each bare queue, nothing else."""
-
-    def _read(self) -> Observation:
-        queues, waiting = [], []
-        for queue in self.queues:
-            length = self.redis.llen(queue)
-            queues.append(QueueDepth(queue, length))
-            waiting.extend([default_request()] * length)
-        registered, agents = read_agents(self.redis)
-        return Observation(time.time(), tuple(queues), Demand(tuple(waiting)), agents, registered)
-
-
 def read_agents(client: redis.Redis) -> tuple[frozenset[str], dict[str, AgentState]]:
     """Every registered hostname, and the agents whose published state has not expired."""
     names = client.zrange(keys.AGENTS, 0, -1)

@@ -1,23 +1,19 @@
 """Run the autoscaler from plain settings: the loop wired to its metric source,
-strategy, host provider and listeners (``jobyard autoscale`` fills the settings)."""
+strategy and host provider, picked by name from :data:`autoscaler.registry.REGISTRY`,
+and its listeners (``jobyard autoscale`` fills the settings)."""
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
 from dataclasses import dataclass
-
-from .errors import ConfigError
-
-DEFAULT_AGENT_IMAGE = "jobyard/jobyard:latest"
 
 
 @dataclass(frozen=True)
 class AutoscaleConfig:
-    """Everything one autoscaler run needs; the defaults are ``jobyard autoscale``'s."""
+    """Everything one autoscaler run needs; the defaults are ``jobyard autoscale``'s.
+    ``provider``, ``metric_source`` and ``strategy`` are names in the registry."""
 
     maximum: int
     provider: str = "local"
@@ -30,7 +26,8 @@ class AutoscaleConfig:
     host_memory: int = 1024**3
     queues: tuple[str, ...] = ("default",)
     jobs_per_host: int | None = None
-    signal_kind: str = "full"
+    metric_source: str = "broker"
+    strategy: str = "bin-packing"
     record: str | None = None
     metrics_port: int | None = None
     state_dir: str | None = None
@@ -48,9 +45,8 @@ def run_autoscaler(config: AutoscaleConfig) -> None:
 
     from .drain import Drainer
     from .loop import Autoscaler, Policy
-    from .metrics import BrokerMetrics, ListLengthMetrics
+    from .registry import REGISTRY
     from .report import DecisionLog, RedisReporter
-    from .strategy import BinPacking, ListLength
     from .telemetry import Telemetry
     from .timeline import TimelineWriter
 
@@ -58,11 +54,9 @@ def run_autoscaler(config: AutoscaleConfig) -> None:
     policy = Policy(minimum=config.minimum, maximum=config.maximum, poll=config.poll,
                     cooldown=config.cooldown, stabilisation=config.stabilisation,
                     hysteresis=config.hysteresis)
-    if config.signal_kind == "llen":
-        source, strategy = ListLengthMetrics(client, config.queues), ListLength(config.jobs_per_host or 5)
-    else:
-        source, strategy = BrokerMetrics(client, config.queues), BinPacking(config.jobs_per_host)
-    provider = make_provider(config)
+    source = REGISTRY.sources.make(config.metric_source, config, client)
+    strategy = REGISTRY.strategies.make(config.strategy, config)
+    provider = REGISTRY.providers.make(config.provider, config)
     listeners = [DecisionLog(), RedisReporter(client, provider.shape, config.queues, policy.poll)]
     if config.record:
         listeners.append(TimelineWriter(config.record))
@@ -78,30 +72,3 @@ def run_autoscaler(config: AutoscaleConfig) -> None:
                                          policy.minimum, policy.maximum)
     autoscaler.run(stop)
 
-
-def make_provider(config: AutoscaleConfig):
-    """The host provider the config names."""
-    from tasks.config import default_state_dir
-
-    from .shape import HostShape
-
-    shape = HostShape(config.host_cpus, config.host_memory)
-    prefix = config.host_prefix or socket.gethostname().split(".")[0]
-    if config.provider == "local":
-        from .providers.local import LocalProvider
-
-        state_dir = config.state_dir or os.path.join(default_state_dir(), "autoscaler")
-        return LocalProvider(shape, state_dir, prefix, config.queues, tuple(config.agent_args))
-    if config.provider == "docker":
-        from .providers.docker import DockerProvider
-
-        image = config.image or os.environ.get("JOBYARD_AGENT_IMAGE") or DEFAULT_AGENT_IMAGE
-        return DockerProvider(shape, image, prefix, config.queues, tuple(config.agent_args),
-                              state_dir=config.state_dir)
-    if config.provider != "aws":
-        raise ConfigError(f"unknown provider {config.provider!r}: local, docker or aws")
-    from .providers.aws import AwsProvider
-
-    if not config.asg_name:
-        raise ConfigError("--asg-name is required for --provider aws")
-    return AwsProvider(shape, config.asg_name, region=config.region)

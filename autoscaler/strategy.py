@@ -88,16 +88,3 @@ class BinPacking:
         if unfit:
             reason += f"; {len(unfit)} job(s) fit no host"
         return Target(hosts, reason, unfit)
-
-
-@dataclass(frozen=True)
-class ListLength:
-    """KEDA's Redis list scaler: ``ceil(length / jobs_per_host)`` (sizes unknown)."""
-
-    jobs_per_host: int = 5
-
-    def desired(self, demand: Demand, shape: HostShape, fill: float = 1.0) -> Target:
-        """Hosts for the listed messages alone; running jobs are invisible to it."""
-        length = len(demand.waiting)
-        hosts = math.ceil(length / (self.jobs_per_host * fill)) if length else 0
-        return Target(hosts, f"list length {length} at {self.jobs_per_host}/host needs {hosts}")

@@ -63,7 +63,9 @@ class Scenario:
     poll: float
     cooldown: float
     stabilisation: float
-    llen_only: bool
+    source: str = "broker"
+    strategy: str = "bin-packing"
+    jobs_per_host: int | None = None
     burst_delay: float = 0.0
     wait_for_min: bool = True
 
@@ -122,15 +124,17 @@ class Ticks:
 
 def run(scenario: Scenario, jobs: int, workdir: str, token: str) -> Outcome:
     """Burst ``jobs`` jobs at an empty fleet autoscaled as ``scenario`` says."""
+    import keda_like  # noqa: F401 - registers the list-length baseline
     from sample_jobs import sleep_for
 
     from autoscaler.drain import Drainer
     from autoscaler.loop import Autoscaler, Policy
-    from autoscaler.metrics import BrokerMetrics, ListLengthMetrics
+    from autoscaler.metrics import BrokerMetrics
     from autoscaler.providers.local import LocalProvider
+    from autoscaler.registry import REGISTRY
     from autoscaler.report import DecisionLog
+    from autoscaler.run import AutoscaleConfig
     from autoscaler.shape import HostShape
-    from autoscaler.strategy import BinPacking, ListLength
     from autoscaler.timeline import TimelineWriter
     from tasks.app import app
     from tasks.state import state_client
@@ -139,8 +143,9 @@ def run(scenario: Scenario, jobs: int, workdir: str, token: str) -> Outcome:
     client = state_client()
     provider = LocalProvider(HostShape(HOST_CPUS, HOST_MEMORY), os.path.join(workdir, scenario.name),
                              prefix=f"bench{token}-{scenario.name}", queues=(queue,), agent_args=("--max-jobs", "4"))
-    source = (ListLengthMetrics if scenario.llen_only else BrokerMetrics)(client, [queue])
-    strategy = ListLength(SLOTS_PER_HOST) if scenario.llen_only else BinPacking()
+    config = AutoscaleConfig(MAX_HOSTS, queues=(queue,), jobs_per_host=scenario.jobs_per_host)
+    source = REGISTRY.sources.make(scenario.source, config, client)
+    strategy = REGISTRY.strategies.make(scenario.strategy, config)
     outcome = Outcome(scenario, timeline=os.path.join(workdir, f"{scenario.name}.jsonl"))
     ticks, writer = Ticks(), TimelineWriter(outcome.timeline)
     policy = Policy(minimum=0, maximum=MAX_HOSTS, poll=scenario.poll, cooldown=scenario.cooldown,
@@ -282,10 +287,10 @@ def main() -> int:
     args = parser.parse_args()
     token = secrets.token_hex(2)
     scenarios = [
-        Scenario("jobyard", "jobyard (full signal, 1 s poll)", poll=1.0, cooldown=5.0, stabilisation=10.0,
-                 llen_only=False),
+        Scenario("jobyard", "jobyard (full signal, 1 s poll)", poll=1.0, cooldown=5.0, stabilisation=10.0),
         Scenario("keda", "KEDA-like (LLEN, 30 s poll, 300 s cooldown)", poll=30.0, cooldown=KEDA_COOLDOWN,
-                 stabilisation=KEDA_COOLDOWN, llen_only=True, burst_delay=15.0, wait_for_min=False),
+                 stabilisation=KEDA_COOLDOWN, source="list-length", strategy="list-length",
+                 jobs_per_host=SLOTS_PER_HOST, burst_delay=15.0, wait_for_min=False),
     ]
     with Services() as services:
         os.environ["JOBYARD_DEFAULT_IMAGE"] = PYTHON_IMAGE

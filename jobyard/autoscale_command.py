@@ -8,12 +8,13 @@ import os
 import click
 
 from autoscaler.errors import AutoscalerError
+from autoscaler.registry import REGISTRY
 
 from .options import memory_option, queues_option
 
 
 @click.group(invoke_without_command=True)
-@click.option("--provider", type=click.Choice(["local", "docker", "aws"]), default="local", show_default=True)
+@click.option("--provider", type=click.Choice(REGISTRY.providers.names()), default="local", show_default=True)
 @click.option("--min", "minimum", type=click.IntRange(min=0), default=0, show_default=True, help="Fewest hosts.")
 @click.option("--max", "maximum", type=click.IntRange(min=0), default=None, help="Most hosts (required).")
 @click.option("--poll", type=click.FloatRange(min=0.05), default=1.0, show_default=True, help="Seconds between polls.")
@@ -27,8 +28,6 @@ from .options import memory_option, queues_option
 @click.option("--host-memory", callback=memory_option, default="1Gi", show_default=True, help="Memory per host.")
 @click.option("--queues", callback=queues_option, default="default", show_default=True, help="Comma-separated queues.")
 @click.option("--jobs-per-host", type=click.IntRange(min=1), default=None, help="Also keep at most N jobs per host.")
-@click.option("--signal", "signal_kind", type=click.Choice(["full", "llen"]), default="full", show_default=True,
-              help="full: ready+priority+in-flight+running with demand; llen: KEDA-like list length only.")
 @click.option("--record", type=click.Path(dir_okay=False), default=None,
               help="Write a timeline: .csv for CSV, otherwise JSON lines.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on 127.0.0.1:P.")

@@ -1,55 +1,42 @@
-"""Host providers: where hosts come from. One interface, one module per kind.
+"""Host providers: where hosts come from. One role (:class:`~autoscaler.roles.HostProvider`),
+one module per kind, each with a ``from_config`` that :mod:`autoscaler.registry` names.
 
 A provider lists, adds and removes hosts of one shape. It never decides anything:
 which host to remove, and whether removing it is safe, is the control loop's call.
-A host's ``name`` is the hostname its agent publishes state under.
 """
 
 from __future__ import annotations
 
 import os
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
+import socket
+from typing import TYPE_CHECKING
 
 from tasks.config import SECRET_VARIABLES, read_secret
 
+from ..roles import Host, HostProvider
 from ..shape import HostShape
 
-#: Provider kinds and the modules that implement them.
-KINDS = {"local": "autoscaler.providers.local", "docker": "autoscaler.providers.docker",
-         "aws": "autoscaler.providers.aws"}
+if TYPE_CHECKING:
+    from ..run import AutoscaleConfig
+
+__all__ = ["Host", "HostProvider", "agent_options", "autoscaler_state_dir", "host_prefix", "host_shape", "without_secrets", "write_secrets"]
 
 
-@dataclass(frozen=True)
-class Host:
-    """A host that exists (or is starting): its agent's name, when it was created,
-    and the provider's own id for it (pid, container id, instance id)."""
-
-    name: str
-    created: float
-    id: str = ""
+def host_shape(config: AutoscaleConfig) -> HostShape:
+    """The shape of the hosts ``config`` asks for."""
+    return HostShape(config.host_cpus, config.host_memory)
 
 
-class HostProvider(ABC):
-    """Adds and removes hosts of :attr:`shape`."""
+def host_prefix(config: AutoscaleConfig) -> str:
+    """``config``'s host name prefix: ``--host-prefix``, else this machine's short hostname."""
+    return config.host_prefix or socket.gethostname().split(".")[0]
 
-    #: What each host offers to jobs.
-    shape: HostShape
 
-    @abstractmethod
-    def hosts(self) -> list[Host]:
-        """Every host that exists now, including ones still starting."""
+def autoscaler_state_dir() -> str:
+    """Where providers keep their hosts' files unless told: ``<JOBYARD_STATE_DIR>/autoscaler``."""
+    from tasks.config import default_state_dir
 
-    @abstractmethod
-    def add(self, count: int) -> list[Host]:
-        """Start ``count`` hosts; return them."""
-
-    @abstractmethod
-    def remove(self, name: str) -> None:
-        """Remove the host ``name`` (the loop has drained it already)."""
-
-    def protect(self, busy: set[str]) -> None:
-        """Shield ``busy`` hosts from removal by the platform itself (default: nothing to do)."""
+    return os.path.join(default_state_dir(), "autoscaler")
 
 
 def agent_options(name: str, shape: HostShape, queues, state_dir: str, extra=()) -> list[str]:

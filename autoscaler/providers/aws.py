@@ -10,17 +10,28 @@ An instance's agent must run with ``--hostname <instance id>``.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..errors import ProviderError
+from ..errors import ConfigError, ProviderError
 from ..shape import HostShape
-from . import Host, HostProvider
+from . import Host, HostProvider, host_shape
+
+if TYPE_CHECKING:
+    from ..run import AutoscaleConfig
 
 #: Lifecycle states of instances that are, or are becoming, hosts.
 LIVE_STATES = ("Pending", "Pending:Wait", "Pending:Proceed", "InService")
 PENDING = "pending-"
+
+
+def from_config(config: AutoscaleConfig) -> AwsProvider:
+    """The provider ``jobyard autoscale --provider aws`` asks for."""
+    if not config.asg_name:
+        raise ConfigError("--asg-name is required for --provider aws")
+    return AwsProvider(host_shape(config), config.asg_name, region=config.region)
 
 
 class AwsProvider(HostProvider):

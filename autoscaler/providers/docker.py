@@ -22,6 +22,7 @@ import itertools
 import os
 import time
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import docker
 import docker.errors
@@ -29,8 +30,14 @@ import requests.exceptions
 
 from ..errors import ProviderError
 from ..shape import HostShape
-from . import Host, HostProvider, agent_options, without_secrets, write_secrets
+from . import (Host, HostProvider, agent_options, autoscaler_state_dir, host_prefix, host_shape, without_secrets,
+               write_secrets)
 
+if TYPE_CHECKING:
+    from ..run import AutoscaleConfig
+
+#: The agent image when neither ``--image`` nor ``JOBYARD_AGENT_IMAGE`` names one.
+DEFAULT_AGENT_IMAGE = "jobyard/jobyard:latest"
 LABEL_POOL = "jobyard.autoscaler"
 LABEL_HOST = "jobyard.host"
 SOCKET = "/var/run/docker.sock"
@@ -53,7 +60,7 @@ class DockerProvider(HostProvider):
         self.prefix = prefix
         self.queues = tuple(queues)
         self.agent_args = tuple(agent_args)
-        self.state_dir = os.path.abspath(state_dir or os.path.join(_default_state_dir(), "hosts"))
+        self.state_dir = os.path.abspath(state_dir or os.path.join(autoscaler_state_dir(), "hosts"))
         self.command = tuple(command)
         self.user = user
         self.environment = dict(environment or {})
@@ -140,7 +147,8 @@ def _created(container) -> float:
         return time.time()
 
 
-def _default_state_dir() -> str:
-    from tasks.config import default_state_dir
-
-    return os.path.join(default_state_dir(), "autoscaler")
+def from_config(config: AutoscaleConfig) -> DockerProvider:
+    """The provider ``jobyard autoscale --provider docker`` asks for."""
+    image = config.image or os.environ.get("JOBYARD_AGENT_IMAGE") or DEFAULT_AGENT_IMAGE
+    return DockerProvider(host_shape(config), image, host_prefix(config), config.queues, config.agent_args,
+                          state_dir=config.state_dir)

@@ -16,15 +16,26 @@ import signal
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from tasks.units import format_memory
 
 from ..errors import ProviderError
 from ..shape import HostShape
-from . import Host, HostProvider, agent_options, without_secrets, write_secrets
+from . import (Host, HostProvider, agent_options, autoscaler_state_dir, host_prefix, host_shape, without_secrets,
+               write_secrets)
+
+if TYPE_CHECKING:
+    from ..run import AutoscaleConfig
 
 #: Seconds a removed agent gets for its warm shutdown before SIGKILL.
 STOP_TIMEOUT = 30.0
+
+
+def from_config(config: AutoscaleConfig) -> LocalProvider:
+    """The provider ``jobyard autoscale --provider local`` asks for."""
+    return LocalProvider(host_shape(config), config.state_dir or autoscaler_state_dir(), host_prefix(config),
+                         config.queues, config.agent_args)
 
 
 class LocalProvider(HostProvider):
