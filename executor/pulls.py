@@ -29,7 +29,7 @@ import redis.exceptions
 import requests.exceptions
 
 from tasks import keys
-from tasks.errors import BackendError, ImageNotFound, ImagePullFailed, InvalidJobSpec
+from tasks.errors import PULL_REASONS, BackendError, ImageNotFound, ImagePullFailed, InvalidJobSpec
 from tasks.images import ImageRef, parse_image_ref
 
 from .pull import pull_image
@@ -279,7 +279,7 @@ class PullCoordinator:
         if outcome.get("state") == "failed":
             reason = outcome.get("reason")
             message = outcome.get("message")
-            if reason in ("auth", "not_found", "timeout", "unreachable", "policy") and isinstance(message, str):
+            if reason in PULL_REASONS and isinstance(message, str):
                 raise ImagePullFailed(message[:1000], {"image": ref.normalised}, reason=reason,
                                       registry=ref.registry, repository=ref.repository)
         digest = self._present(ref)

@@ -102,7 +102,8 @@ def credentials_for(registry) -> DockerConfig:
 
 def pull_events(client, reference_prefix: str, since: float) -> list[dict]:
     """Image pull events on the engine whose reference starts with ``reference_prefix``."""
-    events = client.events(decode=True, since=int(since) - 1, until=int(time.time()) + 1,
+    # The pull event is sent before the pull's response ends, so "until now" has it.
+    events = client.events(decode=True, since=f"{since - 1:.3f}", until=f"{time.time():.3f}",
                            filters={"type": "image", "event": "pull"})
     return [event for event in events if event.get("Actor", {}).get("ID", "").startswith(reference_prefix)]
 
