@@ -103,7 +103,7 @@ def credentials_for(registry) -> DockerConfig:
 def pull_events(client, reference_prefix: str, since: float) -> list[dict]:
     """Image pull events on the engine whose reference starts with ``reference_prefix``."""
     # The pull event is sent before the pull's response ends, so "until now" has it.
-    events = client.events(decode=True, since=f"{since - 1:.3f}", until=f"{time.time():.3f}",
+    events = client.events(decode=True, since=f"{since:.3f}", until=f"{time.time():.3f}",
                            filters={"type": "image", "event": "pull"})
     return [event for event in events if event.get("Actor", {}).get("ID", "").startswith(reference_prefix)]
 
@@ -122,6 +122,14 @@ class Timeline(ImageObserver):
         self.spans.append((ref, self.started[ref], time.monotonic(), outcome))
 
 
+def _outcome(call):
+    """``call()``'s result, or the exception it raised."""
+    try:
+        return call()
+    except BaseException as exc:
+        return exc
+
+
 def _run_together(calls) -> list:
     """Run zero-argument callables in threads released at once; their results or exceptions."""
     barrier = threading.Barrier(len(calls))
@@ -129,10 +137,7 @@ def _run_together(calls) -> list:
 
     def run(index, call):
         barrier.wait()
-        try:
-            results[index] = call()
-        except BaseException as exc:
-            results[index] = exc
+        results[index] = _outcome(call)
 
     threads = [threading.Thread(target=run, args=(i, call)) for i, call in enumerate(calls)]
     for thread in threads:
@@ -223,9 +228,18 @@ def test_a_dead_agents_pull_is_taken_over_and_a_failure_is_shared(docker_client,
     started = time.monotonic()
     assert coordinator.ensure(reference) == digest
     assert 0.8 <= time.monotonic() - started < 15
-    missing = f"{registry.host}/team/{variants.session}-takeover:no-such-tag"
-    agents = [PullCoordinator(docker.from_env(), redis_client, engine, credentials=credentials_for(registry))
-              for _ in range(2)]
-    results = _run_together([lambda a=agent: a.ensure(missing) for agent in agents])
-    assert all(isinstance(r, ImagePullFailed) and r.reason == "not_found" for r in results), results
-    assert registry.password not in repr(results)
+    docker_client.api.remove_image(reference)
+
+    # Another agent pulls it and fails: we wait for its pull and end with its failure, pulling nothing.
+    redis_client.set(key, json.dumps({"state": "pulling", "token": "other-agent"}), px=30_000)
+    since = time.time()
+    results: list = []
+    waiter = threading.Thread(target=lambda: results.append(_outcome(lambda: coordinator.ensure(reference))))
+    waiter.start()
+    time.sleep(0.5)
+    failure = {"state": "failed", "reason": "auth", "message": f"image pull failed (auth): {reference}: denied"}
+    redis_client.set(key, json.dumps(failure), px=10_000)
+    waiter.join(15)
+    assert len(results) == 1 and isinstance(results[0], ImagePullFailed), results
+    assert (results[0].reason, results[0].message) == ("auth", failure["message"])
+    assert pull_events(docker_client, reference, since) == []
