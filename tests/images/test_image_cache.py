@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from executor.image_cache import ImageCache, parse_budget
 from executor.metrics import ImageMetrics
 from executor.pulls import PullCoordinator, combined
+from tasks import keys
 from tests.conftest import SESSION
 from tests.images.test_pulls import credentials_for, engine, variants  # noqa: F401 (fixtures)
 
@@ -40,6 +41,7 @@ def test_budget_evicts_the_least_recently_used_unused_pulled_image_only(docker_c
     for reference in (oldest, middle, newest, local):
         coordinator.ensure(reference)
     assert [ref for ref, _ in cache.entries()] == [oldest, middle, newest]
+    assert 0 < redis_client.ttl(cache.key) <= keys.IMAGES_TTL
     sizes = {ref: docker_client.api.inspect_image(ref)["Size"] for ref in (oldest, middle, newest)}
     assert cache.usage() == sum(sizes.values())
     assert metrics.get_sample_value("jobyard_agent_image_pulls_total", {"host": "h", "outcome": "pulled"}) == 3
