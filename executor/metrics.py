@@ -9,6 +9,8 @@ its own (so nothing else in the process leaks into the scrape)::
     jobyard_agent_container_start_seconds                     create+start latency
     jobyard_agent_admission_wait_seconds                      wait for a reservation
     jobyard_agent_jobs_finished_total{outcome="succeeded|oom_killed|timeout|..."}
+    jobyard_agent_image_pulls_total{outcome="pulled|auth|not_found|..."}
+    jobyard_agent_image_pull_seconds / _image_cache_bytes / _image_evictions_total
 
 Every series carries the agent's ``host`` label so a fleet's scrapes add up.
 """
@@ -21,11 +23,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from .agent import Agent, AgentObserver
 from .container import JobCall, Outcome
+from .pulls import ImageObserver
 
 #: Outcomes pre-declared at zero, so rates work before the first of each happens.
 KNOWN_OUTCOMES = ("succeeded", "oom_killed", "timeout", "failed", "rejected", "revoked",
                   "image_not_found", "invalid_spec", "backend_error")
 START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+PULL_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+PULL_OUTCOMES = ("pulled", "auth", "not_found", "timeout", "unreachable", "policy")
 WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0)
 
 
@@ -79,6 +84,38 @@ class AgentMetrics(AgentObserver):
     def serve(self, port: int, address: str = "127.0.0.1") -> None:
         """Serve ``/metrics`` on ``address:port`` from a daemon thread."""
         start_http_server(port, addr=address, registry=self.registry)
+
+
+class ImageMetrics(ImageObserver):
+    """Pull and image cache metrics, fed by :class:`executor.pulls.PullCoordinator` and
+    :class:`executor.image_cache.ImageCache`; shares an :class:`AgentMetrics` registry."""
+
+    def __init__(self, host: str, registry: CollectorRegistry):
+        self.host = host
+        self.pulls = Counter("jobyard_agent_image_pulls", "Image pulls this agent ran, by outcome.",
+                             ["host", "outcome"], registry=registry)
+        for outcome in PULL_OUTCOMES:
+            self.pulls.labels(host, outcome)
+        self.pull_seconds = Histogram("jobyard_agent_image_pull_seconds", "Time one image pull took.", ["host"],
+                                      buckets=PULL_BUCKETS, registry=registry)
+        self.cache_bytes = Gauge("jobyard_agent_image_cache_bytes",
+                                 "Bytes of the images jobyard pulled onto this engine "
+                                 "(shared layers counted per image).", ["host"], registry=registry)
+        self.evictions = Counter("jobyard_agent_image_evictions", "Image references the cache removed.", ["host"],
+                                 registry=registry)
+
+    def pull_finished(self, ref: str, seconds: float, outcome: str) -> None:
+        """Count the pull and record its duration."""
+        self.pulls.labels(self.host, outcome).inc()
+        self.pull_seconds.labels(self.host).observe(max(seconds, 0.0))
+
+    def cache_measured(self, total_bytes: int) -> None:
+        """Set the cache's size."""
+        self.cache_bytes.labels(self.host).set(total_bytes)
+
+    def image_evicted(self, ref: str, size: int) -> None:
+        """Count one eviction."""
+        self.evictions.labels(self.host).inc()
 
 
 def serve_metrics(agent: Agent, port: int) -> AgentMetrics:

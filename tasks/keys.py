@@ -121,6 +121,32 @@ def retried(task_id: str) -> str:
     return f"{PREFIX}:retried:{task_id}"
 
 
+#: Seconds a pull lock lives unless its holder renews it (executor.pulls.LOCK_TTL):
+#: a dead agent's pull is taken over by a waiter within this long.
+PULL_LOCK_TTL = 30
+
+
+def pull_lock(engine_id: str, ref_hash: str) -> str:
+    """JSON of one image's pull on one Docker engine, shared by the agents on it
+    (executor.pulls): {"state": "pulling", "token"} while a pull runs, TTL
+    :data:`PULL_LOCK_TTL` renewed by the puller; then {"state": "done", "digest"} or
+    {"state": "failed", "reason", "message"} for waiters to read, TTL 10 s.
+    ``ref_hash`` is the sha256 of the normalised reference."""
+    return f"{PREFIX}:pull:{engine_id}:{ref_hash}"
+
+
+#: Seconds the record of the images jobyard pulled outlives its last use (30 days).
+IMAGES_TTL = 30 * 24 * 3600
+
+
+def images(engine_id: str) -> str:
+    """Sorted set: normalised reference jobyard pulled onto one Docker engine -> last
+    use (unix time), shared by the agents on that engine (executor.image_cache). TTL
+    :data:`IMAGES_TTL`, renewed with every pull and use; entries whose image left the
+    engine are swept by every eviction pass."""
+    return f"{PREFIX}:images:{engine_id}"
+
+
 #: Keys (glob patterns) that may lack a TTL for a while because a live process sweeps
 #: them: the draining set always; the take script creates the others without one,
 #: until the next heartbeat gives them one.

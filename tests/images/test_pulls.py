@@ -1,0 +1,245 @@
+"""One pull per image per engine, pull policies and the pull bound, against a real loopback registry."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import shutil
+import tarfile
+import threading
+import time
+
+import docker
+import pytest
+import redis
+
+from executor.credentials import DockerConfig
+from executor.pulls import ImageObserver, PullCoordinator, engine_id, ref_hash
+from tasks import keys
+from tasks.errors import ImageNotFound, ImagePullFailed, InvalidJobSpec
+from tasks.images import parse_image_ref
+from tests.conftest import BUSYBOX_IMAGE
+
+_TAG = os.environ.get("JOBYARD_TEST_IMAGE_TAG", "latest")
+
+
+def _variant_tar(token: str) -> bytes:
+    """A busybox rootfs with one file of its own, so each variant is a distinct image."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(shutil.which("busybox") or "/bin/busybox", arcname="bin/busybox")
+        data = token.encode()
+        info = tarfile.TarInfo("variant")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+class Variants:
+    """Small distinct images pushed to the test registry; every tag made here is removed again."""
+
+    def __init__(self, client, registry):
+        self.client, self.registry = client, registry
+        self.session = secrets.token_hex(3)
+        self.references: list[str] = []
+        self.local: list[str] = []
+
+    def build(self, name: str) -> str:
+        """A variant present locally only (never pulled): ``jobyard-test/variant:<tag>-<name>``."""
+        reference = f"jobyard-test/variant:{_TAG}-{self.session}-{name}"
+        repository, tag = reference.split(":")
+        self.client.api.import_image_from_data(_variant_tar(secrets.token_hex(8)), repository=repository, tag=tag)
+        self.local.append(reference)
+        return reference
+
+    def push(self, name: str, tag: str = "v1") -> tuple[str, str]:
+        """Push a new variant as ``HOST/team/<session>-<name>:<tag>``, absent locally; (reference, digest)."""
+        local = self.build(f"{name}-{tag}-{secrets.token_hex(2)}")
+        repository = f"team/{self.session}-{name}"
+        digest = self.registry.push(self.client, local, repository, tag)
+        reference = f"{self.registry.host}/{repository}:{tag}"
+        self.references += [reference, f"{self.registry.host}/{repository}@{digest}"]
+        self.registry.untag(self.client, reference)
+        self._remove(local)
+        return reference, digest
+
+    def _remove(self, reference: str) -> None:
+        try:
+            self.client.api.remove_image(reference)
+        except docker.errors.NotFound:
+            pass
+
+    def cleanup(self) -> None:
+        for reference in self.references:
+            self.registry.untag(self.client, reference)
+        for reference in self.local:
+            self._remove(reference)
+
+
+@pytest.fixture
+def variants(docker_client, registry):
+    made = Variants(docker_client, registry)
+    yield made
+    made.cleanup()
+
+
+@pytest.fixture
+def engine(docker_client, redis_client):
+    """The engine's id; the image record and pull keys this test leaves are deleted."""
+    found = engine_id(docker_client)
+    yield found
+    redis_client.delete(keys.images(found))
+    for key in redis_client.scan_iter(keys.pull_lock(found, "*")):
+        redis_client.delete(key)
+
+
+def credentials_for(registry) -> DockerConfig:
+    """A Docker config with the registry's good credentials under ``auths``."""
+    return DockerConfig({"auths": {registry.host: registry.auth_config}})
+
+
+def pull_events(client, reference_prefix: str, since: float) -> list[dict]:
+    """Image pull events on the engine whose reference starts with ``reference_prefix``."""
+    # The pull event is sent before the pull's response ends, so "until now" has it.
+    events = client.events(decode=True, since=f"{since:.3f}", until=f"{time.time():.3f}",
+                           filters={"type": "image", "event": "pull"})
+    return [event for event in events if event.get("Actor", {}).get("ID", "").startswith(reference_prefix)]
+
+
+class Timeline(ImageObserver):
+    """When each pull of this process started and ended."""
+
+    def __init__(self):
+        self.started: dict[str, float] = {}
+        self.spans: list[tuple[str, float, float, str]] = []
+
+    def pull_started(self, ref: str) -> None:
+        self.started[ref] = time.monotonic()
+
+    def pull_finished(self, ref: str, seconds: float, outcome: str) -> None:
+        self.spans.append((ref, self.started[ref], time.monotonic(), outcome))
+
+
+def _outcome(call):
+    """``call()``'s result, or the exception it raised."""
+    try:
+        return call()
+    except BaseException as exc:
+        return exc
+
+
+def _run_together(calls) -> list:
+    """Run zero-argument callables in threads released at once; their results or exceptions."""
+    barrier = threading.Barrier(len(calls))
+    results: list = [None] * len(calls)
+
+    def run(index, call):
+        barrier.wait()
+        results[index] = _outcome(call)
+
+    threads = [threading.Thread(target=run, args=(i, call)) for i, call in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return results
+
+
+def test_five_jobs_on_two_agents_of_one_engine_share_one_pull(docker_client, redis_server, redis_client, registry,
+                                                              variants, engine):
+    reference, digest = variants.push("five")
+    other_redis = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    agents = [PullCoordinator(docker.from_env(), client, engine, credentials=credentials_for(registry))
+              for client in (redis_client, other_redis)]
+    since = time.time()
+    seen: list[str] = []
+    results = _run_together([lambda a=agents[i % 2]: a.ensure(reference, "missing", on_progress=seen.append)
+                             for i in range(5)])
+    assert results == [digest] * 5
+    pulls = pull_events(docker_client, reference, since)
+    assert len(pulls) == 1, pulls
+    assert 0 < redis_client.pttl(keys.pull_lock(engine, ref_hash(parse_image_ref(reference)))) <= 10_000
+
+
+def test_missing_pulls_only_when_absent_and_never_for_a_local_image(docker_client, redis_client, registry, variants,
+                                                                    busybox_image, engine):
+    coordinator = PullCoordinator(docker_client, redis_client, engine, credentials=credentials_for(registry))
+    since = time.time()
+    local = docker_client.api.inspect_image(busybox_image)
+    for policy in ("missing", "never"):
+        assert coordinator.ensure(busybox_image, policy) == local["Id"]
+    reference, digest = variants.push("missing")
+    assert coordinator.ensure(reference) == digest
+    assert coordinator.ensure(reference, "missing") == digest
+    assert coordinator.ensure(reference, "never") == digest
+    assert len(pull_events(docker_client, reference, since)) == 1
+    assert pull_events(docker_client, BUSYBOX_IMAGE.split(":")[0], since) == []
+    assert pull_events(docker_client, f"docker.io/{BUSYBOX_IMAGE.split(':')[0]}", since) == []
+
+
+def test_never_with_an_absent_image_is_image_not_found(docker_client, redis_client, registry, variants, engine):
+    coordinator = PullCoordinator(docker_client, redis_client, engine, credentials=credentials_for(registry))
+    reference, _ = variants.push("never")
+    since = time.time()
+    with pytest.raises(ImageNotFound) as caught:
+        coordinator.ensure(reference, "never")
+    assert not isinstance(caught.value, ImagePullFailed)
+    assert pull_events(docker_client, reference, since) == []
+    with pytest.raises(InvalidJobSpec) as caught:
+        coordinator.ensure(reference, "sometimes")
+    assert caught.value.field == "pull"
+
+
+def test_always_runs_the_new_digest_after_a_push_of_the_same_tag(docker_client, redis_client, registry, variants,
+                                                                engine):
+    coordinator = PullCoordinator(docker_client, redis_client, engine, credentials=credentials_for(registry))
+    reference, first = variants.push("always")
+    assert coordinator.ensure(reference, "always") == first
+    again, second = variants.push("always")
+    assert again == reference and second != first
+    name, tag = reference.rsplit(":", 1)
+    # The old version back under the tag: present, and stale.
+    assert coordinator.ensure(f"{name}@{first}") == first
+    docker_client.api.tag(f"{name}@{first}", name, tag)
+    assert coordinator.ensure(reference, "missing") == first
+    assert coordinator.ensure(reference, "always") == second
+
+
+def test_max_pulls_one_never_overlaps_two_images(docker_client, redis_client, registry, variants, engine):
+    timeline = Timeline()
+    coordinator = PullCoordinator(docker_client, redis_client, engine, max_pulls=1,
+                                  credentials=credentials_for(registry), observer=timeline)
+    (one, first), (two, second) = variants.push("serial-a"), variants.push("serial-b")
+    results = _run_together([lambda: coordinator.ensure(one), lambda: coordinator.ensure(two)])
+    assert results == [first, second]
+    (_, start_a, end_a, outcome_a), (_, start_b, end_b, outcome_b) = sorted(timeline.spans, key=lambda s: s[1])
+    assert (outcome_a, outcome_b) == ("pulled", "pulled")
+    assert end_a <= start_b, f"pulls overlapped: {timeline.spans}"
+
+
+def test_a_dead_agents_pull_is_taken_over_and_a_failure_is_shared(docker_client, redis_client, registry, variants,
+                                                                  engine):
+    reference, digest = variants.push("takeover")
+    key = keys.pull_lock(engine, ref_hash(parse_image_ref(reference)))
+    redis_client.set(key, json.dumps({"state": "pulling", "token": "dead-agent"}), px=1000)
+    coordinator = PullCoordinator(docker_client, redis_client, engine, credentials=credentials_for(registry))
+    started = time.monotonic()
+    assert coordinator.ensure(reference) == digest
+    assert 0.8 <= time.monotonic() - started < 15
+    docker_client.api.remove_image(reference)
+
+    # Another agent pulls it and fails: we wait for its pull and end with its failure, pulling nothing.
+    redis_client.set(key, json.dumps({"state": "pulling", "token": "other-agent"}), px=30_000)
+    since = time.time()
+    results: list = []
+    waiter = threading.Thread(target=lambda: results.append(_outcome(lambda: coordinator.ensure(reference))))
+    waiter.start()
+    time.sleep(0.5)
+    failure = {"state": "failed", "reason": "auth", "message": f"image pull failed (auth): {reference}: denied"}
+    redis_client.set(key, json.dumps(failure), px=10_000)
+    waiter.join(15)
+    assert len(results) == 1 and isinstance(results[0], ImagePullFailed), results
+    assert (results[0].reason, results[0].message) == ("auth", failure["message"])
+    assert pull_events(docker_client, reference, since) == []
