@@ -36,7 +36,10 @@ def job_file_option(_ctx, _param, value):
                    "holds itself free for it (starvation bound).")
 @click.option("--slots", type=click.IntRange(min=1), default=None,
               help="Admit a fixed number of jobs regardless of their requests (for comparisons only).")
-@click.option("--allow-image", "allowed_images", multiple=True, help="Glob of images jobs may use (repeatable; default any local image).")
+@click.option("--allow-image", "allowed_images", multiple=True,
+              help="Glob of images jobs may use, matched against the reference as written and its normalised "
+                   "form, e.g. 'registry.example:5000/*' (repeatable; default any).")
+@click.option("--require-digest", is_flag=True, help="Run only images pinned by @sha256: digest.")
 @click.option("--max-job-cpus", type=float, default=None, help="Largest CPU limit one job may ask for.")
 @click.option("--max-job-memory", callback=memory_option, default=None, help="Largest memory limit one job may ask for.")
 @click.option("--allow-network", is_flag=True, help="Let jobs ask for network='bridge'.")
@@ -49,8 +52,8 @@ def job_file_option(_ctx, _param, value):
               help="Largest file a job may write (its result, and any file in /tmp): what it can put on the host.")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
-def agent(hostname, cpus, memory, queues, max_jobs, max_wait, slots, allowed_images, max_job_cpus, max_job_memory,
-          allow_network, max_job_timeout, max_job_pids, state_dir, max_job_file, loglevel, metrics_port):
+def agent(hostname, cpus, memory, queues, max_jobs, max_wait, slots, allowed_images, require_digest, max_job_cpus,
+          max_job_memory, allow_network, max_job_timeout, max_job_pids, state_dir, max_job_file, loglevel, metrics_port):
     """Run an executor agent on this host."""
     from executor.agent import Agent, AgentConfig, default_state_dir
     from executor.capacity import Capacity
@@ -61,7 +64,7 @@ def agent(hostname, cpus, memory, queues, max_jobs, max_wait, slots, allowed_ima
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     policy = HostPolicy(allowed_images=tuple(allowed_images) or ("*",), max_cpus=max_job_cpus,
                         max_memory=max_job_memory, allow_network=allow_network, max_timeout=max_job_timeout,
-                        max_pids=max_job_pids)
+                        max_pids=max_job_pids, require_digest=require_digest)
     config = AgentConfig(hostname=hostname or socket.gethostname(), capacity=Capacity.detect(cpus, memory),
                          queues=queues, policy=policy, state_dir=state_dir or default_state_dir(),
                          max_jobs=max_jobs, max_wait=max_wait, slots=slots, max_job_file=max_job_file)
