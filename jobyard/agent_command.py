@@ -7,6 +7,7 @@ import socket
 
 import click
 
+from executor.credentials import CredentialsError, DockerConfig
 from executor.errors import AgentError
 from executor.placement import DEFAULT_MAX_WAIT
 from executor.policy import DEFAULT_MAX_PIDS
@@ -22,6 +23,17 @@ def job_file_option(_ctx, _param, value):
     try:
         return check_max_job_file(parse_memory(value))
     except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def registry_config_option(_ctx, _param, value):
+    """Click callback: the registry config (a Docker config.json) loaded and checked at start-up.
+
+    With no path, ``$DOCKER_CONFIG/config.json`` then ``~/.docker/config.json`` (none is fine).
+    """
+    try:
+        return DockerConfig.load(value)
+    except CredentialsError as exc:
         raise click.BadParameter(str(exc)) from None
 
 
@@ -47,14 +59,20 @@ def job_file_option(_ctx, _param, value):
               help="Longest timeout (seconds) one job may ask for.")
 @click.option("--max-job-pids", type=click.IntRange(min=8), default=DEFAULT_MAX_PIDS, show_default=True,
               help="Most processes one job may ask for.")
+@click.option("--registry-config", callback=registry_config_option, default=None, metavar="PATH",
+              help="Registry credentials: a Docker config.json, best a read-only file "
+                   "(default: $DOCKER_CONFIG/config.json, then ~/.docker/config.json).")
 @click.option("--state-dir", default=None, help="Where job input/output dirs live (JOBYARD_STATE_DIR).")
 @click.option("--max-job-file", callback=job_file_option, default="64Mi", show_default=True,
               help="Largest file a job may write (its result, and any file in /tmp): what it can put on the host.")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
 def agent(hostname, cpus, memory, queues, max_jobs, max_wait, slots, allowed_images, require_digest, max_job_cpus,
-          max_job_memory, allow_network, max_job_timeout, max_job_pids, state_dir, max_job_file, loglevel, metrics_port):
+          max_job_memory, allow_network, max_job_timeout, max_job_pids, registry_config, state_dir, max_job_file,
+          loglevel, metrics_port):
     """Run an executor agent on this host."""
+    # registry_config is checked here already; it reaches the agent once AgentConfig
+    # takes it (executor/agent.py is being restructured: AgentConfig(registry_config=...)).
     from executor.agent import Agent, AgentConfig, default_state_dir
     from executor.capacity import Capacity
     from executor.metrics import serve_metrics

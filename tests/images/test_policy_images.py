@@ -113,3 +113,18 @@ def test_an_agent_refuses_another_registry_and_an_unpinned_image_before_any_pull
         assert time.monotonic() - started < 20, "a policy refusal must not wait for a pull"
         assert info.value.details["rule"] == rule and info.value.details["reason"] == "policy", info.value
         assert info.value.details["image"] == image
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read the registry config"),
+    ("{not json", "is not JSON"),
+    ('{"auths": {"registry.example:5000": "hunter2-Secret"}}', "auths must map registries"),
+])
+def test_agent_refuses_a_registry_config_it_cannot_use(tmp_path, content, message):
+    path = tmp_path / "config.json"
+    if content is not None:
+        path.write_text(content)
+    result = CliRunner().invoke(agent_command, ["--registry-config", str(path)])
+    assert result.exit_code == 2 and "--registry-config" in result.output and message in result.output, result.output
+    assert "hunter2" not in result.output
