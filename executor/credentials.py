@@ -6,6 +6,11 @@ its ``auths`` entry (``auth`` = base64 ``user:pass``, or ``username``/``password
 get`` with the server on stdin, ``{"Username", "Secret"}`` on stdout. Secrets stay
 inside :class:`RegistryCredentials` and :class:`AuthConfig`, whose reprs redact
 them; no error message here ever carries one, or a helper's output.
+
+A private Amazon ECR registry (``<account>.dkr.ecr.<region>.amazonaws.com``) the config
+gives no credentials for gets a token from ``ecr.get_authorization_token`` through
+boto3 (:class:`EcrTokens`), cached per account and region and fetched again before it
+expires; ECR's own helper (``credHelpers``: ``docker-credential-ecr-login``) works too.
 """
 
 from __future__ import annotations
@@ -13,11 +18,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
+import threading
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from tasks.errors import JobyardError
 
@@ -26,6 +35,13 @@ DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 _HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 _HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _NOT_FOUND = "credentials not found"
+_ECR_HOST = re.compile(r"(?P<account>[0-9]{12})\.dkr\.ecr\.(?P<region>[a-z]{2}(?:-[a-z]+)+-[0-9]{1,2})"
+                       r"\.amazonaws\.com(?:\.cn)?")
+#: How long an ECR token lasts (AWS: 12 hours), when the reply does not say.
+ECR_TOKEN_LIFETIME = 12 * 3600.0
+#: A token is fetched again this long before it expires, so that a pull (at most the
+#: agent's --pull-timeout, 10 min by default) never runs on a token about to lapse.
+ECR_REFRESH_BEFORE = 30 * 60.0
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_HELPER_OUTPUT = 64 * 1024
 HELPER_TIMEOUT = 10.0
@@ -107,9 +123,11 @@ def _read_json(path: str) -> dict:
 class DockerConfig:
     """A Docker ``config.json``: ``auths``, ``credHelpers`` and ``credsStore``."""
 
-    def __init__(self, data: dict, path: str = "<memory>", helper_timeout: float = HELPER_TIMEOUT):
+    def __init__(self, data: dict, path: str = "<memory>", helper_timeout: float = HELPER_TIMEOUT,
+                 ecr: "EcrTokens | None" = None):
         self.path = path
         self.helper_timeout = helper_timeout
+        self.ecr = ecr or EcrTokens()
         self.auths = self._hosts(data.get("auths", {}), "auths", dict)
         self.helpers = self._hosts(data.get("credHelpers", {}), "credHelpers", str)
         self.store = data.get("credsStore") or None
@@ -123,13 +141,14 @@ class DockerConfig:
         return {registry_host(key): value for key, value in section.items()}
 
     @classmethod
-    def load(cls, path: str | None = None, helper_timeout: float = HELPER_TIMEOUT) -> "DockerConfig":
+    def load(cls, path: str | None = None, helper_timeout: float = HELPER_TIMEOUT,
+             ecr: "EcrTokens | None" = None) -> "DockerConfig":
         """Read ``path``; with no path, the default one, and a missing default means no credentials."""
         if path is None:
             path = default_config_path()
             if not os.path.exists(path):
-                return cls({}, path, helper_timeout)
-        return cls(_read_json(path), path, helper_timeout)
+                return cls({}, path, helper_timeout, ecr)
+        return cls(_read_json(path), path, helper_timeout, ecr)
 
     def credentials(self, registry: str) -> RegistryCredentials | None:
         """Credentials for ``registry`` (a host, or any key form), or None for anonymous."""
@@ -140,9 +159,8 @@ class DockerConfig:
             found = self._from_helper(self.store, host)
             if found is not None:
                 return found
-        if host in self.auths:
-            return self._from_auths(host, self.auths[host])
-        return None
+        found = self._from_auths(host, self.auths[host]) if host in self.auths else None
+        return found or self.ecr.credentials(host)
 
     def auth_config(self, registry: str) -> AuthConfig:
         """The docker-SDK ``auth_config`` for ``registry``; empty (anonymous) when none."""
@@ -215,3 +233,80 @@ def _parse_helper_reply(name: str, server: str, raw: bytes) -> tuple[str, str]:
         raise CredentialsError(f"credential helper docker-credential-{name} gave no JSON "
                                f"{{Username, Secret}} for {server}") from None
     return username, secret
+
+
+def ecr_registry(host: str) -> tuple[str, str] | None:
+    """(account, region) of a private ECR registry host, or None for any other host."""
+    match = _ECR_HOST.fullmatch(host)
+    return (match["account"], match["region"]) if match else None
+
+
+def _boto3_ecr_client(region: str):
+    try:
+        import boto3
+    except ImportError:
+        raise CredentialsError("ECR registries need boto3: pip install 'jobyard[aws]'") from None
+    # botocore logs every response body at DEBUG, and this one is the token.
+    parsers = logging.getLogger("botocore.parsers")
+    if parsers.getEffectiveLevel() < logging.INFO:
+        parsers.setLevel(logging.INFO)
+    return boto3.client("ecr", region_name=region)
+
+
+class EcrTokens:
+    """ECR registry tokens from ``ecr.get_authorization_token``, cached per account and region.
+
+    AWS credentials come the usual boto3 way (instance role, environment, profile).
+    ``client_factory(region)`` makes the ECR client; ``clock`` gives epoch seconds. A
+    token is fetched again ``refresh_before`` seconds before it expires. Errors name
+    the registry and the AWS error code, never a token.
+    """
+
+    def __init__(self, client_factory=None, clock=time.time, refresh_before: float = ECR_REFRESH_BEFORE):
+        self.client_factory = client_factory or _boto3_ecr_client
+        self.clock = clock
+        self.refresh_before = refresh_before
+        self._tokens: dict[tuple[str, str], tuple[float, RegistryCredentials]] = {}
+        self._lock = threading.Lock()
+
+    def credentials(self, host: str) -> RegistryCredentials | None:
+        """Credentials for the ECR registry ``host``; None when ``host`` is not one."""
+        registry = ecr_registry(host)
+        if registry is None:
+            return None
+        with self._lock:
+            cached = self._tokens.get(registry)
+            if cached is None or self.clock() >= cached[0] - self.refresh_before:
+                cached = self._tokens[registry] = self._fetch(host, *registry)
+            return cached[1]
+
+    def _fetch(self, host: str, account: str, region: str) -> tuple[float, RegistryCredentials]:
+        client = self.client_factory(region)
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            reply = client.get_authorization_token(registryIds=[account])
+        except ClientError as exc:
+            raise CredentialsError(f"ECR refused a token for {host}: "
+                                   f"{exc.response.get('Error', {}).get('Code', 'ClientError')}") from None
+        except BotoCoreError as exc:
+            raise CredentialsError(f"cannot get an ECR token for {host}: {type(exc).__name__}") from None
+        return _parse_ecr_token(host, reply, self.clock())
+
+
+def _parse_ecr_token(host: str, reply: object, now: float) -> tuple[float, RegistryCredentials]:
+    """(expiry, credentials) from a get_authorization_token reply for ``host``."""
+    try:
+        (data,) = reply["authorizationData"]
+        decoded = base64.b64decode(data["authorizationToken"], validate=True).decode()
+        endpoint = registry_host(data["proxyEndpoint"])
+        expires = data.get("expiresAt")
+    except (KeyError, TypeError, ValueError, binascii.Error, UnicodeDecodeError):
+        raise CredentialsError(f"ECR gave a malformed authorization token for {host}") from None
+    username, colon, password = decoded.partition(":")
+    if not (colon and username and password):
+        raise CredentialsError(f"ECR gave an authorization token for {host} that is not user:password")
+    if endpoint != host:
+        raise CredentialsError(f"ECR gave a token for another registry than {host}")
+    expiry = expires.timestamp() if isinstance(expires, datetime) else now + ECR_TOKEN_LIFETIME
+    return min(expiry, now + ECR_TOKEN_LIFETIME), RegistryCredentials(host, username, password)

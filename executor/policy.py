@@ -2,6 +2,12 @@
 
 The policy is the agent's, never the caller's: allowed images, the largest job
 (CPUs, memory, pids, timeout), whether a job may have a network.
+
+An ``allowed_images`` glob matches an image when it matches the reference as the job
+wrote it or its normalised form (``busybox`` is ``docker.io/library/busybox:latest``).
+A registry host always has a ``.`` or ``:`` (or is ``localhost``) and a reference
+without one is Docker Hub's, so a glob that starts with ``registry.example:5000/``
+matches only images from that registry, written either way.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import fnmatch
 from dataclasses import dataclass
 
 from tasks.errors import JobRejected
+from tasks.images import ImageRef, parse_image_ref
 from tasks.spec import JobSpec
 from tasks.units import format_memory
 
@@ -28,13 +35,11 @@ class HostPolicy:
     allow_network: bool = False
     max_timeout: float | None = None
     max_pids: int | None = DEFAULT_MAX_PIDS
+    require_digest: bool = False
 
     def check(self, spec: JobSpec) -> None:
         """Raise :class:`JobRejected` naming the rule ``spec`` breaks."""
-        if not any(fnmatch.fnmatchcase(spec.image, pattern) for pattern in self.allowed_images):
-            raise JobRejected(
-                f"{spec.name}: image {spec.image!r} is not allowed on this host "
-                f"(allowed: {', '.join(self.allowed_images)})", {"rule": "image", "image": spec.image})
+        self.check_image(spec)
         if spec.network != "none" and not self.allow_network:
             raise JobRejected(f"{spec.name}: network {spec.network!r} is not allowed on this host",
                               {"rule": "network", "network": spec.network})
@@ -54,3 +59,23 @@ class HostPolicy:
             raise JobRejected(f"{spec.name}: timeout {spec.timeout:g}s exceeds this host's maximum "
                               f"{self.max_timeout:g}s",
                               {"rule": "timeout", "request": spec.timeout, "max": self.max_timeout})
+
+    def check_image(self, spec: JobSpec) -> None:
+        """Refuse an image outside ``allowed_images``, or without a digest under ``require_digest``.
+
+        Checked before any pull; the rejection's ``details["reason"]`` is ``"policy"``.
+        """
+        ref = parse_image_ref(spec.image)
+        if not any(fnmatch.fnmatchcase(spec.image, pattern) or fnmatch.fnmatchcase(ref.normalised, pattern)
+                   for pattern in self.allowed_images):
+            raise JobRejected(
+                f"{spec.name}: image {ref.normalised!r} (registry {ref.registry}) is not allowed on this host "
+                f"(allowed: {', '.join(self.allowed_images)})", _image_details("image", spec.image, ref))
+        if self.require_digest and not ref.pinned:
+            raise JobRejected(f"{spec.name}: image {spec.image!r} names no @sha256: digest, and this host "
+                              f"runs only pinned images", _image_details("digest", spec.image, ref))
+
+
+def _image_details(rule: str, image: str, ref: ImageRef) -> dict:
+    return {"rule": rule, "reason": "policy", "image": image, "normalised": ref.normalised,
+            "registry": ref.registry}

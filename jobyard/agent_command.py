@@ -7,6 +7,7 @@ import socket
 
 import click
 
+from executor.credentials import CredentialsError, DockerConfig
 from executor.errors import AgentError
 from executor.placement import DEFAULT_MAX_WAIT
 from executor.policy import DEFAULT_MAX_PIDS
@@ -25,6 +26,17 @@ def job_file_option(_ctx, _param, value):
         raise click.BadParameter(str(exc)) from None
 
 
+def registry_config_option(_ctx, _param, value):
+    """Click callback: the registry config (a Docker config.json) loaded and checked at start-up.
+
+    With no path, ``$DOCKER_CONFIG/config.json`` then ``~/.docker/config.json`` (none is fine).
+    """
+    try:
+        return DockerConfig.load(value)
+    except CredentialsError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command()
 @click.option("--hostname", default=None, help="Host identity (default: this machine's hostname).")
 @click.option("--cpus", type=click.FloatRange(min=0.01), default=None, help="Allocatable CPUs (default: psutil).")
@@ -36,7 +48,10 @@ def job_file_option(_ctx, _param, value):
                    "holds itself free for it (starvation bound).")
 @click.option("--slots", type=click.IntRange(min=1), default=None,
               help="Admit a fixed number of jobs regardless of their requests (for comparisons only).")
-@click.option("--allow-image", "allowed_images", multiple=True, help="Glob of images jobs may use (repeatable; default any local image).")
+@click.option("--allow-image", "allowed_images", multiple=True,
+              help="Glob of images jobs may use, matched against the reference as written and its normalised "
+                   "form, e.g. 'registry.example:5000/*' (repeatable; default any).")
+@click.option("--require-digest", is_flag=True, help="Run only images pinned by @sha256: digest.")
 @click.option("--max-job-cpus", type=float, default=None, help="Largest CPU limit one job may ask for.")
 @click.option("--max-job-memory", callback=memory_option, default=None, help="Largest memory limit one job may ask for.")
 @click.option("--allow-network", is_flag=True, help="Let jobs ask for network='bridge'.")
@@ -44,14 +59,20 @@ def job_file_option(_ctx, _param, value):
               help="Longest timeout (seconds) one job may ask for.")
 @click.option("--max-job-pids", type=click.IntRange(min=8), default=DEFAULT_MAX_PIDS, show_default=True,
               help="Most processes one job may ask for.")
+@click.option("--registry-config", callback=registry_config_option, default=None, metavar="PATH",
+              help="Registry credentials: a Docker config.json, best a read-only file "
+                   "(default: $DOCKER_CONFIG/config.json, then ~/.docker/config.json).")
 @click.option("--state-dir", default=None, help="Where job input/output dirs live (JOBYARD_STATE_DIR).")
 @click.option("--max-job-file", callback=job_file_option, default="64Mi", show_default=True,
               help="Largest file a job may write (its result, and any file in /tmp): what it can put on the host.")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
-def agent(hostname, cpus, memory, queues, max_jobs, max_wait, slots, allowed_images, max_job_cpus, max_job_memory,
-          allow_network, max_job_timeout, max_job_pids, state_dir, max_job_file, loglevel, metrics_port):
+def agent(hostname, cpus, memory, queues, max_jobs, max_wait, slots, allowed_images, require_digest, max_job_cpus,
+          max_job_memory, allow_network, max_job_timeout, max_job_pids, registry_config, state_dir, max_job_file,
+          loglevel, metrics_port):
     """Run an executor agent on this host."""
+    # registry_config is checked here already; it reaches the agent once AgentConfig
+    # takes it (executor/agent.py is being restructured: AgentConfig(registry_config=...)).
     from executor.agent import Agent, AgentConfig, default_state_dir
     from executor.capacity import Capacity
     from executor.metrics import serve_metrics
@@ -61,7 +82,7 @@ def agent(hostname, cpus, memory, queues, max_jobs, max_wait, slots, allowed_ima
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     policy = HostPolicy(allowed_images=tuple(allowed_images) or ("*",), max_cpus=max_job_cpus,
                         max_memory=max_job_memory, allow_network=allow_network, max_timeout=max_job_timeout,
-                        max_pids=max_job_pids)
+                        max_pids=max_job_pids, require_digest=require_digest)
     config = AgentConfig(hostname=hostname or socket.gethostname(), capacity=Capacity.detect(cpus, memory),
                          queues=queues, policy=policy, state_dir=state_dir or default_state_dir(),
                          max_jobs=max_jobs, max_wait=max_wait, slots=slots, max_job_file=max_job_file)

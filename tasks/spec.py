@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidJobSpec
+from .images import parse_image_ref
 from .units import format_memory, parse_memory
 
 PYTHON = "python"
@@ -22,13 +23,6 @@ MIN_MEMORY = 6 * 1024**2  # the smallest limit Docker accepts
 MAX_TIMEOUT = 7 * 24 * 3600.0
 NETWORK_MODES = ("none", "bridge")
 
-_IMAGE = re.compile(
-    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?"  # optional registry host[:port]/
-    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-    r"(?::[\w][\w.-]{0,127})?"
-    r"(?:@sha256:[a-f0-9]{64})?$"
-)
 _NAME = re.compile(r"^[A-Za-z_][\w.-]{0,199}$")
 _ENTRY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -158,8 +152,7 @@ class JobSpec:
         _check(isinstance(self.name, str) and bool(_NAME.match(self.name)), "name",
                f"{self.name!r} is not a job name (letters, digits, '._-')")
         _check(self.kind in (PYTHON, COMMAND), "kind", f"must be {PYTHON!r} or {COMMAND!r}")
-        _check(isinstance(self.image, str) and bool(_IMAGE.match(self.image)), "image",
-               f"{self.image!r} is not an image reference")
+        parse_image_ref(self.image)  # the image stays as given; policy and pulls normalise it
         _check_number("cpus", self.cpus, 0.0, 1024.0)
         if self.cpus_limit is not None:
             _check_number("cpus_limit", self.cpus_limit, 0.0, 1024.0)

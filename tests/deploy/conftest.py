@@ -152,6 +152,7 @@ def compose_stack(docker_client, jobyard_image):
         port = "6379" if host == "redis" else settings["JOBYARD_REDIS_PORT"]
         settings[f"JOBYARD_{name.upper().replace('-', '_')}_SECRET"] = write_secret(
             workdir, name, f"redis://:{settings['JOBYARD_REDIS_PASSWORD']}@{host}:{port}/0\n")
+    settings["JOBYARD_REGISTRY_CONFIG_SECRET"] = write_secret(workdir, "registry-config", '{"auths": {}}\n')
     stack = ComposeStack(f"jobyard-{SESSION}", workdir, settings)
     stack.write_env()
     yield stack

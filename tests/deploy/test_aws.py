@@ -23,7 +23,7 @@ SCALING_ACTIONS = {"autoscaling:SetDesiredCapacity", "autoscaling:TerminateInsta
 #: What the user-data's ${...} placeholders become for the syntax check.
 SAMPLE_PARAMETERS = {"JobyardPackage": "jobyard==0.1.0", "JobImagesObject": "bucket/images.tar",
                      "AWS::Region": "eu-west-1", "BrokerUrlParameter": "/jobyard/broker-url",
-                     "AgentArgs": "--queues default"}
+                     "AgentArgs": "--queues default", "RegistryConfigParameter": "/jobyard/registry-config"}
 
 
 def cfn_lint(path: str) -> subprocess.CompletedProcess:

@@ -110,6 +110,17 @@ def test_no_jobyard_container_holds_the_redis_password_in_its_environment(stack,
         assert any(v.startswith("JOBYARD_BROKER_URL_FILE=") for v in config["Env"]), container.name
 
 
+def test_the_agent_gets_its_registry_config_as_a_read_only_file(stack, docker_client):
+    (agent,) = stack.containers(docker_client, "agent")
+    assert "--registry-config /run/secrets/registry-config" in " ".join(agent.attrs["Config"]["Cmd"])
+    assert not any("registry-config" in variable for variable in agent.attrs["Config"]["Env"])
+    mounts = {mount["Destination"]: mount for mount in agent.attrs["Mounts"]}
+    assert mounts["/run/secrets/registry-config"]["RW"] is False
+    for container in stack.containers(docker_client):
+        if container.name != agent.name:
+            assert "/run/secrets/registry-config" not in {m["Destination"] for m in container.attrs["Mounts"]}
+
+
 def test_jobs_from_this_host_come_back_and_an_oom_is_reported(stack, docker_client):
     agents = {stack.agent_name, f"{stack.autoscaler_prefix}-0"}
     outcome = submit(stack, JOBS)
