@@ -184,7 +184,6 @@ __all__ = [
     "JobRejected",
     "ImageNotFound",
     "ImagePullFailed",
-    "PULL_REASONS",
     "JobRuntimeError",
     "ContainerOOMKilled",
     "JobTimeout",
