@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-DEFAULT_AGENT_IMAGE = "jobyard/jobyard:latest"
-
 
 @dataclass(frozen=True)
 class AutoscaleConfig:
@@ -81,21 +79,22 @@ def run_autoscaler(config: AutoscaleConfig) -> None:
 
 def make_provider(config: AutoscaleConfig):
     """The host provider the config names."""
-    from tasks.config import default_state_dir
+    from tasks.config import Settings
 
-    from .shape import HostShape
+    from .shape import host_shape
 
-    shape = HostShape(config.host_cpus, config.host_memory)
+    shape = host_shape(config.host_cpus, config.host_memory)
+    settings = Settings.from_env()
     prefix = config.host_prefix or socket.gethostname().split(".")[0]
     if config.provider == "local":
         from .providers.local import LocalProvider
 
-        state_dir = config.state_dir or os.path.join(default_state_dir(), "autoscaler")
+        state_dir = config.state_dir or os.path.join(settings.state_dir, "autoscaler")
         return LocalProvider(shape, state_dir, prefix, config.queues, tuple(config.agent_args))
     if config.provider == "docker":
         from .providers.docker import DockerProvider
 
-        image = config.image or os.environ.get("JOBYARD_AGENT_IMAGE") or DEFAULT_AGENT_IMAGE
+        image = config.image or settings.agent_image
         return DockerProvider(shape, image, prefix, config.queues, tuple(config.agent_args),
                               state_dir=config.state_dir)
     if config.provider != "aws":

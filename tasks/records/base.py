@@ -69,6 +69,11 @@ class HashRecord(Record):
         """The record from an HGETALL reply; a value that is not JSON is kept as text."""
         return cls.from_json({key: _decode(value) for key, value in fields.items()})
 
+    @classmethod
+    def parse_redis(cls: type[R], fields: Mapping[str, str]) -> R | None:
+        """Tolerant :meth:`from_redis`: None, with a warning, for a malformed hash."""
+        return cls.parse({key: _decode(value) for key, value in fields.items()})
+
 
 def _decode(value: str) -> Any:
     try:

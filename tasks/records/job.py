@@ -24,6 +24,10 @@ class _Fields(HashRecord):
         extra = tuple((k, v) for k, v in data.items() if k not in names)
         return cls(**known, extra=extra)
 
+    def __bool__(self) -> bool:
+        """Whether any field is set (an expired or unknown hash reads as an empty record)."""
+        return bool(self.to_dict())
+
     def get(self, name: str, default: Any = None) -> Any:
         """A field's value, known or extra, or ``default`` when not set."""
         value = self.to_dict().get(name)
