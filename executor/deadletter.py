@@ -1,8 +1,9 @@
 """The dead-letter store: jobs that failed for good, with reason, error and message.
 
 Each dead job is a hash at ``jobyard:dead:<task_id>`` (:class:`tasks.records.DeadLetter`,
-kept :data:`tasks.keys.DEAD_TTL`) indexed by the sorted set ``jobyard:dead``. The stored broker message lets ``jobyard dead requeue``
-send the very same job again, with a fresh retry budget.
+kept :data:`tasks.keys.DEAD_TTL`) indexed by the sorted set ``jobyard:dead``. The stored
+broker message lets ``jobyard dead requeue`` send the very same job again, with a fresh
+retry budget.
 """
 
 from __future__ import annotations
