@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .records import show_records
+from .listing import show_records
 
 
 @click.group()
