@@ -4,6 +4,7 @@ Pure: reads the product's source with ``ast``, no services.
 """
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -26,10 +27,11 @@ KEY_TEXT = re.compile(r"(?<![\w/])jobyard:[a-z_]+")
 TTL_NAME = re.compile(r"(TTL|RETENTION|KEEP_SECONDS)(_SECONDS)?$")
 
 
-def product_files():
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            yield path.relative_to(ROOT), ast.parse(path.read_text(), str(path))
+@functools.cache
+def product_files() -> tuple:
+    """(path relative to the checkout, parsed module) of every product module."""
+    return tuple((path.relative_to(ROOT), ast.parse(path.read_text(), str(path)))
+                 for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py")))
 
 
 def _docstrings(tree) -> set[int]:
