@@ -52,18 +52,19 @@ def job_file_option(_ctx, _param, value):
 def agent(hostname, cpus, memory, queues, max_jobs, max_wait, slots, allowed_images, max_job_cpus, max_job_memory,
           allow_network, max_job_timeout, max_job_pids, state_dir, max_job_file, loglevel, metrics_port):
     """Run an executor agent on this host."""
-    from executor.agent import Agent, AgentConfig, default_state_dir
+    from executor.agent import Agent, AgentConfig
     from executor.capacity import Capacity
     from executor.metrics import serve_metrics
     from executor.policy import HostPolicy
     from executor.worker import run_worker
+    from tasks.config import Settings
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     policy = HostPolicy(allowed_images=tuple(allowed_images) or ("*",), max_cpus=max_job_cpus,
                         max_memory=max_job_memory, allow_network=allow_network, max_timeout=max_job_timeout,
                         max_pids=max_job_pids)
     config = AgentConfig(hostname=hostname or socket.gethostname(), capacity=Capacity.detect(cpus, memory),
-                         queues=queues, policy=policy, state_dir=state_dir or default_state_dir(),
+                         queues=queues, policy=policy, state_dir=state_dir or Settings.from_env().state_dir,
                          max_jobs=max_jobs, max_wait=max_wait, slots=slots, max_job_file=max_job_file)
     try:
         job_agent = Agent(config)
