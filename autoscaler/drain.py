@@ -15,9 +15,9 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from tasks import keys
+from tasks.records import AgentState
 
 from .errors import ControlError
-from .metrics import AgentState
 
 log = logging.getLogger(__name__)
 

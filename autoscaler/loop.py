@@ -24,10 +24,12 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
+from tasks.records import AgentState
+
 from .action import HOLD, IN, OUT, Action
 from .drain import Drainer
 from .errors import AutoscalerError, ConfigError
-from .metrics import AgentState, Observation
+from .metrics import Observation
 from .roles import Host, HostProvider, MetricSource, Strategy
 from .shape import Request
 from .strategy import BinPacking, Target

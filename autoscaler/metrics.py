@@ -5,8 +5,8 @@ sub-lists ``f"{queue}\\x06\\x16{step}"`` for steps 3, 6 and 9; a delivered but n
 acknowledged message sits in the hash ``unacked`` (tag -> ``[message, exchange,
 routing_key]``). A job's spec rides in the message header ``jobyard_spec``. Running
 jobs and their requests come from the state each agent publishes
-(:meth:`executor.agent.Agent.state`). Only LLEN, LRANGE, HGETALL, ZRANGE and MGET are used;
-nothing is consumed.
+(:class:`tasks.records.AgentState`). The layout is written once in :mod:`tasks.keys`.
+Only LLEN, LRANGE, HGETALL, ZRANGE and MGET are used; nothing is consumed.
 """
 
 from __future__ import annotations
@@ -20,24 +20,17 @@ import redis
 
 from tasks import keys
 from tasks.app import SPEC_HEADER
+from tasks.records import AgentState
 from tasks.spec import JobSpec
 
 from .errors import MetricError
-from .shape import HostShape, Request
+from .shape import Request
 from .strategy import Demand
 
-PRIORITY_SEPARATOR = "\x06\x16"
-PRIORITY_STEPS = (3, 6, 9)
-UNACKED = "unacked"
 #: Messages read per list per poll; the rest of a longer list is assumed to ask
 #: for the mean of those read.
 MAX_SCAN = 10_000
 _DEFAULT = JobSpec.__dataclass_fields__
-
-
-def priority_keys(queue: str) -> list[str]:
-    """The Redis lists that hold ``queue``'s ready messages, highest priority first."""
-    return [queue] + [f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
 
 
 def default_request(task_id: str = "") -> Request:
@@ -71,59 +64,6 @@ class QueueDepth:
     def in_flight(self) -> int:
         """Delivered and not yet acknowledged (reserved + running)."""
         return self.reserved + self.running
-
-
-@dataclass(frozen=True)
-class HeldJob:
-    """A job an agent holds: admitted (running) or waiting for capacity."""
-
-    task_id: str
-    cpus: float
-    memory: int
-    started: float
-    timeout: float
-
-    @property
-    def ends_by(self) -> float:
-        """When its timeout kills it at the latest (unix time)."""
-        return self.started + self.timeout
-
-
-@dataclass(frozen=True)
-class AgentState:
-    """What one agent last published."""
-
-    hostname: str
-    worker: str
-    queues: tuple[str, ...]
-    capacity: HostShape
-    running: tuple[HeldJob, ...] = ()
-    waiting: tuple[HeldJob, ...] = ()
-    heartbeat: float = 0.0
-
-    @classmethod
-    def parse(cls, data: dict[str, Any]) -> "AgentState":
-        """Read the JSON an agent publishes at ``jobyard:agent:<hostname>``."""
-        def held(items: Iterable[dict[str, Any]]) -> tuple[HeldJob, ...]:
-            return tuple(HeldJob(i["task_id"], float(i.get("cpus", 0)), int(i.get("memory", 0)),
-                                 float(i.get("started", 0)), float(i.get("timeout", 0))) for i in items)
-
-        capacity = data.get("capacity") or {}
-        return cls(data["hostname"], data.get("worker") or f"jobyard@{data['hostname']}",
-                   tuple(data.get("queues") or ()),
-                   HostShape(float(capacity.get("cpus") or 1e-9), int(capacity.get("memory") or 1)),
-                   held(data.get("running") or ()), held(data.get("waiting") or ()),
-                   float(data.get("heartbeat") or 0))
-
-    @property
-    def busy(self) -> bool:
-        """Whether it holds any job, running or waiting."""
-        return bool(self.running or self.waiting)
-
-    @property
-    def work_ends_by(self) -> float:
-        """When its last held job must end by (0 when idle)."""
-        return max((job.ends_by for job in self.running + self.waiting), default=0.0)
 
 
 @dataclass(frozen=True)
@@ -184,11 +124,11 @@ class BrokerMetrics:
         """Ready requests by queue and unacked requests by routing key, read atomically
         (MULTI), so a message moving between a list and ``unacked`` is seen once."""
         pipe = self.redis.pipeline(transaction=True)
-        lists = [(queue, key) for queue in self.queues for key in priority_keys(queue)]
+        lists = [(queue, key) for queue in self.queues for key in keys.priority_lists(queue)]
         for _queue, key in lists:
             pipe.llen(key)
             pipe.lrange(key, 0, MAX_SCAN - 1)
-        pipe.hgetall(UNACKED)
+        pipe.hgetall(keys.UNACKED)
         replies = pipe.execute()
         ready: dict[str, list[Request]] = {queue: [] for queue in self.queues}
         for index, (queue, _key) in enumerate(lists):
@@ -222,11 +162,8 @@ def read_agents(client: redis.Redis) -> tuple[frozenset[str], dict[str, AgentSta
         return frozenset(), {}
     states = {}
     for raw in client.mget([keys.agent(name) for name in names]):
-        if raw:
-            try:
-                state = AgentState.parse(json.loads(raw))
-            except (ValueError, KeyError, TypeError):
-                continue
+        state = AgentState.parse(raw) if raw else None
+        if state is not None:
             states[state.hostname] = state
     return frozenset(names), states
 

@@ -8,26 +8,18 @@ that fits a host the autoscaler could add.
 
 from __future__ import annotations
 
-import json
 import logging
 
 import redis
 
 from tasks import keys
+from tasks.records import Decision, HostOffer, Resources
 from tasks.units import format_memory
 
 from .action import HOLD
 from .loop import Tick
-from .shape import HostShape
 
 log = logging.getLogger("autoscaler")
-
-#: Decisions kept in Redis.
-DECISIONS_KEPT = 100
-#: Seconds the decisions are kept after the latest one.
-DECISIONS_TTL = 7 * 24 * 3600
-#: Seconds an unfit reason outlives the last poll that saw the job.
-UNFIT_TTL = 60
 
 
 class DecisionLog:
@@ -61,10 +53,10 @@ class RedisReporter:
     """Pushes decisions to :data:`tasks.keys.DECISIONS`, marks unfit jobs and
     publishes the host shape (TTL'd, so it disappears with the autoscaler)."""
 
-    def __init__(self, client: redis.Redis, shape: HostShape, queues: tuple[str, ...], poll: float = 1.0):
+    def __init__(self, client: redis.Redis, shape: Resources, queues: tuple[str, ...], poll: float = 1.0):
         self.redis = client
-        self.shape = json.dumps({"cpus": shape.cpus, "memory": shape.memory, "queues": list(queues)})
-        self.shape_ttl = int(3 * poll + 10)
+        self.shape = HostOffer(shape, tuple(queues)).to_json()
+        self.shape_ttl = keys.autoscaler_shape_ttl(poll)
         self._last = None
 
     def observe(self, tick: Tick) -> None:
@@ -81,11 +73,11 @@ class RedisReporter:
         if tick.action.direction == HOLD and not tick.removed and key == self._last:
             return
         self._last = key
-        entry = {**tick.row(), "hosts": list(tick.action.hosts), "removed": list(tick.removed)}
+        entry = Decision(**{**tick.row(), "hosts": tuple(tick.action.hosts), "removed": tuple(tick.removed)})
         pipe = self.redis.pipeline()
-        pipe.lpush(keys.DECISIONS, json.dumps(entry))
-        pipe.ltrim(keys.DECISIONS, 0, DECISIONS_KEPT - 1)
-        pipe.expire(keys.DECISIONS, DECISIONS_TTL)
+        pipe.lpush(keys.DECISIONS, entry.to_json())
+        pipe.ltrim(keys.DECISIONS, 0, keys.DECISIONS_KEPT - 1)
+        pipe.expire(keys.DECISIONS, keys.DECISIONS_TTL)
         pipe.execute()
 
     def _unfit(self, tick: Tick) -> None:
@@ -96,5 +88,5 @@ class RedisReporter:
             if request.task_id:
                 pipe.set(keys.unfit(request.task_id),
                          f"requests cpus={request.cpus:g} memory={format_memory(request.memory)}, larger than "
-                         f"any host the autoscaler can add; it will not scale for this job", ex=UNFIT_TTL)
+                         f"any host the autoscaler can add; it will not scale for this job", ex=keys.UNFIT_TTL)
         pipe.execute()

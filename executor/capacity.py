@@ -11,40 +11,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import psutil
-
+from tasks.records import CPU_EPSILON, Resources
 from tasks.spec import JobSpec
-from tasks.units import format_memory
 
-#: Memory kept back for the OS, the Docker Engine and the agent itself.
-DEFAULT_MEMORY_RESERVE = 512 * 1024**2
-#: CPU kept back for the same.
-DEFAULT_CPU_RESERVE = 0.0
-
-
-@dataclass(frozen=True)
-class Capacity:
-    """Allocatable CPUs and memory bytes."""
-
-    cpus: float
-    memory: int
-
-    @classmethod
-    def detect(cls, cpus: float | None = None, memory: int | None = None) -> "Capacity":
-        """This host's allocatable capacity; explicit values override psutil."""
-        if cpus is None:
-            cpus = max((psutil.cpu_count() or 1) - DEFAULT_CPU_RESERVE, 0.1)
-        if memory is None:
-            memory = max(psutil.virtual_memory().total - DEFAULT_MEMORY_RESERVE, 64 * 1024**2)
-        return cls(float(cpus), int(memory))
-
-    def holds(self, spec: JobSpec) -> bool:
-        """Whether a job of ``spec`` could ever run here (on an empty host)."""
-        return spec.cpus <= self.cpus + 1e-9 and spec.memory <= self.memory
-
-    def describe(self) -> str:
-        """``2 cpus, 1Gi``."""
-        return f"{self.cpus:g} cpus, {format_memory(self.memory)}"
+#: This host's allocatable CPUs and memory bytes (``Capacity.detect()``): the shared record.
+Capacity = Resources
 
 
 @dataclass
@@ -119,4 +90,4 @@ class Ledger:
         if self.slots is not None:
             return len(self._held) < self.slots
         used_cpus, used_memory = self._reserved()
-        return used_cpus + cpus <= self.capacity.cpus + 1e-9 and used_memory + memory <= self.capacity.memory
+        return used_cpus + cpus <= self.capacity.cpus + CPU_EPSILON and used_memory + memory <= self.capacity.memory

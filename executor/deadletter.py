@@ -1,8 +1,9 @@
 """The dead-letter store: jobs that failed for good, with reason, error and message.
 
-Each dead job is a hash at ``jobyard:dead:<task_id>`` (kept 14 days) indexed by the
-sorted set ``jobyard:dead``. The stored broker message lets ``jobyard dead requeue``
-send the very same job again, with a fresh retry budget.
+Each dead job is a hash at ``jobyard:dead:<task_id>`` (:class:`tasks.records.DeadLetter`,
+kept :data:`tasks.keys.DEAD_TTL`) indexed by the sorted set ``jobyard:dead``. The stored
+broker message lets ``jobyard dead requeue`` send the very same job again, with a fresh
+retry budget.
 """
 
 from __future__ import annotations
@@ -13,12 +14,9 @@ import uuid
 from typing import Any
 
 from tasks import keys, transport
+from tasks.records import DeadLetter
 
 from .bounds import ERROR_BYTES, clip_facts, head
-
-KEEP_SECONDS = 14 * 24 * 3600
-#: Most dead jobs kept; the oldest are dropped beyond this.
-MAX_DEAD = 10_000
 
 
 class DeadLetters:
@@ -39,45 +37,46 @@ class DeadLetters:
             fields["message"] = payload
             fields["queue_key"] = queue_key
         pipe = self.redis.pipeline()
-        pipe.hset(keys.dead_job(task_id), mapping={k: json.dumps(v) for k, v in fields.items()})
-        pipe.expire(keys.dead_job(task_id), KEEP_SECONDS)
+        pipe.hset(keys.dead_job(task_id), mapping=DeadLetter.from_json(fields).to_redis())
+        pipe.expire(keys.dead_job(task_id), keys.DEAD_TTL)
         pipe.zadd(keys.DEAD, {task_id: now})
-        pipe.zremrangebyrank(keys.DEAD, 0, -MAX_DEAD - 1)
-        pipe.zremrangebyscore(keys.DEAD, "-inf", now - KEEP_SECONDS)  # their hashes have expired
-        pipe.expire(keys.DEAD, KEEP_SECONDS)
+        pipe.zremrangebyrank(keys.DEAD, 0, -keys.DEAD_KEPT - 1)
+        pipe.zremrangebyscore(keys.DEAD, "-inf", now - keys.DEAD_TTL)  # their hashes have expired
+        pipe.expire(keys.DEAD, keys.DEAD_TTL)
         pipe.execute()
 
-    def list(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest dead jobs first (without their stored messages)."""
+    def list(self, limit: int = 100) -> list[DeadLetter]:
+        """The newest dead jobs first (malformed ones skipped with a warning)."""
         ids = self.redis.zrevrange(keys.DEAD, 0, limit - 1)
         records = []
         for task_id in ids:
-            record = self.get(task_id)
-            if record is None:
+            raw = self.redis.hgetall(keys.dead_job(task_id))
+            if not raw:
                 self.redis.zrem(keys.DEAD, task_id)  # expired hash: drop the index entry
                 continue
-            record.pop("message", None)
-            records.append(record)
+            record = DeadLetter.parse_redis(raw)
+            if record is not None:
+                records.append(record)
         return records
 
-    def get(self, task_id: str) -> dict[str, Any] | None:
-        """One dead job's record, or None."""
+    def get(self, task_id: str) -> DeadLetter | None:
+        """One dead job's record, or None (also when it is malformed)."""
         raw = self.redis.hgetall(keys.dead_job(task_id))
-        return {k: json.loads(v) for k, v in raw.items()} if raw else None
+        return DeadLetter.parse_redis(raw) if raw else None
 
     def requeue(self, task_id: str) -> bool:
         """Send the job again with a fresh retry budget; False if it cannot be."""
         record = self.get(task_id)
-        if not record or "message" not in record:
+        if not record or not isinstance(record.message, dict) or not record.queue_key:
             return False
-        payload = record["message"]
+        payload = record.message
         payload["headers"]["retries"] = 0
         payload["headers"].pop("redelivered", None)
         payload["properties"]["delivery_tag"] = uuid.uuid4().hex
         payload["properties"].get("delivery_info", {}).pop("redelivered", None)
         pipe = self.redis.pipeline()
-        pipe.lpush(record["queue_key"], json.dumps(payload))
-        transport.ring(pipe, transport.queue_of(record["queue_key"]))
+        pipe.lpush(record.queue_key, json.dumps(payload))
+        transport.ring(pipe, transport.queue_of(record.queue_key))
         pipe.delete(keys.dead_job(task_id), keys.lost(task_id), keys.retried(task_id))
         pipe.zrem(keys.DEAD, task_id)
         pipe.execute()

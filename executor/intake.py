@@ -29,7 +29,6 @@ import binascii
 import json
 import logging
 import os
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,17 +43,12 @@ from tasks import keys, transport
 from tasks.app import RUN_TASK, SPEC_HEADER
 from tasks.errors import InvalidJobSpec
 from tasks.ids import task_id_problem
+from tasks.records import RejectedMessage
 
 from .retry import MEMORY_SCALE_HEADER
 
 log = logging.getLogger(__name__)
 
-#: Rejected messages kept, newest first.
-REJECTED_KEEP = 1000
-#: Seconds refused messages are kept after the latest refusal.
-REJECTED_TTL = 14 * 24 * 3600
-#: Bytes of each rejected raw message kept for inspection.
-SAMPLE_BYTES = 16 * 1024
 #: The default cap on one raw message, as a multiple of the call payload cap: the
 #: body is base64 (4/3) and headers carry the spec and canvas callbacks.
 MESSAGE_CAP_FACTOR = 4
@@ -160,26 +154,9 @@ def id_problem(headers: Any) -> str | None:
     return task_id_problem(headers["id"])
 
 
-def rejected(client, limit: int = REJECTED_KEEP) -> list[dict[str, Any]]:
-    """The refused messages kept in :func:`tasks.keys.rejected`, newest first."""
-    records = []
-    for item in client.lrange(keys.rejected(), 0, limit - 1):
-        try:
-            records.append(json.loads(item))
-        except ValueError:
-            records.append({"reason": "unreadable record", "raw": str(item)[:200]})
-    return records
-
-
 def rejection(raw: bytes, reason: str, queue: str | None, host: str | None) -> str:
-    """The JSON record set aside for one refused message."""
-    sample = raw[:SAMPLE_BYTES]
-    try:
-        text, encoding = sample.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        text, encoding = base64.b64encode(sample).decode(), "base64"
-    return json.dumps({"reason": reason, "queue": queue, "host": host, "at": time.time(), "size": len(raw),
-                       "truncated": len(raw) > SAMPLE_BYTES, "raw_encoding": encoding, "raw": text})
+    """The JSON record set aside for one refused message (:class:`tasks.records.RejectedMessage`)."""
+    return RejectedMessage.of(raw, reason, queue, host).to_json()
 
 
 class IntakeChannel(transport.Channel):
@@ -211,8 +188,8 @@ class IntakeChannel(transport.Channel):
         try:
             with self.conn_or_acquire() as client:
                 client.pipeline().lpush(keys.rejected(), rejection(raw, reason, queue, self.intake_host)) \
-                    .ltrim(keys.rejected(), 0, REJECTED_KEEP - 1) \
-                    .expire(keys.rejected(), REJECTED_TTL).execute()
+                    .ltrim(keys.rejected(), 0, keys.REJECTED_KEPT - 1) \
+                    .expire(keys.rejected(), keys.REJECTED_TTL).execute()
         except self.connection_errors as exc:
             log.warning("could not set the refused message aside: %s", exc)
 

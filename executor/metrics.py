@@ -21,6 +21,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from tasks.records import AgentState
+
 from .agent import Agent, AgentObserver
 from .container import JobCall, Outcome
 from .pulls import ImageObserver
@@ -73,13 +75,16 @@ class AgentMetrics(AgentObserver):
         """Count the job's outcome."""
         self.finished.labels(self.host, reason).inc()
 
-    def state_published(self, agent: Agent, state: dict[str, Any]) -> None:
-        """Refresh the capacity, reservation and running gauges."""
-        self.capacity_cpus.labels(self.host).set(state["capacity"]["cpus"])
-        self.capacity_memory.labels(self.host).set(state["capacity"]["memory"])
-        self.reserved_cpus.labels(self.host).set(state["reserved"]["cpus"])
-        self.reserved_memory.labels(self.host).set(state["reserved"]["memory"])
-        self.running.labels(self.host).set(len(state["running"]))
+    def state_published(self, agent: Agent, state: AgentState | dict[str, Any]) -> None:
+        """Refresh the capacity, reservation and running gauges from the published state
+        (the record, or its JSON layout)."""
+        if not isinstance(state, AgentState):
+            state = AgentState.from_json(state)
+        self.capacity_cpus.labels(self.host).set(state.capacity.cpus)
+        self.capacity_memory.labels(self.host).set(state.capacity.memory)
+        self.reserved_cpus.labels(self.host).set(state.reserved.cpus)
+        self.reserved_memory.labels(self.host).set(state.reserved.memory)
+        self.running.labels(self.host).set(len(state.running))
 
     def serve(self, port: int, address: str = "127.0.0.1") -> None:
         """Serve ``/metrics`` on ``address:port`` from a daemon thread."""

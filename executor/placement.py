@@ -34,7 +34,6 @@ capacity and room for a waiter, and at (jobs held here) otherwise.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -42,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from tasks import keys
+from tasks.records import CPU_EPSILON, AgentState, HeldJob, HostOffer, Resources
 from tasks.transport import TakeLimits
 from tasks.errors import JobRejected, Revoked
 from tasks.units import format_memory
@@ -196,13 +196,12 @@ class Placement:
 
     def _impossible(self, call: JobCall, fresh: bool) -> JobRejected | None:
         spec = call.spec
-        own = {"cpus": self.ledger.capacity.cpus, "memory": self.ledger.capacity.memory}
-        hosts = [own, *self.fleet.host_capacities(spec.queue, fresh=fresh)]
+        hosts = [self.ledger.capacity, *self.fleet.host_capacities(spec.queue, fresh=fresh)]
         for resource, request, largest in (
-            ("memory", spec.memory, max(h["memory"] for h in hosts)),
-            ("cpus", spec.cpus, max(h["cpus"] for h in hosts)),
+            ("memory", spec.memory, max(h.memory for h in hosts)),
+            ("cpus", spec.cpus, max(h.cpus for h in hosts)),
         ):
-            if request > largest + (1e-9 if resource == "cpus" else 0):
+            if request > largest + (CPU_EPSILON if resource == "cpus" else 0):
                 shown = format_memory if resource == "memory" else (lambda v: f"{v:g}")
                 return JobRejected(
                     f"{spec.name}: requests {resource}={shown(request)}, more than the largest host "
@@ -248,9 +247,8 @@ class Placement:
         capacity = self.ledger.capacity
         largest, reserving = {}, {}
         for queue in queues:
-            others = self.fleet.host_capacities(queue)
-            hosts = [{"cpus": capacity.cpus, "memory": capacity.memory}, *others]
-            largest[queue] = (max(h["cpus"] for h in hosts), max(h["memory"] for h in hosts))
+            hosts = [capacity, *self.fleet.host_capacities(queue)]
+            largest[queue] = (max(h.cpus for h in hosts), max(h.memory for h in hosts))
             reserving[queue] = max(1, int(self.fleet.serving(queue) * RESERVING_SHARE))
         return TakeLimits(free_cpus=cpus, free_memory=memory, host_cpus=capacity.cpus,
                           host_memory=capacity.memory, bound=self.max_wait, largest=largest,
@@ -263,10 +261,14 @@ class Placement:
 
     def waiting_state(self) -> list[dict[str, Any]]:
         """Published form of the waiting jobs."""
+        return [job.to_dict() for job in self.waiting_jobs()]
+
+    def waiting_jobs(self) -> list[HeldJob]:
+        """The waiting jobs as the agent's state records them."""
         with self.ledger.changed:
-            return [{"task_id": w.call.task_id, "name": w.call.spec.name, "cpus": w.call.spec.cpus,
-                     "memory": w.call.spec.memory, "started": time.time() - (time.monotonic() - w.since),
-                     "timeout": w.call.spec.timeout} for w in self.waiters.values()]
+            return [HeldJob(w.call.task_id, w.call.spec.cpus, w.call.spec.memory,
+                            time.time() - (time.monotonic() - w.since), w.call.spec.timeout, w.call.spec.name)
+                    for w in self.waiters.values()]
 
 
 class FleetView:
@@ -279,10 +281,10 @@ class FleetView:
     def __init__(self, redis_client, cache_seconds: float = 0.5):
         self.redis = redis_client
         self.cache_seconds = cache_seconds
-        self._cached: tuple[float, list[dict[str, Any]], dict[str, Any] | None] = (0.0, [], None)
+        self._cached: tuple[float, list[AgentState], HostOffer | None] = (0.0, [], None)
         self._lock = threading.Lock()
 
-    def _snapshot(self, fresh: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    def _snapshot(self, fresh: bool = False) -> tuple[list[AgentState], HostOffer | None]:
         with self._lock:
             fetched, states, shape = self._cached
             if not fresh and time.monotonic() - fetched < self.cache_seconds:
@@ -290,8 +292,8 @@ class FleetView:
         try:
             names, raw_shape = self.redis.pipeline().zrange(keys.AGENTS, 0, -1).get(keys.AUTOSCALER_SHAPE).execute()
             raw = self.redis.mget([keys.agent(name) for name in names]) if names else []
-            states = [json.loads(item) for item in raw if item]
-            shape = json.loads(raw_shape) if raw_shape else None
+            states = [state for state in map(AgentState.parse, filter(None, raw)) if state is not None]
+            shape = HostOffer.parse(raw_shape) if raw_shape else None
         except Exception as exc:  # noqa: BLE001 - without a view, decide locally
             if fresh:  # asked for the truth: an empty fleet would be a guess
                 raise
@@ -301,31 +303,25 @@ class FleetView:
             self._cached = (time.monotonic(), states, shape)
         return states, shape
 
-    def agents(self) -> list[dict[str, Any]]:
+    def agents(self) -> list[AgentState]:
         """Live agents' published states (cached briefly)."""
         return self._snapshot()[0]
 
-    def host_capacities(self, queue: str, fresh: bool = False) -> list[dict[str, float]]:
+    def host_capacities(self, queue: str, fresh: bool = False) -> list[Resources]:
         """Capacities of live hosts serving ``queue``, plus the autoscaler's host shape."""
         states, shape = self._snapshot(fresh)
-        hosts = [s["capacity"] for s in states if queue in s.get("queues", ())]
-        if shape and queue in shape.get("queues", [queue]):
-            hosts.append({"cpus": float(shape["cpus"]), "memory": int(shape["memory"])})
+        hosts = [s.capacity for s in states if s.serves(queue)]
+        if shape and shape.serves(queue):
+            hosts.append(shape.resources)
         return hosts
 
     def serving(self, queue: str) -> int:
         """How many live agents serve ``queue`` (cached briefly)."""
-        return sum(1 for state in self.agents() if queue in state.get("queues", ()))
+        return sum(1 for state in self.agents() if state.serves(queue))
 
     def other_host_has_room(self, call: JobCall, me: str) -> bool:
         """Whether another live, non-draining host serving the queue can run it now."""
         spec = call.spec
-        for state in self.agents():
-            if state.get("hostname") == me or state.get("draining") or spec.queue not in state.get("queues", ()):
-                continue
-            free_cpus = state["capacity"]["cpus"] - state["reserved"]["cpus"]
-            free_memory = state["capacity"]["memory"] - state["reserved"]["memory"]
-            if spec.cpus <= free_cpus + 1e-9 and spec.memory <= free_memory:
-                return True
-        return False
+        return any(state.hostname != me and not state.draining and state.serves(spec.queue)
+                   and state.has_room(spec) for state in self.agents())
 

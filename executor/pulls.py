@@ -35,9 +35,6 @@ from tasks.images import ImageRef, parse_image_ref
 from .pull import pull_image
 
 PULL_POLICIES = ("missing", "always", "never")
-LOCK_TTL = float(keys.PULL_LOCK_TTL)
-#: How long a finished pull's outcome stays readable for agents that waited on it.
-RESULT_TTL = 10.0
 POLL_INTERVAL = 0.2
 _ENGINE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]{0,127}")
 
@@ -174,7 +171,7 @@ class PullCoordinator:
 
     def __init__(self, client, redis, engine: str | None = None, max_pulls: int = 2, pull_timeout: float = 600.0,
                  credentials=None, cache=None, observer: ImageObserver | None = None,
-                 lock_ttl: float = LOCK_TTL, poll_interval: float = POLL_INTERVAL):
+                 lock_ttl: float = float(keys.PULL_LOCK_TTL), poll_interval: float = POLL_INTERVAL):
         if not (isinstance(max_pulls, int) and not isinstance(max_pulls, bool) and max_pulls >= 1):
             raise ValueError(f"max_pulls is a whole number of at least 1, not {max_pulls!r}")
         if not (isinstance(pull_timeout, (int, float)) and 0 < pull_timeout < float("inf")):
@@ -305,7 +302,7 @@ class PullCoordinator:
                 outcome = {"state": "failed", "reason": exc.reason, "message": exc.message}
                 raise
             finally:
-                self.redis.eval(_SWAP, 1, key, mine, json.dumps(outcome), int(RESULT_TTL * 1000))
+                self.redis.eval(_SWAP, 1, key, mine, json.dumps(outcome), keys.PULL_RESULT_TTL * 1000)
 
     def _pull(self, ref: ImageRef, on_progress: Callable[[str], None]) -> str:
         recorded = self.cache is not None and self.cache.recorded(ref)

@@ -73,18 +73,19 @@ def agent(hostname, cpus, memory, queues, max_jobs, max_wait, slots, allowed_ima
     """Run an executor agent on this host."""
     # registry_config is checked here already; it reaches the agent once AgentConfig
     # takes it (executor/agent.py is being restructured: AgentConfig(registry_config=...)).
-    from executor.agent import Agent, AgentConfig, default_state_dir
+    from executor.agent import Agent, AgentConfig
     from executor.capacity import Capacity
     from executor.metrics import serve_metrics
     from executor.policy import HostPolicy
     from executor.worker import run_worker
+    from tasks.config import Settings
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     policy = HostPolicy(allowed_images=tuple(allowed_images) or ("*",), max_cpus=max_job_cpus,
                         max_memory=max_job_memory, allow_network=allow_network, max_timeout=max_job_timeout,
                         max_pids=max_job_pids, require_digest=require_digest)
     config = AgentConfig(hostname=hostname or socket.gethostname(), capacity=Capacity.detect(cpus, memory),
-                         queues=queues, policy=policy, state_dir=state_dir or default_state_dir(),
+                         queues=queues, policy=policy, state_dir=state_dir or Settings.from_env().state_dir,
                          max_jobs=max_jobs, max_wait=max_wait, slots=slots, max_job_file=max_job_file)
     try:
         job_agent = Agent(config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .records import show_records
+from .listing import show_records
 
 
 @click.group()
@@ -20,7 +20,7 @@ def dead_list(as_json, limit):
     from executor.deadletter import DeadLetters
     from tasks.state import state_client
 
-    show_records(DeadLetters(state_client()).list(limit), as_json,
+    show_records([r.listed() for r in DeadLetters(state_client()).list(limit)], as_json,
                  ["task id", "job", "reason", "attempt", "host", "died", "error"],
                  lambda r, now: [r["task_id"], r.get("name"), r.get("reason"), r.get("attempt"), r.get("host"),
                                  f"{now - r.get('died_at', now):.0f}s ago", str(r.get("error", ""))[:80]])
@@ -35,7 +35,7 @@ def dead_requeue(task_ids, everything):
     from tasks.state import state_client
 
     store = DeadLetters(state_client())
-    ids = [r["task_id"] for r in store.list(10_000)] if everything else list(task_ids)
+    ids = [r.task_id for r in store.list(10_000)] if everything else list(task_ids)
     if not ids:
         raise click.UsageError("name task ids or pass --all")
     missing = [task_id for task_id in ids if not store.requeue(task_id)]

@@ -19,6 +19,7 @@ from typing import Callable
 
 import redis
 
+from tasks import keys
 from tasks.app import app, configure
 from tasks.config import Settings
 from tasks.errors import JobError
@@ -97,7 +98,7 @@ def _start_agent(stack: ExitStack, settings: Settings, name: str, echo: Echo) ->
     stack.callback(_stop, process)
     client = redis.Redis.from_url(settings.broker_url)
     for _ in range(300):
-        if client.exists(f"jobyard:agent:{name}"):
+        if client.exists(keys.agent(name)):
             echo(f"agent {name} is up (2 cpus, 1Gi)")
             return
         if process.poll() is not None:

@@ -1,6 +1,6 @@
 """A job's container facts as people read them, in Flower and on the command line.
 
-The agent writes the facts (:func:`tasks.state.job_facts`); this module only
+The agent writes the facts (:class:`tasks.records.JobFacts`); this module only
 formats them, and offers the hook that adds them to Flower's task pages.
 """
 
@@ -11,7 +11,8 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from tasks.state import job_facts, state_client
+from tasks.records import JobFacts
+from tasks.state import read_job_facts, state_client
 from tasks.units import format_memory
 
 log = logging.getLogger(__name__)
@@ -36,13 +37,13 @@ FINAL_STATES = {"SUCCESS", "FAILURE", "REVOKED", "REJECTED"}
 _CACHE_SIZE = 4096
 
 
-def describe_facts(facts: dict[str, Any]) -> str:
+def describe_facts(facts: JobFacts | dict[str, Any]) -> str:
     """One line: ``container 1a2b3c4d5e6f image=... memory_limit=64Mi exit_code=0 ...``."""
     return " ".join(f"{label} {text}" if label == "container" else f"{label}={text}"
                     for label, text in facts_rows(facts))
 
 
-def facts_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
+def facts_rows(facts: JobFacts | dict[str, Any]) -> list[tuple[str, str]]:
     """(label, value) rows of the facts that are known, in reading order."""
     rows = []
     for key, label, show in FIELDS:
@@ -78,7 +79,7 @@ class _FinishedFacts:
                 return self.items[key]
         if self.client is None:
             self.client = state_client()
-        text = describe_facts(job_facts(task_id, self.client))
+        text = describe_facts(read_job_facts(task_id, self.client))
         if finished_by is not None and text:
             with self.lock:
                 self.items[key] = text

@@ -76,10 +76,10 @@ def is_loopback(address: str) -> bool:
 
 def load_credentials(basic_auth_file: str | None = None, environ: dict[str, str] | None = None) -> tuple[str, ...]:
     """``user:password`` entries from ``basic_auth_file`` or the environment."""
-    env = os.environ if environ is None else environ
     if basic_auth_file:
         return _read_credentials_file(basic_auth_file)
-    user, password = env.get(USER_ENV), env.get(PASSWORD_ENV)
+    settings = Settings.from_env(environ)
+    user, password = settings.flower_user, settings.flower_password
     if bool(user) != bool(password):
         raise click.ClickException(f"set both {USER_ENV} and {PASSWORD_ENV}, or neither")
     if not user:

@@ -14,7 +14,8 @@ from typing import Callable, Iterator
 import click
 import redis
 
-from tasks.state import job_facts, job_logs
+from tasks.records import JobFacts
+from tasks.state import job_logs, read_job_facts
 
 #: The container label that names a job (see executor.container).
 JOB_LABEL = "jobyard.job"
@@ -23,15 +24,10 @@ POLL_SECONDS = 1.0
 SETTLE_SECONDS = 15.0
 
 
-def is_running(facts: dict) -> bool:
-    """Whether the facts describe a job that has not ended yet."""
-    return facts.get("state") == "running"
-
-
-def has_ended(task_id: str, facts: dict) -> bool:
+def has_ended(task_id: str, facts: JobFacts) -> bool:
     """Whether the job ended: by its facts, or by its result when its container never ran
     (the facts of a job whose image was missing still say "running")."""
-    if facts and not is_running(facts):
+    if facts and not facts.running:
         return True
     from tasks.app import app
 
@@ -44,14 +40,14 @@ def read_logs(task_id: str, client: redis.Redis, note: Callable[[str], None] = l
     ``note`` is told when the job runs on another host, whose output is kept only
     when it ends.
     """
-    facts = job_facts(task_id, client)
+    facts = read_job_facts(task_id, client)
     if not facts:
         raise click.ClickException(f"no job {task_id}: unknown, expired, or not started yet (try --follow)")
-    if is_running(facts):
+    if facts.running:
         container = local_container(task_id)
         if container is not None:
             return container.logs(stdout=True, stderr=True).decode("utf-8", errors="replace")
-        note(f"job {task_id} is running on {facts.get('host', 'another host')}; its output is kept when it "
+        note(f"job {task_id} is running on {facts.host or 'another host'}; its output is kept when it "
              "ends (use --follow to wait for it)")
     return job_logs(task_id, client)
 
@@ -61,7 +57,7 @@ def follow_logs(task_id: str, client: redis.Redis, write: Callable[[str], None],
     """Write a job's output as it appears until the job ends (or ``timeout`` passes)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while deadline is None or time.monotonic() < deadline:
-        facts = job_facts(task_id, client)
+        facts = read_job_facts(task_id, client)
         if has_ended(task_id, facts):
             write(job_logs(task_id, client))
             return
@@ -81,7 +77,7 @@ def _write_missed_tail(streamed: str, task_id: str, client: redis.Redis, write: 
     # The container may be removed before the stream delivered its last lines;
     # the copy the agent keeps then has them.
     deadline = time.monotonic() + SETTLE_SECONDS
-    while not has_ended(task_id, job_facts(task_id, client)) and time.monotonic() < deadline:
+    while not has_ended(task_id, read_job_facts(task_id, client)) and time.monotonic() < deadline:
         time.sleep(POLL_SECONDS / 4)
     kept = job_logs(task_id, client)
     if len(kept) > len(streamed) and kept.startswith(streamed):

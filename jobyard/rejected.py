@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .records import show_records
+from .listing import show_records
 
 
 @click.group()
@@ -17,10 +17,9 @@ def rejected():
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 def rejected_list(as_json, limit):
     """List refused messages, newest first: when, queue, agent, size, reason, the start of the raw item."""
-    from executor.intake import rejected as read_rejected
-    from tasks.state import state_client
+    from tasks.state import rejected_messages, state_client
 
-    show_records(read_rejected(state_client(), limit), as_json,
+    show_records([r.to_dict() for r in rejected_messages(state_client(), limit)], as_json,
                  ["refused", "queue", "agent", "bytes", "reason", "raw (start)"],
                  lambda r, now: [f"{now - r['at']:.0f}s ago" if isinstance(r.get("at"), (int, float)) else "?",
                                  r.get("queue"), r.get("host"), r.get("size"), str(r.get("reason", ""))[:70],

@@ -17,14 +17,12 @@ from typing import Any, Iterable
 import redis
 
 from tasks import keys
+from tasks.records import AgentState, Decision, HostOffer
 from tasks.transport import reservation_holders
 from tasks.units import format_memory
 
 from .table import render_table
 
-#: Prefix of the sets in which kombu records each exchange's queue bindings.
-BINDING_PREFIX = "_kombu.binding."
-SEPARATOR = "\x06\x16"
 #: Decisions shown by default.
 DECISIONS_SHOWN = 10
 
@@ -90,7 +88,7 @@ class FleetStatus:
     hosts: list[HostRow] = field(default_factory=list)
     lost: list[LostHostRow] = field(default_factory=list)
     unfit: list[UnfitRow] = field(default_factory=list)
-    decisions: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The status as plain JSON data, for scripts."""
@@ -106,14 +104,15 @@ def collect(client: redis.Redis, broker: str, queues: Iterable[str] = (),
     names = known_queues(client, hosts, queues)
     status = FleetStatus(broker, hosts=hosts, lost=lost, decisions=read_decisions(client, decisions))
     computed: list[UnfitRow] = []
-    shape = _json(client.get(keys.AUTOSCALER_SHAPE))
+    raw_shape = client.get(keys.AUTOSCALER_SHAPE)
+    shape = HostOffer.parse(raw_shape) if raw_shape else None
     for queue in names:
         observation = BrokerMetrics(client, [queue]).read()
         depth = observation.queues[0]
         demand = observation.demand
         status.queues.append(QueueRow(queue, depth.ready, depth.in_flight, depth.running, len(demand.waiting),
                                       demand.cpus, demand.memory))
-        computed.extend(unfit_requests(queue, demand.waiting, hosts, shape if isinstance(shape, dict) else None))
+        computed.extend(unfit_requests(queue, demand.waiting, hosts, shape))
     status.unfit = merge_unfit(read_recorded_unfit(client), computed)
     return status
 
@@ -123,9 +122,8 @@ def known_queues(client: redis.Redis, hosts: list[HostRow], extra: Iterable[str]
     names = {"default", *extra}
     for host in hosts:
         names.update(host.queues)
-    for key in client.scan_iter(f"{BINDING_PREFIX}*", count=500):
-        # Members are "routing_key<sep>pattern<sep>queue"; the key names the exchange.
-        names.update(member.split(SEPARATOR)[-1] for member in client.smembers(key))
+    for key in client.scan_iter(f"{keys.BINDING_PREFIX}*", count=500):
+        names.update(keys.binding_queue(member) for member in client.smembers(key))
     return sorted(n for n in names if n and not n.startswith("celeryev") and not n.endswith(".pidbox"))
 
 
@@ -143,8 +141,8 @@ def read_fleet(client: redis.Redis, now: float | None = None) -> tuple[list[Host
     rows, lost = [], []
     states = client.mget([keys.agent(name) for name, _ in registered]) if registered else []
     for (name, beat), raw in zip(registered, states):
-        state = _json(raw)
-        if isinstance(state, dict) and "hostname" in state:
+        state = AgentState.parse(raw) if raw else None
+        if state is not None:
             rows.append(_host_row(state, draining, now))
         else:
             lost.append(LostHostRow(name, beat, max(0.0, now - beat)))
@@ -154,23 +152,22 @@ def read_fleet(client: redis.Redis, now: float | None = None) -> tuple[list[Host
     return sorted(rows, key=lambda row: row.hostname), sorted(lost, key=lambda row: row.hostname)
 
 
-def _host_row(state: dict[str, Any], draining: set[str], now: float) -> HostRow:
-    capacity, reserved = state.get("capacity") or {}, state.get("reserved") or {}
+def _host_row(state: AgentState, draining: set[str], now: float) -> HostRow:
     return HostRow(
-        hostname=state["hostname"], queues=list(state.get("queues") or []),
-        capacity_cpus=float(capacity.get("cpus") or 0), capacity_memory=int(capacity.get("memory") or 0),
-        reserved_cpus=float(reserved.get("cpus") or 0), reserved_memory=int(reserved.get("memory") or 0),
-        running=len(state.get("running") or []), waiting=len(state.get("waiting") or []),
-        draining=bool(state.get("draining")) or state["hostname"] in draining,
-        heartbeat_age=max(0.0, now - float(state.get("heartbeat") or now)))
+        hostname=state.hostname, queues=list(state.queues),
+        capacity_cpus=state.capacity.cpus, capacity_memory=state.capacity.memory,
+        reserved_cpus=state.reserved.cpus, reserved_memory=state.reserved.memory,
+        running=len(state.running), waiting=len(state.waiting),
+        draining=state.draining or state.hostname in draining,
+        heartbeat_age=max(0.0, now - (state.heartbeat or now)))
 
 
 def unfit_requests(queue: str, waiting: Iterable[Any], hosts: list[HostRow],
-                   shape: dict[str, Any] | None = None) -> list[UnfitRow]:
+                   shape: HostOffer | None = None) -> list[UnfitRow]:
     """Waiting requests larger than every live host that consumes ``queue``.
 
-    ``shape`` is the host the autoscaler adds (``{"cpus", "memory", "queues"}``); a
-    job that fits it is still listed, with the note that it waits for a scale-out.
+    ``shape`` is the host the autoscaler adds; a job that fits it is still listed,
+    with the note that it waits for a scale-out.
     """
     consumers = [h for h in hosts if queue in h.queues and not h.draining]
     if not consumers:
@@ -186,19 +183,11 @@ def unfit_requests(queue: str, waiting: Iterable[Any], hosts: list[HostRow],
         if not fits:
             reason = (f"asks for {request.cpus:g} cpus, {format_memory(request.memory)}; the largest host on "
                       f"queue {queue} has {largest_cpus:g} cpus, {format_memory(largest_memory)}")
-            if shape and _shape_holds(shape, queue, request):
-                reason += (f"; fits the hosts the autoscaler adds ({shape['cpus']:g} cpus, "
-                           f"{format_memory(int(shape['memory']))}): waiting for a scale-out")
+            if shape and shape.serves(queue) and shape.resources.holds(request):
+                reason += (f"; fits the hosts the autoscaler adds ({shape.resources.describe()}): "
+                           f"waiting for a scale-out")
             rows.append(UnfitRow(request.task_id, reason, "status", queue, request.cpus, request.memory))
     return rows
-
-
-def _shape_holds(shape: dict[str, Any], queue: str, request: Any) -> bool:
-    try:
-        serves = queue in (shape.get("queues") or [queue])
-        return serves and request.cpus <= float(shape["cpus"]) + 1e-9 and request.memory <= int(shape["memory"])
-    except (KeyError, TypeError, ValueError):
-        return False
 
 
 def read_recorded_unfit(client: redis.Redis) -> list[UnfitRow]:
@@ -224,10 +213,10 @@ def merge_unfit(recorded: list[UnfitRow], computed: list[UnfitRow]) -> list[Unfi
     return recorded + [row for row in computed if row.task_id not in seen]
 
 
-def read_decisions(client: redis.Redis, count: int = DECISIONS_SHOWN) -> list[dict[str, Any]]:
-    """The autoscaler's latest decisions, newest first (entries that are not JSON objects are skipped)."""
-    entries = [_json(raw) for raw in client.lrange(keys.DECISIONS, 0, max(count, 1) - 1)]
-    return [entry for entry in entries if isinstance(entry, dict)]
+def read_decisions(client: redis.Redis, count: int = DECISIONS_SHOWN) -> list[Decision]:
+    """The autoscaler's latest decisions, newest first (malformed entries are skipped)."""
+    entries = [Decision.parse(raw) for raw in client.lrange(keys.DECISIONS, 0, max(count, 1) - 1)]
+    return [entry for entry in entries if entry is not None]
 
 
 def render(status: FleetStatus, now: float | None = None) -> str:
@@ -261,18 +250,13 @@ def render(status: FleetStatus, now: float | None = None) -> str:
     return "\n\n".join(sections)
 
 
-def _decision_row(decision: dict[str, Any], now: float) -> tuple[str, str, str, str]:
-    # Fields as autoscaler.report.RedisReporter writes them (Tick.row()).
-    when = decision.get("time")
-    age = f"{now - float(when):.0f}s ago" if isinstance(when, (int, float)) else str(when or "")
-    direction = str(decision.get("decision", ""))
-    if decision.get("count"):
-        direction += f" {decision['count']}"
-    hosts = f"{decision.get('hosts_current', '?')} -> {decision.get('hosts_desired', '?')}"
-    named = decision.get("hosts")
-    if named and isinstance(named, list):
-        hosts += f" [{', '.join(map(str, named))}]"
-    return age, direction, hosts, str(decision.get("reason", ""))
+def _decision_row(decision: Decision, now: float) -> tuple[str, str, str, str]:
+    age = f"{now - decision.time:.0f}s ago" if decision.time else ""
+    direction = decision.decision + (f" {decision.count}" if decision.count else "")
+    hosts = f"{decision.hosts_current} -> {decision.hosts_desired}"
+    if decision.hosts:
+        hosts += f" [{', '.join(decision.hosts)}]"
+    return age, direction, hosts, decision.reason
 
 
 def _json(raw: Any) -> Any:

@@ -8,6 +8,9 @@
 ``JOBYARD_MAX_PAYLOAD``     largest call payload in bytes (default 1 MiB)
 ``JOBYARD_MAX_RESULT``      largest job result in bytes (default: ``JOBYARD_MAX_PAYLOAD``)
 ``JOBYARD_STATE_DIR``       agents' job input/output dirs (:func:`default_state_dir`)
+``JOBYARD_MAX_MESSAGE``     largest raw message an agent takes (default 4 x ``JOBYARD_MAX_PAYLOAD``)
+``JOBYARD_AGENT_IMAGE``     image the docker provider runs agents in (default ``jobyard/jobyard:latest``)
+``JOBYARD_FLOWER_USER``, ``JOBYARD_FLOWER_PASSWORD``  Flower's basic-auth login (both or neither)
 ``JOBYARD_BROKER_SSL_*``, ``JOBYARD_SIGNING_*``  TLS and message signing (:mod:`tasks.security`)
 
 A secret may come from a file instead: ``JOBYARD_BROKER_URL_FILE`` and
@@ -19,7 +22,7 @@ environment.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import SettingsError
@@ -29,6 +32,10 @@ DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_IMAGE = "jobyard/python:latest"
 DEFAULT_LEASE_SECONDS = 10
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
+DEFAULT_AGENT_IMAGE = "jobyard/jobyard:latest"
+#: The default cap on one raw message, as a multiple of the call payload cap: the
+#: body is base64 (4/3) and headers carry the spec and canvas callbacks.
+MESSAGE_CAP_FACTOR = 4
 #: Variables that hold a secret and may be given as ``<name>_FILE`` instead.
 SECRET_VARIABLES = ("JOBYARD_BROKER_URL", "JOBYARD_RESULT_BACKEND")
 
@@ -66,22 +73,36 @@ class Settings:
     max_payload: int
     signing: Signing | None = None
     max_result: int = DEFAULT_MAX_PAYLOAD
+    state_dir: str = field(default_factory=lambda: default_state_dir({}))
+    max_message: int = MESSAGE_CAP_FACTOR * DEFAULT_MAX_PAYLOAD
+    agent_image: str = DEFAULT_AGENT_IMAGE
+    flower_user: str | None = None
+    flower_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
         """Read settings from ``environ`` (default ``os.environ``)."""
         env = os.environ if environ is None else environ
+        max_payload = _integer(env, "JOBYARD_MAX_PAYLOAD", DEFAULT_MAX_PAYLOAD)
         broker = tls_url(read_secret(env, "JOBYARD_BROKER_URL") or DEFAULT_BROKER_URL, env)
         return cls(
             broker_url=broker,
             result_backend=tls_url(read_secret(env, "JOBYARD_RESULT_BACKEND") or redis_db(broker, 1), env),
             default_image=env.get("JOBYARD_DEFAULT_IMAGE") or DEFAULT_IMAGE,
             lease_seconds=int(env.get("JOBYARD_LEASE_SECONDS") or DEFAULT_LEASE_SECONDS),
-            max_payload=int(env.get("JOBYARD_MAX_PAYLOAD") or DEFAULT_MAX_PAYLOAD),
+            max_payload=max_payload,
             signing=Signing.from_env(env),
-            max_result=int(env.get("JOBYARD_MAX_RESULT") or env.get("JOBYARD_MAX_PAYLOAD")
-                           or DEFAULT_MAX_PAYLOAD),
+            max_result=_integer(env, "JOBYARD_MAX_RESULT", max_payload),
+            state_dir=default_state_dir(env),
+            max_message=_integer(env, "JOBYARD_MAX_MESSAGE", MESSAGE_CAP_FACTOR * max_payload),
+            agent_image=env.get("JOBYARD_AGENT_IMAGE") or DEFAULT_AGENT_IMAGE,
+            flower_user=env.get("JOBYARD_FLOWER_USER") or None,
+            flower_password=env.get("JOBYARD_FLOWER_PASSWORD") or None,
         )
+
+
+def _integer(env, name: str, default: int) -> int:
+    return int(env.get(name) or default)
 
 
 def redis_db(url: str, db: int) -> str:

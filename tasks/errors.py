@@ -29,6 +29,11 @@ class SettingsError(JobyardError, ValueError):
     """A ``JOBYARD_*`` setting cannot be read; the message names the variable, never a secret's value."""
 
 
+class RecordError(JobyardError, ValueError):
+    """A stored record (agent state, job facts, dead letter, ...) is not of its documented
+    form; readers skip such an entry with a warning (:mod:`tasks.records`)."""
+
+
 class JobError(JobyardError):
     """Root of every error a job can end with."""
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 PREFIX = "jobyard"
 
+DAY = 24 * 3600
+
 #: Seconds a host that stopped heartbeating stays in :data:`AGENTS` (``jobyard status``
 #: lists it as lost) before a live agent sweeps it out.
 AGENTS_RETENTION = 3600
@@ -25,14 +27,18 @@ AGENTS = f"{PREFIX}:agents"
 #: unmarks every host its provider no longer has.
 DRAINING = f"{PREFIX}:draining"
 
-#: List of the autoscaler's latest decisions (JSON), newest first, capped; TTL 7 days,
-#: renewed with every decision.
+#: List of the autoscaler's latest decisions (JSON, :class:`tasks.records.Decision`), newest
+#: first, capped at :data:`DECISIONS_KEPT`; TTL :data:`DECISIONS_TTL`, renewed with every decision.
 DECISIONS = f"{PREFIX}:autoscaler:decisions"
+DECISIONS_TTL = 7 * DAY
+DECISIONS_KEPT = 100
 
-#: Sorted set of dead-lettered job ids -> time they died, capped; entries older than
-#: their hashes' 14 days are swept when a job dies, and the set's TTL (14 days) is
-#: renewed then too.
+#: Sorted set of dead-lettered job ids -> time they died, capped at :data:`DEAD_KEPT`;
+#: entries older than their hashes' :data:`DEAD_TTL` are swept when a job dies, and the
+#: set's TTL (:data:`DEAD_TTL`) is renewed then too.
 DEAD = f"{PREFIX}:dead"
+DEAD_TTL = 14 * DAY
+DEAD_KEPT = 10_000
 
 #: Sorted set: delivery tag of a queued message that could run on a host but was
 #: passed over for smaller ones -> when it first was (the backfill bound, tasks.transport).
@@ -40,6 +46,8 @@ DEAD = f"{PREFIX}:dead"
 #: day whenever one is added) and by every agent's heartbeat (older than a day); its
 #: TTL (:data:`AGENTS_RETENTION`) is renewed by every heartbeat.
 SKIPPED = f"{PREFIX}:skipped"
+#: Seconds after which a :data:`SKIPPED` entry is swept (the take script's own bound).
+SKIPPED_RETENTION = DAY
 
 
 def reservations(queue: str) -> str:
@@ -50,19 +58,27 @@ def reservations(queue: str) -> str:
     return f"{PREFIX}:reserve:{queue}"
 
 
+#: Seconds an agent's published state outlives its last heartbeat.
+AGENT_STATE_TTL = 10
+
+
 def agent(hostname: str) -> str:
-    """JSON of an agent's capacity, reservations and running jobs; TTL 10 s, renewed
-    by its heartbeat (executor.agent.STATE_TTL_SECONDS)."""
+    """JSON of an agent's capacity, reservations and running jobs (:class:`tasks.records.AgentState`);
+    TTL :data:`AGENT_STATE_TTL`, renewed by its heartbeat."""
     return f"{PREFIX}:agent:{hostname}"
 
 
+#: Seconds a job's facts, logs and attempt counter are kept (matches the results' expiry).
+JOB_TTL = 7 * DAY
+
+
 def job_facts(task_id: str) -> str:
-    """Hash of a job's container facts: container id, image, limits, exit code, ...; TTL 7 days."""
+    """Hash of a job's container facts (:class:`tasks.records.JobFacts`); TTL :data:`JOB_TTL`."""
     return f"{PREFIX}:job:{task_id}"
 
 
 def job_logs(task_id: str) -> str:
-    """A job's captured output (capped), kept after its container is gone; TTL 7 days."""
+    """A job's captured output (capped), kept after its container is gone; TTL :data:`JOB_TTL`."""
     return f"{PREFIX}:logs:{task_id}"
 
 
@@ -73,64 +89,99 @@ def bell(queue: str) -> str:
     return f"{PREFIX}:bell:{queue}"
 
 
+#: Seconds a publish marker lives: a retried publish within it is a no-op.
+PUBLISHED_TTL = 600
+
+
 def published(task_id: str, retries: int) -> str:
     """Marks one publish of a job (its id and retry number) for a while: retries of it
-    are no-ops; TTL 10 minutes (tasks.transport.PUBLISHED_TTL)."""
+    are no-ops; TTL :data:`PUBLISHED_TTL`."""
     return f"{PREFIX}:published:{task_id}:{retries}"
+
+
+#: A wake ring is worth a look for this long: a consumer looks again within its
+#: doorbell wait (1 s) anyway, so a ring left by a dead agent only has to go.
+WAKE_TTL = 10
 
 
 def wake(hostname: str) -> str:
     """An agent's own doorbell, rung when its capacity frees (tasks.transport); TTL
-    10 s from each ring (executor.agent.WAKE_TTL_SECONDS)."""
+    :data:`WAKE_TTL` from each ring."""
     return f"{PREFIX}:wake:{hostname}"
 
 
 def dead_job(task_id: str) -> str:
-    """A dead-lettered job's message, reason and last error; TTL 14 days."""
+    """A dead-lettered job's message, reason and last error (:class:`tasks.records.DeadLetter`);
+    TTL :data:`DEAD_TTL`."""
     return f"{PREFIX}:dead:{task_id}"
 
 
+#: Seconds an unfit reason outlives the last autoscaler poll that saw the job.
+UNFIT_TTL = 60
+
+
 def unfit(task_id: str) -> str:
-    """Why a waiting job fits no host right now; TTL 60 s, renewed while the autoscaler sees it."""
+    """Why a waiting job fits no host right now; TTL :data:`UNFIT_TTL`, renewed while the
+    autoscaler sees it."""
     return f"{PREFIX}:unfit:{task_id}"
 
-#: JSON {"cpus", "memory", "queues"}: the host shape the autoscaler adds, so agents
-#: do not reject a job that fits a host the autoscaler could start. TTL 3 polls + 10 s,
-#: renewed every poll.
+#: JSON {"cpus", "memory", "queues"} (:class:`tasks.records.HostOffer`): the host shape the
+#: autoscaler adds, so agents do not reject a job that fits a host the autoscaler could
+#: start. TTL :func:`autoscaler_shape_ttl`, renewed every poll.
 AUTOSCALER_SHAPE = f"{PREFIX}:autoscaler:shape"
 
 
+def autoscaler_shape_ttl(poll: float) -> int:
+    """TTL of :data:`AUTOSCALER_SHAPE` for an autoscaler polling every ``poll`` seconds:
+    3 polls + 10 s, so it goes soon after the autoscaler does."""
+    return int(3 * poll + 10)
+
+
 def attempts(task_id: str) -> str:
-    """Counter of container starts for a job: its attempt number; TTL 7 days."""
+    """Counter of container starts for a job: its attempt number; TTL :data:`JOB_TTL`."""
     return f"{PREFIX}:attempts:{task_id}"
 
 
+#: Seconds refused messages are kept after the latest refusal.
+REJECTED_TTL = 14 * DAY
+#: Refused messages kept, newest first.
+REJECTED_KEPT = 1000
+
+
 def rejected() -> str:
-    """Capped list of raw messages agents refused (JSON: reason, queue, host, raw), newest
-    first; TTL 14 days, renewed with every refusal."""
+    """Capped list (:data:`REJECTED_KEPT`) of raw messages agents refused
+    (:class:`tasks.records.RejectedMessage`), newest first; TTL :data:`REJECTED_TTL`,
+    renewed with every refusal."""
     return f"{PREFIX}:rejected"
 
 
+#: Seconds the per-job delivery counters (:func:`lost`, :func:`retried`) are kept.
+DELIVERY_TTL = 14 * DAY
+
+
 def lost(task_id: str) -> str:
-    """Counter of a job's deliveries whose host died before it finished; TTL 14 days."""
+    """Counter of a job's deliveries whose host died before it finished; TTL :data:`DELIVERY_TTL`."""
     return f"{PREFIX}:lost:{task_id}"
 
 
 def retried(task_id: str) -> str:
-    """The highest Celery retry number sent for a job: older deliveries are stale; TTL 14 days."""
+    """The highest Celery retry number sent for a job: older deliveries are stale; TTL
+    :data:`DELIVERY_TTL`."""
     return f"{PREFIX}:retried:{task_id}"
 
 
-#: Seconds a pull lock lives unless its holder renews it (executor.pulls.LOCK_TTL):
-#: a dead agent's pull is taken over by a waiter within this long.
+#: Seconds a pull lock lives unless its holder renews it: a dead agent's pull is taken
+#: over by a waiter within this long.
 PULL_LOCK_TTL = 30
+#: Seconds a finished pull's outcome stays readable for the agents that waited on it.
+PULL_RESULT_TTL = 10
 
 
 def pull_lock(engine_id: str, ref_hash: str) -> str:
     """JSON of one image's pull on one Docker engine, shared by the agents on it
     (executor.pulls): {"state": "pulling", "token"} while a pull runs, TTL
     :data:`PULL_LOCK_TTL` renewed by the puller; then {"state": "done", "digest"} or
-    {"state": "failed", "reason", "message"} for waiters to read, TTL 10 s.
+    {"state": "failed", "reason", "message"} for waiters to read, TTL :data:`PULL_RESULT_TTL`.
     ``ref_hash`` is the sha256 of the normalised reference."""
     return f"{PREFIX}:pull:{engine_id}:{ref_hash}"
 
@@ -151,3 +202,31 @@ def images(engine_id: str) -> str:
 #: them: the draining set always; the take script creates the others without one,
 #: until the next heartbeat gives them one.
 SWEPT = (DRAINING, SKIPPED, reservations("*"), bell("*"))
+
+
+# kombu's Redis transport, written once: jobyard reads its lists and hashes directly
+# (status, the metric source) and takes from them in Lua (tasks.transport).
+
+#: Between a queue's name and a priority step in the name of its priority sub-list.
+PRIORITY_SEPARATOR = "\x06\x16"
+#: The priority steps kombu keeps sub-lists for besides the bare queue (step 0).
+PRIORITY_STEPS = (3, 6, 9)
+#: Hash: delivery tag -> ``[message, exchange, routing_key]`` of delivered, unacked messages.
+UNACKED = "unacked"
+#: Sorted set: delivery tag -> when delivered (the lease: kombu requeues old entries).
+UNACKED_INDEX = "unacked_index"
+#: The lock kombu holds while it requeues expired unacked messages.
+UNACKED_MUTEX = "unacked_mutex"
+#: Prefix of the sets in which kombu records each exchange's queue bindings; members
+#: are ``routing_key<separator>pattern<separator>queue``.
+BINDING_PREFIX = "_kombu.binding."
+
+
+def priority_lists(queue: str) -> list[str]:
+    """The Redis lists that hold ``queue``'s ready messages, highest priority first."""
+    return [queue] + [f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
+
+
+def binding_queue(member: str) -> str:
+    """The queue named by one member of a :data:`BINDING_PREFIX` set."""
+    return member.split(PRIORITY_SEPARATOR)[-1]

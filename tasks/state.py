@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import redis
 
 from . import keys
 from .config import Settings
+from .records import JobFacts, RejectedMessage
 
 
 def state_client(settings: Settings | None = None) -> redis.Redis:
@@ -19,11 +19,15 @@ def state_client(settings: Settings | None = None) -> redis.Redis:
                                 health_check_interval=10, retry_on_timeout=True)
 
 
+def read_job_facts(task_id: str, client: redis.Redis | None = None) -> JobFacts:
+    """A job's container facts as the record (every field None when none are kept)."""
+    client = client or state_client()
+    return JobFacts.parse_redis(client.hgetall(keys.job_facts(task_id))) or JobFacts()
+
+
 def job_facts(task_id: str, client: redis.Redis | None = None) -> dict[str, Any]:
     """Container facts of a job: container id, image, limits, exit code, peak memory, attempt."""
-    client = client or state_client()
-    raw = client.hgetall(keys.job_facts(task_id))
-    return {key: _decode(value) for key, value in raw.items()}
+    return read_job_facts(task_id, client).to_dict()
 
 
 def job_logs(task_id: str, client: redis.Redis | None = None) -> str:
@@ -32,8 +36,8 @@ def job_logs(task_id: str, client: redis.Redis | None = None) -> str:
     return client.get(keys.job_logs(task_id)) or ""
 
 
-def _decode(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
+def rejected_messages(client: redis.Redis, limit: int = keys.REJECTED_KEPT) -> list[RejectedMessage]:
+    """The refused messages kept in :func:`tasks.keys.rejected`, newest first (malformed
+    entries skipped with a warning)."""
+    records = (RejectedMessage.parse(item) for item in client.lrange(keys.rejected(), 0, limit - 1))
+    return [record for record in records if record is not None]

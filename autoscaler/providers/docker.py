@@ -36,8 +36,6 @@ from . import (Host, HostProvider, agent_options, autoscaler_state_dir, host_pre
 if TYPE_CHECKING:
     from ..run import AutoscaleConfig
 
-#: The agent image when neither ``--image`` nor ``JOBYARD_AGENT_IMAGE`` names one.
-DEFAULT_AGENT_IMAGE = "jobyard/jobyard:latest"
 LABEL_POOL = "jobyard.autoscaler"
 LABEL_HOST = "jobyard.host"
 SOCKET = "/var/run/docker.sock"
@@ -149,6 +147,8 @@ def _created(container) -> float:
 
 def from_config(config: AutoscaleConfig) -> DockerProvider:
     """The provider ``jobyard autoscale --provider docker`` asks for."""
-    image = config.image or os.environ.get("JOBYARD_AGENT_IMAGE") or DEFAULT_AGENT_IMAGE
+    from tasks.config import Settings
+
+    image = config.image or Settings.from_env().agent_image
     return DockerProvider(host_shape(config), image, host_prefix(config), config.queues, config.agent_args,
                           state_dir=config.state_dir)

@@ -11,8 +11,9 @@ Gi = 1024**3
 def test_ready_counts_every_priority_list_and_sums_requests(redis_client, queue_name):
     from sample_jobs import add
 
-    from autoscaler.metrics import BrokerMetrics, priority_keys
+    from autoscaler.metrics import BrokerMetrics
     from bench.keda_like import ListLengthMetrics
+    from tasks.keys import priority_lists as priority_keys
     from tasks.state import state_client
 
     for priority, cpus in ((None, 0.5), (0, 0.25), (5, 1.0), (9, 2.0)):

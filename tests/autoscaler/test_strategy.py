@@ -4,7 +4,7 @@ import pytest
 
 from autoscaler.errors import ConfigError
 from autoscaler.loop import Policy, choose_victims
-from autoscaler.metrics import AgentState, HeldJob
+from tasks.records import AgentState, HeldJob
 from autoscaler.shape import HostShape, Request
 from autoscaler.strategy import BinPacking, Demand, pack
 from bench.keda_like import ListLength

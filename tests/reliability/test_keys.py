@@ -62,7 +62,7 @@ def test_a_killed_agent_is_listed_as_lost_until_the_sweep(agents, redis_client, 
     text = status_text()
     lost_section = text.split("LOST HOSTS")[1].split("\n\n")[0]
     assert victim.hostname in lost_section and "LAST HEARTBEAT" in lost_section and "AGO" in lost_section
-    assert victim.hostname not in [s["hostname"] for s in in_process_agent.fleet.agents()]
+    assert victim.hostname not in [s.hostname for s in in_process_agent.fleet.agents()]
 
     # A heartbeat sweeps hosts silent for longer than the retention, and keeps the rest.
     stale = f"{SESSION}-stale-{uuid.uuid4().hex[:6]}"
