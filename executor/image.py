@@ -5,7 +5,7 @@ interpreter running this command (binary, shared libraries found by ``ldd``, the
 standard library without tests and tooling) plus, optionally, a directory of the
 user's modules at ``/app/code`` and wheels of their requirements at ``/app/deps``,
 both on ``PYTHONPATH``. Requirements are installed by this interpreter's pip, so the
-wheels match the image's Python. Every module carries checked-hash bytecode, valid on
+wheels match the image's Python. Every module carries hash-based bytecode, valid on
 the read-only root whatever the files' mtimes. Jobs run in it as uid 10001.
 """
 
@@ -54,9 +54,12 @@ _URL_USER = re.compile(r"(\w+://)[^/@\s]+@")
 MAX_REQUIREMENTS_BYTES = 1024 * 1024
 PIP_TIMEOUT = 900.0
 PIP_TAIL_LINES = 12
-#: Checked, not unchecked: a derived image (``FROM`` ours, ``COPY`` a changed module)
-#: then runs the new source instead of stale bytecode; hashing costs about 1 ms a start.
-INVALIDATION_MODE = "checked-hash"
+#: Hash-based pycs stay valid on the read-only root whatever the files' mtimes. The
+#: code and requirements are checked: an image built ``FROM`` ours that copies a changed
+#: module over runs the new source, not stale bytecode. The stdlib, which nobody
+#: overwrites and which every start imports, is unchecked: hashing it costs ~5 ms a start.
+CHECKED = "checked-hash"
+UNCHECKED = "unchecked-hash"
 COMPILE_TIMEOUT = 300.0
 PUSH_REPORT_INTERVAL = 1.0
 
@@ -92,6 +95,8 @@ class Tree:
     target: str
     skip_top: frozenset = frozenset()
     skip_prefix: str | None = None
+    #: ``compileall --invalidation-mode`` for its modules.
+    invalidation: str = CHECKED
 
     def files(self) -> Iterable[tuple[str, str]]:
         """(host path, image path) of the directory itself and everything copied under it."""
@@ -134,7 +139,7 @@ def _prepare_context(context, work: str, code: str | None, requirements: str | N
     if requirements is not None:
         install_requirements(requirements, os.path.join(work, "deps"), progress)
         trees.append(Tree(os.path.join(work, "deps"), DEPS_DIR, skip_top=frozenset({"bin"})))
-    progress(f"compiling bytecode ({INVALIDATION_MODE} pycs) for the standard library"
+    progress("compiling bytecode (hash-based pycs) for the standard library"
              + (", the requirements" if requirements is not None else "") + (" and the code" if code else ""))
     pycs = compile_bytecode([_stdlib_tree(), *trees], os.path.join(work, "pycache"), progress)
     progress("assembling the Python runtime from local files")
@@ -251,7 +256,7 @@ def compile_bytecode(trees: list[Tree], cache_dir: str,
 def _start_compile(tree: Tree, names: list[str], cache_dir: str) -> tuple[subprocess.Popen, list[str]]:
     # -B: compileall's own imports must not drop mtime-based pycs into the prefix.
     command = [sys.executable, "-I", "-B", "-X", f"pycache_prefix={cache_dir}", "-m", "compileall", "-q", "-f",
-               "--invalidation-mode", INVALIDATION_MODE, "-s", tree.source, "-p", tree.target, "-i", "-"]
+               "--invalidation-mode", tree.invalidation, "-s", tree.source, "-p", tree.target, "-i", "-"]
     try:
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL, text=True)
@@ -384,7 +389,8 @@ def _write_context(fileobj, trees: list[Tree], pycs: list[tuple[str, str]]) -> N
 
 def _stdlib_tree() -> Tree:
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    return Tree(sysconfig.get_path("stdlib"), f"{PREFIX}/lib/{version}", frozenset(STDLIB_SKIP), "config-")
+    return Tree(sysconfig.get_path("stdlib"), f"{PREFIX}/lib/{version}", frozenset(STDLIB_SKIP), "config-",
+                UNCHECKED)
 
 
 def runtime_files(trees: Iterable[Tree] = ()) -> Iterable[tuple[str, str]]:
