@@ -12,6 +12,8 @@ the read-only root whatever the files' mtimes. Jobs run in it as uid 10001.
 from __future__ import annotations
 
 import collections
+import hashlib
+import importlib.util
 import io
 import logging
 import os
@@ -97,6 +99,8 @@ class Tree:
     skip_prefix: str | None = None
     #: ``compileall --invalidation-mode`` for its modules.
     invalidation: str = CHECKED
+    #: Whether its pycs are kept across builds (the stdlib's: the same every build).
+    shared_cache: bool = False
 
     def files(self) -> Iterable[tuple[str, str]]:
         """(host path, image path) of the directory itself and everything copied under it."""
@@ -219,24 +223,26 @@ def _redact(text: str) -> str:
     return _URL_USER.sub(r"\1***@", text)
 
 
-def compile_bytecode(trees: list[Tree], cache_dir: str,
+def compile_bytecode(trees: list[Tree], work: str,
                      progress: Callable[[str], None] = lambda line: None) -> list[tuple[str, str]]:
     """Compile every module of ``trees`` with this interpreter's ``compileall``, hash-based.
 
     Returns (host pyc, image pyc) pairs. The pycs record image paths (for tracebacks)
-    and a hash of the source, not its mtime. A module that does not compile (a file
-    for another Python, say) gets no pyc; Python compiles it if it is ever imported.
+    and a hash of the source, not its mtime, so a pyc whose hash still matches is
+    reused (the stdlib's, from a per-user cache). A module that does not compile (a
+    file for another Python, say) gets no pyc; Python compiles it if it is imported.
     """
     wanted, processes = [], []
     workers = max(1, min(4, os.cpu_count() or 1))
     for tree in trees:
-        sources = [(source, target) for source, target in tree.files()
+        cache = _pyc_cache(tree, work)
+        modules = [(_cached_pyc(cache, source), target, source) for source, target in tree.files()
                    if source.endswith(".py") and os.path.isfile(source)]
-        wanted += [(_cached_pyc(cache_dir, source), _image_pyc(target)) for source, target in sources]
+        wanted += [(pyc, target, source, tree.invalidation) for pyc, target, source in modules]
+        stale = [source for pyc, _, source in modules if not _fresh(pyc, source, tree.invalidation)]
         for chunk in range(workers):
-            names = [source for source, _ in sources[chunk::workers]]
-            if names:
-                processes.append(_start_compile(tree, names, cache_dir))
+            if stale[chunk::workers]:
+                processes.append(_start_compile(tree, stale[chunk::workers], cache))
     deadline = time.monotonic() + COMPILE_TIMEOUT
     for process, names in processes:
         try:
@@ -246,11 +252,39 @@ def compile_bytecode(trees: list[Tree], cache_dir: str,
                 other.kill()
                 other.wait()
             raise ImageBuildError(f"compileall did not finish within {COMPILE_TIMEOUT:g}s") from None
-    found = [pair for pair in wanted if os.path.isfile(pair[0])]
+    found = [(pyc, _image_pyc(target)) for pyc, target, source, mode in wanted if _fresh(pyc, source, mode)]
     skipped = len(wanted) - len(found)
-    progress(f"compiled {len(found)} modules" + (f" ({skipped} did not compile and stay source only)"
-                                                  if skipped else ""))
+    progress(f"compiled {sum(len(names) for _, names in processes)} modules, {len(found)} with bytecode"
+             + (f" ({skipped} did not compile and stay source only)" if skipped else ""))
     return found
+
+
+def _pyc_cache(tree: Tree, work: str) -> str:
+    """Where ``tree``'s pycs go: a per-user cache for the stdlib, which every build shares."""
+    if not tree.shared_cache:
+        return work
+    key = hashlib.sha256(repr((os.path.realpath(sys.executable), sys.version, importlib.util.MAGIC_NUMBER,
+                               tree.source, tree.target, tree.invalidation)).encode()).hexdigest()[:16]
+    root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jobyard", "pyc", key)
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError:
+        return work
+    return root if os.access(root, os.W_OK) else work
+
+
+def _fresh(pyc: str, source: str, invalidation: str) -> bool:
+    """Whether ``pyc`` is this interpreter's hash-based pyc of ``source`` as it is now."""
+    flags = 0b11 if invalidation == CHECKED else 0b01
+    try:
+        with open(pyc, "rb") as handle:
+            header = handle.read(16)
+        with open(source, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return False
+    return (header[:4] == importlib.util.MAGIC_NUMBER and int.from_bytes(header[4:8], "little") == flags
+            and header[8:16] == importlib.util.source_hash(data))
 
 
 def _start_compile(tree: Tree, names: list[str], cache_dir: str) -> tuple[subprocess.Popen, list[str]]:
@@ -390,7 +424,7 @@ def _write_context(fileobj, trees: list[Tree], pycs: list[tuple[str, str]]) -> N
 def _stdlib_tree() -> Tree:
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     return Tree(sysconfig.get_path("stdlib"), f"{PREFIX}/lib/{version}", frozenset(STDLIB_SKIP), "config-",
-                UNCHECKED)
+                UNCHECKED, shared_cache=True)
 
 
 def runtime_files(trees: Iterable[Tree] = ()) -> Iterable[tuple[str, str]]:

@@ -11,6 +11,7 @@ import base64
 import glob
 import io
 import json
+import marshal
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ from click.testing import CliRunner
 from docker.types import Mount
 
 from executor.errors import ImageBuildError
-from executor.image import push_image
+from executor.image import Tree, compile_bytecode, push_image
 from executor.pull import pull_image
 from jobyard.cli import main
 from tests.conftest import ROOT, SESSION
@@ -226,6 +227,23 @@ def test_the_runner_runs_under_old_pythons(version, tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["ok"] and result["value"] == '[1, "x"]'
+
+
+@pytest.mark.pure
+def test_a_cached_pyc_is_reused_only_while_its_source_hash_matches(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "src").mkdir()
+    module = tmp_path / "src" / "mod.py"
+    tree = Tree(str(tmp_path / "src"), "/app/code", shared_cache=True)
+    seen: list[str] = []
+    for text in ("X = 1\n", "X = 1\n", "X = 2\n"):
+        module.write_text(text)
+        [(pyc, target)] = compile_bytecode([tree], str(tmp_path / "work"), seen.append)
+        assert target == "/app/code/__pycache__/mod.cpython-311.pyc"
+        namespace: dict = {}
+        exec(marshal.loads(open(pyc, "rb").read()[16:]), namespace)
+        assert namespace["X"] == int(text[4])
+    assert [line.split(",")[0] for line in seen] == ["compiled 1 modules", "compiled 0 modules", "compiled 1 modules"]
 
 
 def test_missing_or_empty_requirements_are_clear_errors(workdir):
