@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from tasks.spec import JobSpec
+from tasks.spec import CPU_EPSILON, JobSpec
 from tasks.units import format_memory
 
 #: Memory kept back for the OS, the Docker Engine and the agent itself.
@@ -40,7 +40,7 @@ class Capacity:
 
     def holds(self, spec: JobSpec) -> bool:
         """Whether a job of ``spec`` could ever run here (on an empty host)."""
-        return spec.cpus <= self.cpus + 1e-9 and spec.memory <= self.memory
+        return spec.cpus <= self.cpus + CPU_EPSILON and spec.memory <= self.memory
 
     def describe(self) -> str:
         """``2 cpus, 1Gi``."""
@@ -119,4 +119,4 @@ class Ledger:
         if self.slots is not None:
             return len(self._held) < self.slots
         used_cpus, used_memory = self._reserved()
-        return used_cpus + cpus <= self.capacity.cpus + 1e-9 and used_memory + memory <= self.capacity.memory
+        return used_cpus + cpus <= self.capacity.cpus + CPU_EPSILON and used_memory + memory <= self.capacity.memory

@@ -2,7 +2,7 @@
 
 Most placement happens before a message leaves its queue: the intake takes only the
 oldest message that fits this agent's free capacity now (:meth:`Placement.take_limits`
-feeds :data:`tasks.transport.TAKE`), leaves jobs for bigger hosts to them, takes jobs
+feeds :data:`executor.take.TAKE`), leaves jobs for bigger hosts to them, takes jobs
 no host can hold so they are rejected, and reserves this host for a job it could
 run once that job has been passed over for ``max_wait`` seconds: it then takes
 nothing until that job fits here, while other hosts keep backfilling. At most
@@ -42,12 +42,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from tasks import keys
-from tasks.transport import TakeLimits
 from tasks.errors import JobRejected, Revoked
+from tasks.spec import CPU_EPSILON, MIN_MEMORY
 from tasks.units import format_memory
 
 from .capacity import Ledger
 from .container import JobCall
+from .take import TakeLimits
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,6 @@ RECHECK_SECONDS = 2.0
 PARK_POLL_SECONDS = 0.5
 #: The smallest job worth taking a message for.
 MIN_CPUS = 0.01
-MIN_MEMORY = 6 * 1024**2
 
 
 class HandBack(Exception):
@@ -202,7 +202,7 @@ class Placement:
             ("memory", spec.memory, max(h["memory"] for h in hosts)),
             ("cpus", spec.cpus, max(h["cpus"] for h in hosts)),
         ):
-            if request > largest + (1e-9 if resource == "cpus" else 0):
+            if request > largest + (CPU_EPSILON if resource == "cpus" else 0):
                 shown = format_memory if resource == "memory" else (lambda v: f"{v:g}")
                 return JobRejected(
                     f"{spec.name}: requests {resource}={shown(request)}, more than the largest host "
@@ -325,7 +325,7 @@ class FleetView:
                 continue
             free_cpus = state["capacity"]["cpus"] - state["reserved"]["cpus"]
             free_memory = state["capacity"]["memory"] - state["reserved"]["memory"]
-            if spec.cpus <= free_cpus + 1e-9 and spec.memory <= free_memory:
+            if spec.cpus <= free_cpus + CPU_EPSILON and spec.memory <= free_memory:
                 return True
         return False
 
