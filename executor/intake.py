@@ -7,7 +7,7 @@ the restart and kills it again. So the agent screens every message twice before
 anything runs:
 
 1. :class:`IntakeChannel` screens the raw item as it is taken from its queue
-   (:mod:`executor.take`): the size cap, JSON, kombu's envelope. What it
+   (:mod:`executor.channel`): the size cap, JSON, kombu's envelope. What it
    refuses never reaches kombu.
 2. :class:`IntakeConsumer` screens the decoded message: Celery's own refusals
    (undecodable body, a disallowed content type such as pickle, an unknown task or
@@ -47,7 +47,7 @@ from tasks.ids import task_id_problem
 
 from .retry import MEMORY_SCALE_HEADER
 from .steps import AGENT_OPTION
-from .take import TakingChannel, TakingTransport
+from .channel import TakingChannel, TakingTransport
 
 log = logging.getLogger(__name__)
 

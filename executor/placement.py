@@ -112,7 +112,7 @@ class Placement:
         now) or Revoked (terminated while waiting).
         """
         self._reject_if_impossible(call)
-        if self.ledger.slots is None and not self.ledger.capacity.holds(call.spec):
+        if self.ledger.sizes_jobs and not self.ledger.capacity.holds(call.spec):
             self._park(call, stop_requested)
         started = time.monotonic()
         with self.ledger.changed:
@@ -240,8 +240,8 @@ class Placement:
         return 1 if cpus >= MIN_CPUS and memory >= MIN_MEMORY else 0
 
     def take_limits(self, queues: list[str]) -> TakeLimits | None:
-        """What the intake should look for in ``queues``: a job that fits now (None with fixed slots)."""
-        if self.ledger.slots is not None:
+        """What the intake should look for in ``queues``: a job that fits now (None: any job)."""
+        if not self.ledger.sizes_jobs:
             return None
         with self.ledger.changed:
             cpus, memory = self.ledger.free()

@@ -34,8 +34,6 @@ def job_file_option(_ctx, _param, value):
 @click.option("--max-wait", type=click.FloatRange(min=0), default=DEFAULT_MAX_WAIT, show_default=True,
               help="Seconds a job this host could run may be passed over for smaller ones before a host "
                    "holds itself free for it (starvation bound).")
-@click.option("--slots", type=click.IntRange(min=1), default=None,
-              help="Admit a fixed number of jobs regardless of their requests (for comparisons only).")
 @click.option("--allow-image", "allowed_images", multiple=True, help="Glob of images jobs may use (repeatable; default any local image).")
 @click.option("--max-job-cpus", type=float, default=None, help="Largest CPU limit one job may ask for.")
 @click.option("--max-job-memory", callback=memory_option, default=None, help="Largest memory limit one job may ask for.")
@@ -49,7 +47,7 @@ def job_file_option(_ctx, _param, value):
               help="Largest file a job may write (its result, and any file in /tmp): what it can put on the host.")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
-def agent(hostname, cpus, memory, queues, max_jobs, max_wait, slots, allowed_images, max_job_cpus, max_job_memory,
+def agent(hostname, cpus, memory, queues, max_jobs, max_wait, allowed_images, max_job_cpus, max_job_memory,
           allow_network, max_job_timeout, max_job_pids, state_dir, max_job_file, loglevel, metrics_port):
     """Run an executor agent on this host."""
     from executor.agent import Agent, AgentConfig, default_state_dir
@@ -64,9 +62,11 @@ def agent(hostname, cpus, memory, queues, max_jobs, max_wait, slots, allowed_ima
                         max_pids=max_job_pids)
     config = AgentConfig(hostname=hostname or socket.gethostname(), capacity=Capacity.detect(cpus, memory),
                          queues=queues, policy=policy, state_dir=state_dir or default_state_dir(),
-                         max_jobs=max_jobs, max_wait=max_wait, slots=slots, max_job_file=max_job_file)
+                         max_jobs=max_jobs, max_wait=max_wait, max_job_file=max_job_file)
     try:
-        job_agent = Agent(config)
+        # A bench may run its own kind of agent under this command (bench/slot_agent.py).
+        make_agent = (click.get_current_context().obj or {}).get("agent_class", Agent)
+        job_agent = make_agent(config)
         if metrics_port:
             serve_metrics(job_agent, metrics_port)
         raise SystemExit(run_worker(job_agent, loglevel=loglevel))

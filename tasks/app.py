@@ -1,11 +1,12 @@
 """The Celery app that carries jobyard jobs.
 
-Every job travels as a message for the task ``jobyard.run`` (:data:`tasks.names.RUN_TASK`). The message's
-``shadow`` name is the job's own name (so worker logs, task events and Flower show
-``reports.grade``, not ``jobyard.run``), its args/kwargs are the job's own call
-arguments, and the job spec rides in the ``jobyard_spec`` message header. No task
-body is registered here: callers publish by name, and each agent registers its own
-(:mod:`executor.task`), which supervises a container and never runs job code.
+Every job travels as a message for the task ``jobyard.run``
+(:data:`tasks.names.RUN_TASK`). The message's ``shadow`` name is the job's own name
+(so worker logs, task events and Flower show ``reports.grade``, not ``jobyard.run``),
+its args/kwargs are the job's own call arguments, and the job spec rides in the
+``jobyard_spec`` message header. No task body is registered here: callers publish by
+name, and each agent registers its own (:mod:`executor.task`), which supervises a
+container and never runs job code.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ its queue's **doorbell** (a short list per queue, :func:`tasks.keys.bell`) in th
 step, at most once per task id and retry number, so Celery's retry of a publish whose
 reply was lost does not queue the job twice. A doorbell holds no job: consumers wait
 on them instead of polling (the consumer's half, with its atomic capacity-aware take
-and reservations, is the agent's: :mod:`executor.take`).
+and reservations, is the agent's: :mod:`executor.take`, :mod:`executor.channel`).
 
 Publishers that use :func:`tasks.create_app` ring doorbells; kombu's visibility
 sweep rings when it requeues; jobyard's own requeues call :func:`ring`.

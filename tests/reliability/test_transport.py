@@ -1,7 +1,7 @@
 """jobyard's Redis transport: taking a message records it in the same step; doorbells wake consumers.
 
 Real redis-server of the module's own (so its memory limit can be squeezed), real
-kombu connections on the agent's taking transport (``executor.take``).
+kombu connections on the agent's taking transport (``executor.channel``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import redis
 from kombu import Connection, Exchange, Queue
 
 from executor.retry import MEMORY_SCALE_HEADER as SCALE_HEADER
-from executor.take import (LOOK_AHEAD, TAKE, TAKING_TRANSPORT, TakeLimits, release_reservations,
-                           take_arguments)
+from executor.channel import TAKING_TRANSPORT
+from executor.take import LOOK_AHEAD, TAKE, TakeLimits, release_reservations, take_arguments
 from tasks import keys
 from tasks.transport import RESERVATION_LIFETIME, queue_of
 from tasks.names import SPEC_HEADER
