@@ -9,6 +9,7 @@ running jobs finish.
 from __future__ import annotations
 
 import pytest
+from celery.result import allow_join_result
 
 from executor.request import ContainerRequest
 from executor.steps import AGENT_OPTION, Gate, Heartbeat, Reaper, add_steps
@@ -47,7 +48,11 @@ def test_the_agent_registers_the_task_bound_to_itself():
 
 
 def worker_steps(app, **options):
-    worker = app.WorkController(pool="threads", concurrency=1, without_mingle=True, without_gossip=True, **options)
+    # Building the pool step marks this process as a worker's (result.get() would then
+    # refuse to block in later tests): the context restores the mark.
+    with allow_join_result():
+        worker = app.WorkController(pool="threads", concurrency=1, without_mingle=True, without_gossip=True,
+                                    **options)
     return [type(step) for step in worker.steps]
 
 
