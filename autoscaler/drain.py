@@ -15,6 +15,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from tasks import keys
+from tasks.names import node_name
 from tasks.records import AgentState
 
 from .errors import ControlError
@@ -35,7 +36,7 @@ def _translated(method):
 
 def worker_name(hostname: str) -> str:
     """The Celery nodename of the agent on ``hostname``."""
-    return f"jobyard@{hostname}"
+    return node_name(hostname)
 
 
 class Drainer:

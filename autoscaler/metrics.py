@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import redis
 
 from tasks import keys
-from tasks.app import SPEC_HEADER
+from tasks.names import SPEC_HEADER
 from tasks.records import AgentState
 from tasks.spec import JobSpec
 

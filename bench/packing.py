@@ -199,10 +199,12 @@ class Fleet(Services):
         args = ["--cpus", f"{AGENT_CPUS:g}", "--memory", format_memory(AGENT_MEMORY), "--queues", queue,
                 "--state-dir", os.path.join(self.workdir, hostname), "--metrics-port", str(port),
                 "--max-wait", f"{self.agent_max_wait():g}"]
+        module = "jobyard.cli"
         if mode.slots is not None:  # a plain fixed-slot worker: N threads, N messages held
             args += ["--slots", str(mode.slots), "--max-jobs", str(mode.slots)]
+            module = "bench.slot_agent"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
-        agent = AgentProcess(hostname, args, env, os.path.join(self.workdir, f"{hostname}.log"))
+        agent = AgentProcess(hostname, args, env, os.path.join(self.workdir, f"{hostname}.log"), module=module)
         agent.extra["metrics_port"] = port
         self.agents.append(agent)
         return agent.start(self.client)

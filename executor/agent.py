@@ -1,13 +1,15 @@
 """The executor agent: one per host, a Celery worker that runs jobs in containers.
 
-The agent owns the host's Docker client, its capacity ledger, its policy and its
-state in Redis. The Celery worker's threads only *supervise* containers; a job's
-code never runs in this process.
+The agent owns the host's Docker client, its capacity ledger, its policy, its
+state in Redis, the messages it holds and the jobs it must stop. It is handed to
+what needs it: its task body (:mod:`executor.task`), the worker's bootsteps
+(:mod:`executor.heartbeat`, :mod:`executor.gate`) and the intake consumer. The
+Celery worker's threads only *supervise* containers (:mod:`executor.lifecycle`);
+a job's code never runs in this process.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -22,44 +24,32 @@ import requests.exceptions
 
 from tasks import keys, transport
 from tasks.app import app as default_app
-from tasks.errors import BackendError, JobError
+from tasks.config import Settings
+from tasks.names import JOB_LABEL, node_name
+from tasks.records import AgentState, HeldJob, Resources
 from tasks.state import state_client
 
 from .capacity import Capacity, Ledger
-from .container import DEFAULT_MAX_JOB_FILE, LABEL_AGENT, LABEL_JOB, ContainerLauncher, JobCall, Outcome
-from .errors import DockerUnavailable, EngineUnavailable
+from .container import DEFAULT_MAX_JOB_FILE, LABEL_AGENT, ContainerLauncher, JobCall, Outcome
+from .errors import DockerUnavailable
 from .gate import IntakeGate
-from .heartbeat import Housekeeping, LeaseRenewal
-from .placement import DEFAULT_MAX_WAIT, FleetView, HandBack, Placement
+from .messages import HeldMessages
+from .placement import DEFAULT_MAX_WAIT, FleetView, Placement
 from .policy import HostPolicy
-from .request import renew, requeue_payload, settle, terminations
-from .verdict import verdict
+from .take import release_reservations
 
 log = logging.getLogger(__name__)
 
 #: Seconds between heartbeats that publish this agent's state and renew leases
 #: (never more than a quarter of the lease).
 HEARTBEAT_SECONDS = 2.0
-#: Heartbeats between two sweeps for containers no held job owns.
-REAP_EVERY_BEATS = 8
 #: Docker client timeout (seconds) for housekeeping: the reaper and engine pings.
 HOUSEKEEPING_DOCKER_TIMEOUT = 10
-#: An agent's published state expires this long after its last heartbeat.
-STATE_TTL_SECONDS = 10
-#: How long facts and logs of a finished job are kept (matches result_expires).
-FACTS_TTL_SECONDS = 7 * 24 * 3600
-#: A wake ring is worth a look for this long: a consumer looks again within its
-#: doorbell wait (1 s) anyway, so a ring left by a dead agent only has to go.
-WAKE_TTL_SECONDS = 10
-#: Skipped-set entries older than this are swept (the take script's own bound).
-SKIPPED_RETENTION_SECONDS = 86400
 
 
 def default_state_dir() -> str:
-    """Where job input/output directories live (must be a path the engine can mount)."""
-    if os.environ.get("JOBYARD_STATE_DIR"):
-        return os.environ["JOBYARD_STATE_DIR"]
-    return "/var/lib/jobyard" if os.geteuid() == 0 else os.path.expanduser("~/.local/state/jobyard")
+    """Where job input/output directories live (``JOBYARD_STATE_DIR``; see :mod:`tasks.config`)."""
+    return Settings.from_env().state_dir
 
 
 @dataclass
@@ -73,7 +63,6 @@ class AgentConfig:
     state_dir: str = field(default_factory=default_state_dir)
     max_jobs: int = 16
     max_wait: float = DEFAULT_MAX_WAIT
-    slots: int | None = None
     max_job_file: int = DEFAULT_MAX_JOB_FILE
 
 
@@ -92,15 +81,34 @@ class AgentObserver:
     def job_finished(self, agent: "Agent", call: JobCall, reason: str, outcome: Outcome | None) -> None:
         """``call`` ended; ``reason`` is "succeeded" or a JobError's ``reason``."""
 
-    def state_published(self, agent: "Agent", state: dict[str, Any]) -> None:
+    def state_published(self, agent: "Agent", state: AgentState) -> None:
         """The agent published ``state`` (see :meth:`Agent.state`)."""
+
+
+class TaskIds:
+    """A thread-safe set of task ids."""
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, task_id: str) -> None:
+        """Add ``task_id``."""
+        with self._lock:
+            self._ids.add(task_id)
+
+    def discard(self, task_id: str) -> None:
+        """Remove ``task_id`` if present."""
+        with self._lock:
+            self._ids.discard(task_id)
+
+    def __contains__(self, task_id: object) -> bool:
+        with self._lock:
+            return task_id in self._ids
 
 
 class Agent:
     """Runs jobs on this host; see the module docstring."""
-
-    _current: "Agent | None" = None
-    _current_lock = threading.Lock()
 
     def __init__(self, config: AgentConfig, celery_app=None, client: docker.DockerClient | None = None):
         self.config = config
@@ -108,7 +116,7 @@ class Agent:
         self.docker = client or connect_docker()
         # Short timeouts for the reaper and engine pings; job containers keep the long ones.
         self.housekeeping_docker = client or connect_docker(timeout=HOUSEKEEPING_DOCKER_TIMEOUT)
-        self.ledger = Ledger(config.capacity, slots=config.slots)
+        self.ledger = self.make_ledger(config.capacity)
         self.launcher = ContainerLauncher(self.docker, config.state_dir, config.hostname, config.max_job_file,
                                           max_result=self.app.jobyard_settings.max_result)
         self.redis = state_client(self.app.jobyard_settings)
@@ -118,118 +126,40 @@ class Agent:
                                    max_wait=config.max_wait, max_jobs=config.max_jobs)
         self.gate = IntakeGate(lambda: self.placement.held() + self.placement.allowance())
         self.placement.on_change = self.gate.refresh
-        interval = min(HEARTBEAT_SECONDS, self.app.jobyard_settings.lease_seconds / 4)
-        self.loops = (LeaseRenewal(self, interval), Housekeeping(self, interval, REAP_EVERY_BEATS))
+        #: The kombu messages this agent holds (:mod:`executor.messages`).
+        self.held = HeldMessages()
+        #: Task ids whose containers must be stopped (revoked with terminate).
+        self.stopping = TaskIds()
+        #: Seconds between heartbeats (never more than a quarter of the lease).
+        self.beat_seconds = min(HEARTBEAT_SECONDS, self.app.jobyard_settings.lease_seconds / 4)
+
+    def make_ledger(self, capacity: Capacity) -> Ledger:
+        """The capacity ledger admission reserves from (a bench may admit by other rules)."""
+        return Ledger(capacity)
 
     @property
     def draining(self) -> bool:
         """Whether this agent has stopped taking new jobs."""
         return self.placement.draining
 
-    @classmethod
-    def current(cls) -> "Agent":
-        """The agent of this process (created from defaults when running eagerly)."""
-        with cls._current_lock:
-            if cls._current is None:
-                cls._current = Agent(AgentConfig())
-            return cls._current
-
-    @classmethod
-    def installed(cls) -> "Agent | None":
-        """The agent installed in this process, if any."""
-        with cls._current_lock:
-            return cls._current
-
-    def install(self) -> "Agent":
-        """Make this the process's agent."""
-        with Agent._current_lock:
-            Agent._current = self
-        return self
-
     @property
     def name(self) -> str:
         """The host identity this agent labels containers and publishes state with."""
         return self.config.hostname
 
-    def execute(self, call: JobCall) -> Any:
-        """Admit, run and judge one job; return its value or raise its typed error.
-
-        Raises :class:`~executor.placement.HandBack` when another host should run it.
-        """
-        self.config.policy.check(call.spec)
-        try:
-            self._admit(call)
-        finally:
-            self.gate.refresh()
-        launched = time.monotonic()
-        outcome = None
-
-        def started(result: Outcome) -> None:
-            self._record(call, result, state="running")
-            self._notify("job_started", call, time.monotonic() - launched)
-
-        try:
-            self._record(call, state="running")
-            try:
-                outcome = self.launcher.run(call, should_stop=lambda: call.task_id in terminations,
-                                            on_start=started)
-            except EngineUnavailable as exc:
-                log.warning("%s; handing %s back and pausing intake", exc, call.task_id)
-                self._engine_lost()
-                self._uncount_attempt(call)
-                raise HandBack() from exc
-            try:
-                value = verdict(call, outcome, self.name)
-            except JobError as exc:
-                self._finish(call, outcome, exc.reason)
-                raise
-            self._finish(call, outcome, "succeeded")
-            return value
-        except JobError as exc:
-            if isinstance(exc, BackendError):
-                self._check_engine()
-            if outcome is None:  # ended before its container produced an outcome
-                self._write_facts(call.task_id, {"state": exc.reason})
-                self._notify("job_finished", call, exc.reason, None)
-            raise
-        finally:
-            terminations.discard(call.task_id)
-            self.ledger.release(call.task_id)
-            self.gate.refresh()
-            self.publish(wake=True)
-
-    def dead_letter(self, call: JobCall, error: JobError, why: str) -> None:
-        """Store a job that failed for good in the dead-letter store."""
-        from .deadletter import DeadLetters
-
-        payload, queue_key = requeue_payload(call.task_id)
-        record = {"name": call.spec.name, "queue": call.spec.queue, "reason": error.reason,
-                  "error_type": type(error).__name__, "error": str(error), "attempt": call.attempt,
-                  "host": self.name, "why": why,
-                  "details": {k: v for k, v in error.details.items() if k not in ("traceback",)}}
-        try:
-            DeadLetters(self.redis).add(call.task_id, record, payload, queue_key)
-        except Exception as exc:  # noqa: BLE001 - the caller still gets the error
-            log.warning("could not dead-letter %s: %s", call.task_id, exc)
-
-    def _admit(self, call: JobCall) -> None:
-        waited = self.placement.admit(call, lambda: call.task_id in terminations)
-        call.attempt = self._count_attempt(call)
-        self._notify("job_admitted", call, waited)
-        self.publish()
-
-    def _engine_lost(self) -> None:
+    def engine_lost(self) -> None:
+        """Take no new jobs until the engine answers again (:meth:`check_engine`)."""
         self.placement.engine_down = True
         self.gate.refresh()
 
-    def _check_engine(self) -> bool:
+    def check_engine(self) -> bool:
         """Ping the engine; pause or resume intake accordingly. True if it answers."""
         try:
             self.housekeeping_docker.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException):
             if not self.placement.engine_down:
                 log.warning("Docker Engine unreachable: taking no new jobs until it answers")
-            self._engine_lost()
+            self.engine_lost()
             return False
         if self.placement.engine_down:
             log.warning("Docker Engine answers again: taking jobs")
@@ -237,94 +167,23 @@ class Agent:
             self.gate.refresh()
         return True
 
-    def _uncount_attempt(self, call: JobCall) -> None:
-        try:
-            self.redis.decr(keys.attempts(call.task_id))
-        except Exception as exc:  # noqa: BLE001 - only the attempt number is off by one
-            log.warning("could not uncount attempt of %s: %s", call.task_id, exc)
-
-    def _count_attempt(self, call: JobCall) -> int:
-        """Count this start in Redis: the attempt number survives redeliveries."""
-        try:
-            key = keys.attempts(call.task_id)
-            pipe = self.redis.pipeline()
-            pipe.incr(key)
-            pipe.expire(key, FACTS_TTL_SECONDS)
-            return max(int(pipe.execute()[0]), call.attempt)
-        except Exception as exc:  # noqa: BLE001 - fall back to Celery's own count
-            log.warning("could not count attempt of %s: %s", call.task_id, exc)
-            return call.attempt
-
-    def _notify(self, hook: str, *args: Any) -> None:
+    def notify(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` of every observer with this agent and ``args``."""
         for observer in self.observers:
             try:
                 getattr(observer, hook)(self, *args)
             except Exception:  # noqa: BLE001 - an observer must never break a job
                 log.exception("observer %r failed in %s", observer, hook)
 
-    def _record(self, call: JobCall, outcome: Outcome | None = None, state: str = "running") -> None:
-        spec = call.spec
-        facts: dict[str, Any] = {
-            "name": spec.name, "host": self.name, "image": spec.image, "state": state,
-            "attempt": call.attempt, "cpus": spec.cpus, "cpus_limit": spec.effective_cpus_limit,
-            "memory": spec.memory, "memory_limit": spec.effective_memory_limit, "pids": spec.pids,
-            "timeout": spec.timeout, "queue": spec.queue,
-        }
-        if outcome is not None:
-            facts.update(container_id=outcome.container_id, started_at=outcome.started_at)
-            outcome.facts.update(container_id=outcome.container_id, image=spec.image,
-                                 memory_limit=spec.effective_memory_limit,
-                                 cpus_limit=spec.effective_cpus_limit, attempt=call.attempt)
-        self._write_facts(call.task_id, facts)
-
-    def _finish(self, call: JobCall, outcome: Outcome, state: str) -> None:
-        facts = {"state": state, "exit_code": outcome.exit_code, "oom_killed": outcome.oom_killed,
-                 "peak_memory": outcome.peak_memory, "finished_at": outcome.finished_at,
-                 "container_id": outcome.container_id}
-        self._write_facts(call.task_id, facts)
-        self._notify("job_finished", call, state, outcome)
-        try:
-            self.redis.set(keys.job_logs(call.task_id), outcome.logs, ex=FACTS_TTL_SECONDS)
-        except Exception as exc:  # noqa: BLE001 - facts are best effort; the result is not
-            log.warning("could not store logs of %s: %s", call.task_id, exc)
-
-    def _write_facts(self, task_id: str, facts: dict[str, Any]) -> None:
-        key = keys.job_facts(task_id)
-        try:
-            pipe = self.redis.pipeline()
-            pipe.hset(key, mapping={k: json.dumps(v) for k, v in facts.items()})
-            pipe.expire(key, FACTS_TTL_SECONDS)
-            pipe.execute()
-        except Exception as exc:  # noqa: BLE001
-            log.warning("could not store facts of %s: %s", task_id, exc)
-
-    def state(self) -> dict[str, Any]:
-        """What this agent publishes at ``jobyard:agent:<hostname>`` (JSON, TTL 10 s).
-
-        ``capacity``/``reserved`` are {"cpus", "memory" (bytes)}; ``running`` lists
-        admitted jobs {task_id, name, cpus, memory, started (unix), timeout};
-        ``waiting`` lists jobs this agent holds but has not admitted yet (same
-        fields, ``started`` = when it began waiting); ``draining`` is true once the
-        agent stopped taking new jobs.
-        """
-        cpus, memory = self.ledger.reserved()
-        return {
-            "hostname": self.name,
-            "worker": f"jobyard@{self.name}",
-            "draining": self.draining,
-            "max_jobs": self.config.max_jobs,
-            "waiting": self.placement.waiting_state(),
-            "queues": list(self.config.queues),
-            "capacity": {"cpus": self.config.capacity.cpus, "memory": self.config.capacity.memory},
-            "reserved": {"cpus": cpus, "memory": memory},
-            "running": [
-                {"task_id": r.task_id, "name": r.name, "cpus": r.cpus, "memory": r.memory,
-                 "started": r.started, "timeout": r.timeout}
-                for r in self.ledger.running()
-            ],
-            "heartbeat": time.time(),
-            "pid": os.getpid(),
-        }
+    def state(self) -> AgentState:
+        """What this agent publishes at ``jobyard:agent:<hostname>`` (:class:`tasks.records.AgentState`)."""
+        running = tuple(HeldJob(r.task_id, r.cpus, r.memory, r.started, r.timeout, r.name)
+                        for r in self.ledger.running())
+        return AgentState(hostname=self.name, worker=node_name(self.name), queues=tuple(self.config.queues),
+                          capacity=self.config.capacity, running=running,
+                          waiting=tuple(self.placement.waiting_jobs()), heartbeat=time.time(),
+                          draining=self.draining, reserved=Resources(*self.ledger.reserved()),
+                          max_jobs=self.config.max_jobs, pid=os.getpid())
 
     def _sweep_shared(self, pipe, now: float) -> None:
         """Queue the sweeps of shared keys on ``pipe``: hosts silent past the retention
@@ -332,7 +191,7 @@ class Agent:
         while any agent lives (see :mod:`tasks.keys`)."""
         pipe.zremrangebyscore(keys.AGENTS, "-inf", now - keys.AGENTS_RETENTION)
         pipe.expire(keys.AGENTS, keys.AGENTS_RETENTION)
-        pipe.zremrangebyscore(keys.SKIPPED, "-inf", now - SKIPPED_RETENTION_SECONDS)
+        pipe.zremrangebyscore(keys.SKIPPED, "-inf", now - keys.SKIPPED_RETENTION)
         pipe.expire(keys.SKIPPED, keys.AGENTS_RETENTION)
         for queue in self.config.queues:
             pipe.expire(keys.reservations(queue), keys.AGENTS_RETENTION)
@@ -347,18 +206,18 @@ class Agent:
         state = self.state()
         try:
             pipe = self.redis.pipeline()
-            pipe.set(keys.agent(self.name), json.dumps(state), ex=STATE_TTL_SECONDS)
-            pipe.zadd(keys.AGENTS, {self.name: state["heartbeat"]})
-            self._sweep_shared(pipe, state["heartbeat"])
+            pipe.set(keys.agent(self.name), state.to_json(), ex=keys.AGENT_STATE_TTL)
+            pipe.zadd(keys.AGENTS, {self.name: state.heartbeat})
+            self._sweep_shared(pipe, state.heartbeat)
             if wake:
                 transport.ring_key(pipe, keys.wake(self.name))
-                pipe.expire(keys.wake(self.name), WAKE_TTL_SECONDS)
+                pipe.expire(keys.wake(self.name), keys.WAKE_TTL)
             pipe.execute()
         except Exception as exc:  # noqa: BLE001 - Redis may be restarting; next beat retries
             log.warning("heartbeat failed: %s", exc)
-        self._notify("state_published", state)
+        self.notify("state_published", state)
 
-    def _follow_drain_mark(self) -> None:
+    def follow_drain_mark(self) -> None:
         """Take no new work while the autoscaler has this host in its draining set."""
         try:
             draining = self.redis.zscore(keys.DRAINING, self.name) is not None
@@ -376,38 +235,26 @@ class Agent:
     def _release_reservations(self) -> None:
         """A draining host will take nothing: let another reserve for the jobs it held itself free for."""
         try:
-            transport.release_reservations(self.redis, list(self.config.queues), self.name)
-        except Exception as exc:  # noqa: BLE001 - they lapse on their own (tasks.transport)
+            release_reservations(self.redis, list(self.config.queues), self.name)
+        except Exception as exc:  # noqa: BLE001 - they lapse on their own (executor.take)
             log.debug("cannot release reservations: %s", exc)
 
     def renew_leases(self) -> None:
         """Renew the lease of every message this agent holds."""
         try:
-            renew(self.redis, time.time())
+            self.held.renew(self.redis, time.time())
         except Exception as exc:  # noqa: BLE001 - next beat retries; the lease has slack
             log.warning("lease renewal failed: %s", exc)
 
     def settle(self, task_id: str) -> None:
         """After a job's outcome is stored: drop its message from the broker's unacked set."""
         try:
-            settle(task_id, self.redis)
+            self.held.settle(task_id, self.redis)
         except Exception as exc:  # noqa: BLE001 - Celery's own ack still applies
             log.warning("could not settle %s: %s", task_id, exc)
 
-    def start_heartbeat(self) -> threading.Thread:
-        """Publish state, then start the periodic loops (:mod:`executor.heartbeat`).
-
-        Returns the lease renewal's thread.
-        """
-        self.publish()
-        renewal, housekeeping = self.loops
-        housekeeping.start()
-        return renewal.start()
-
     def stop(self) -> None:
-        """Stop heartbeats and withdraw this agent's published state."""
-        for loop in self.loops:
-            loop.stop()
+        """Withdraw this agent's published state (once its worker, and so its heartbeat, stopped)."""
         try:
             self.redis.delete(keys.agent(self.name), keys.wake(self.name))
             self.redis.zrem(keys.AGENTS, self.name)
@@ -429,7 +276,7 @@ class Agent:
             log.warning("could not list leftover containers: %s", exc)
             return 0
         for container in leftovers:
-            if container.get("Labels", {}).get(LABEL_JOB) in keep:
+            if container.get("Labels", {}).get(JOB_LABEL) in keep:
                 continue
             try:
                 api.remove_container(container["Id"], force=True, v=True)

@@ -37,11 +37,13 @@ class Ledger:
     not fit now. ``changed`` is notified on every release so waiters can retry.
     """
 
-    def __init__(self, capacity: Capacity, slots: int | None = None):
+    #: Whether admission reserves jobs' requests. A ledger that admits by another rule
+    #: (a benchmark's fixed slots) sets False: placement then neither parks a job too
+    #: big for this host nor sizes what the intake takes.
+    sizes_jobs = True
+
+    def __init__(self, capacity: Capacity):
         self.capacity = capacity
-        #: When set, admission counts jobs against fixed slots and ignores requests
-        #: (the monolith's model; kept for comparison benchmarks).
-        self.slots = slots
         self.changed = threading.Condition()
         self._held: dict[str, Reservation] = {}
 
@@ -87,7 +89,5 @@ class Ledger:
         return (sum(r.cpus for r in self._held.values()), sum(r.memory for r in self._held.values()))
 
     def _fits(self, cpus: float, memory: int) -> bool:
-        if self.slots is not None:
-            return len(self._held) < self.slots
         used_cpus, used_memory = self._reserved()
         return used_cpus + cpus <= self.capacity.cpus + CPU_EPSILON and used_memory + memory <= self.capacity.memory

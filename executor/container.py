@@ -24,6 +24,7 @@ from docker.types import LogConfig, Mount, Ulimit
 
 from tasks.config import DEFAULT_MAX_PAYLOAD
 from tasks.errors import BackendError, ImageNotFound
+from tasks.names import JOB_LABEL as LABEL_JOB
 from tasks.spec import PYTHON, JobSpec, render_command
 
 from .bounds import LOG_KEEP_BYTES, LOG_TAIL_BYTES, result_problem, tail
@@ -32,7 +33,6 @@ from .errors import EngineUnavailable, InvalidAgentConfig
 
 log = logging.getLogger(__name__)
 
-LABEL_JOB = "jobyard.job"
 LABEL_AGENT = "jobyard.agent"
 LABEL_NAME = "jobyard.name"
 LABEL_ATTEMPT = "jobyard.attempt"

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from typing import Any
 
 from tasks import keys, transport
 from tasks.records import DeadLetter
 
 from .bounds import ERROR_BYTES, clip_facts, head
+from .messages import fresh_copy
 
 
 class DeadLetters:
@@ -69,11 +69,8 @@ class DeadLetters:
         record = self.get(task_id)
         if not record or not isinstance(record.message, dict) or not record.queue_key:
             return False
-        payload = record.message
+        payload = fresh_copy(record.message)
         payload["headers"]["retries"] = 0
-        payload["headers"].pop("redelivered", None)
-        payload["properties"]["delivery_tag"] = uuid.uuid4().hex
-        payload["properties"].get("delivery_info", {}).pop("redelivered", None)
         pipe = self.redis.pipeline()
         pipe.lpush(record.queue_key, json.dumps(payload))
         transport.ring(pipe, transport.queue_of(record.queue_key))

@@ -12,8 +12,6 @@ import logging
 import os
 import threading
 
-from celery import bootsteps
-
 log = logging.getLogger(__name__)
 
 
@@ -27,7 +25,7 @@ class IntakeGate:
         self._lock = threading.Lock()
 
     def attach(self, qos, hub) -> None:
-        """Bind to the consumer's QoS and event loop (called by :class:`GateStep`)."""
+        """Bind to the consumer's QoS and event loop (called by :class:`executor.steps.Gate`)."""
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)
@@ -62,14 +60,3 @@ def _drain(read_fd: int) -> None:
             pass
     except BlockingIOError:
         pass
-
-
-class GateStep(bootsteps.StartStopStep):
-    """Consumer bootstep that hands the consumer's QoS to the agent's gate."""
-
-    requires = ("celery.worker.consumer.tasks:Tasks",)
-
-    def start(self, consumer):
-        from .agent import Agent
-
-        Agent.current().gate.attach(consumer.qos, getattr(consumer.controller, "hub", None))

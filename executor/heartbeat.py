@@ -2,7 +2,8 @@
 
 Lease renewal talks only to Redis, so a slow or hung Docker Engine can never let
 a running job's lease age past the sweep; everything that talks to the engine
-runs in :class:`Housekeeping`, on its own client with short timeouts.
+runs in :class:`Housekeeping`, on its own client with short timeouts. The
+worker's bootsteps start and stop them (:mod:`executor.steps`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
-from .request import messages
-
 if TYPE_CHECKING:
     from .agent import Agent
 
 log = logging.getLogger(__name__)
+
+#: Heartbeats between two sweeps for containers no held job owns.
+REAP_EVERY_BEATS = 8
 
 
 class PeriodicLoop:
@@ -60,7 +62,7 @@ class LeaseRenewal(PeriodicLoop):
     def beat(self) -> None:
         """Renew, follow the drain mark, publish."""
         self.agent.renew_leases()
-        self.agent._follow_drain_mark()
+        self.agent.follow_drain_mark()
         self.agent.publish()
 
 
@@ -69,7 +71,7 @@ class Housekeeping(PeriodicLoop):
 
     name = "jobyard-housekeeping"
 
-    def __init__(self, agent: "Agent", interval: float, reap_every: int):
+    def __init__(self, agent: "Agent", interval: float, reap_every: int = REAP_EVERY_BEATS):
         super().__init__(agent, interval)
         self.reap_every = reap_every
         self._beats = 0
@@ -77,7 +79,7 @@ class Housekeeping(PeriodicLoop):
     def beat(self) -> None:
         """Check the engine if it was lost; reap on every ``reap_every``-th beat."""
         if self.agent.placement.engine_down:
-            self.agent._check_engine()
+            self.agent.check_engine()
         self._beats += 1
         if self._beats % self.reap_every == 0:
-            self.agent.reap(keep=set(messages.snapshot()))
+            self.agent.reap(keep=self.agent.held.task_ids())

@@ -7,7 +7,7 @@ the restart and kills it again. So the agent screens every message twice before
 anything runs:
 
 1. :class:`IntakeChannel` screens the raw item as it is taken from its queue
-   (:mod:`tasks.transport`): the size cap, JSON, kombu's envelope. What it
+   (:mod:`executor.channel`): the size cap, JSON, kombu's envelope. What it
    refuses never reaches kombu.
 2. :class:`IntakeConsumer` screens the decoded message: Celery's own refusals
    (undecodable body, a disallowed content type such as pickle, an unknown task or
@@ -28,7 +28,6 @@ import base64
 import binascii
 import json
 import logging
-import os
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,27 +38,22 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.transport import TRANSPORT_ALIASES
 from vine import promise
 
-from tasks import keys, transport
-from tasks.app import RUN_TASK, SPEC_HEADER
+from tasks import keys
+from tasks.names import RUN_TASK, SPEC_HEADER
 from tasks.errors import InvalidJobSpec
 from tasks.ids import task_id_problem
 from tasks.records import RejectedMessage
 
 from .retry import MEMORY_SCALE_HEADER
+from .steps import AGENT_OPTION
+from .channel import TakingChannel, TakingTransport
 
 log = logging.getLogger(__name__)
 
-#: The default cap on one raw message, as a multiple of the call payload cap: the
-#: body is base64 (4/3) and headers carry the spec and canvas callbacks.
-MESSAGE_CAP_FACTOR = 4
-
 
 def message_cap(app) -> int:
-    """The largest raw message an agent accepts: ``JOBYARD_MAX_MESSAGE`` bytes."""
-    configured = os.environ.get("JOBYARD_MAX_MESSAGE")
-    if configured:
-        return int(configured)
-    return MESSAGE_CAP_FACTOR * app.jobyard_settings.max_payload
+    """The largest raw message an agent accepts: ``JOBYARD_MAX_MESSAGE`` bytes (:mod:`tasks.config`)."""
+    return app.jobyard_settings.max_message
 
 
 def raw_problem(raw: bytes, cap: int) -> str | None:
@@ -159,10 +153,10 @@ def rejection(raw: bytes, reason: str, queue: str | None, host: str | None) -> s
     return RejectedMessage.of(raw, reason, queue, host).to_json()
 
 
-class IntakeChannel(transport.Channel):
+class IntakeChannel(TakingChannel):
     """jobyard's Redis channel, refusing taken items that are not messages kombu can take."""
 
-    from_transport_options = transport.Channel.from_transport_options + ("max_message", "intake_host")
+    from_transport_options = TakingChannel.from_transport_options + ("max_message", "intake_host")
     max_message = 4 * 1024 * 1024
     intake_host = None
     spec_header = SPEC_HEADER
@@ -194,7 +188,7 @@ class IntakeChannel(transport.Channel):
             log.warning("could not set the refused message aside: %s", exc)
 
 
-class IntakeTransport(transport.Transport):
+class IntakeTransport(TakingTransport):
     """jobyard's Redis transport with :class:`IntakeChannel`."""
 
     Channel = IntakeChannel
@@ -210,12 +204,17 @@ for _name in TRANSPORTS.values():
 class IntakeConsumer(Consumer):
     """Celery's worker consumer, refusing bad messages once instead of crashing.
 
-    Set as the agent's ``consumer_cls``; see the module docstring.
+    Set as the agent's ``consumer_cls``; see the module docstring. The worker hands
+    it its agent in ``worker_options`` (:data:`executor.steps.AGENT_OPTION`).
     """
+
+    def __init__(self, *args, worker_options=None, **kwargs):
+        self.jobyard_agent = (worker_options or {}).get(AGENT_OPTION)
+        super().__init__(*args, worker_options=worker_options, **kwargs)
 
     def connection_for_read(self, heartbeat=None):
         options = {"max_message": message_cap(self.app), "intake_host": self.hostname}
-        agent = _installed_agent()
+        agent = self.jobyard_agent
         if agent is not None:  # take only jobs that fit, and wake when capacity frees
             options.update(take_limits=agent.placement.take_limits, wake_key=keys.wake(agent.name))
         transport = TRANSPORTS[urlsplit(self.app.conf.broker_url).scheme]
@@ -309,12 +308,6 @@ class IntakeConsumer(Consumer):
             log.warning("could not record the failure of refused message %s: %s", task_id, exc)
         if self.event_dispatcher:
             self.event_dispatcher.send("task-failed", uuid=task_id, exception=repr(error))
-
-
-def _installed_agent():
-    from .agent import Agent
-
-    return Agent.installed()
 
 
 def _text(value: Any) -> str:

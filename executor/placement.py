@@ -2,7 +2,7 @@
 
 Most placement happens before a message leaves its queue: the intake takes only the
 oldest message that fits this agent's free capacity now (:meth:`Placement.take_limits`
-feeds :data:`tasks.transport.TAKE`), leaves jobs for bigger hosts to them, takes jobs
+feeds :data:`executor.take.TAKE`), leaves jobs for bigger hosts to them, takes jobs
 no host can hold so they are rejected, and reserves this host for a job it could
 run once that job has been passed over for ``max_wait`` seconds: it then takes
 nothing until that job fits here, while other hosts keep backfilling. At most
@@ -41,13 +41,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from tasks import keys
-from tasks.records import CPU_EPSILON, AgentState, HeldJob, HostOffer, Resources
-from tasks.transport import TakeLimits
 from tasks.errors import JobRejected, Revoked
+from tasks.records import AgentState, HeldJob, HostOffer, Resources
+from tasks.spec import CPU_EPSILON, MIN_MEMORY
 from tasks.units import format_memory
 
 from .capacity import Ledger
 from .container import JobCall
+from .take import TakeLimits
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,6 @@ RECHECK_SECONDS = 2.0
 PARK_POLL_SECONDS = 0.5
 #: The smallest job worth taking a message for.
 MIN_CPUS = 0.01
-MIN_MEMORY = 6 * 1024**2
 
 
 class HandBack(Exception):
@@ -112,7 +112,7 @@ class Placement:
         now) or Revoked (terminated while waiting).
         """
         self._reject_if_impossible(call)
-        if self.ledger.slots is None and not self.ledger.capacity.holds(call.spec):
+        if self.ledger.sizes_jobs and not self.ledger.capacity.holds(call.spec):
             self._park(call, stop_requested)
         started = time.monotonic()
         with self.ledger.changed:
@@ -239,8 +239,8 @@ class Placement:
         return 1 if cpus >= MIN_CPUS and memory >= MIN_MEMORY else 0
 
     def take_limits(self, queues: list[str]) -> TakeLimits | None:
-        """What the intake should look for in ``queues``: a job that fits now (None with fixed slots)."""
-        if self.ledger.slots is not None:
+        """What the intake should look for in ``queues``: a job that fits now (None: any job)."""
+        if not self.ledger.sizes_jobs:
             return None
         with self.ledger.changed:
             cpus, memory = self.ledger.free()

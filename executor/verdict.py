@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.errors import ContainerOOMKilled, JobFailed, JobTimeout, ResultTooLarge, Revoked
+from tasks.failure import last_line
 from tasks.spec import PYTHON
 from tasks.units import format_memory
 
@@ -70,5 +71,4 @@ def _refused(name: str, refusal: dict[str, Any], facts: dict[str, Any]) -> JobFa
 
 
 def _last_line(logs: str) -> str:
-    lines = [line for line in logs.strip().splitlines() if line.strip()]
-    return head(lines[-1], LINE_BYTES) if lines else "(no output)"
+    return head(last_line(logs, "(no output)"), LINE_BYTES)

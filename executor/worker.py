@@ -6,28 +6,29 @@ import logging
 
 from celery.signals import task_postrun, worker_shutting_down
 
+from tasks.names import node_name
+
 from .agent import Agent
-from .gate import GateStep
+from .steps import AGENT_OPTION, add_steps
+from .task import register
 
 log = logging.getLogger(__name__)
 
 
 def run_worker(agent: Agent, loglevel: str = "INFO") -> int:
-    """Reap leftovers, start heartbeats, and consume jobs until shut down.
+    """Register the agent's task and steps on its app, and consume jobs until shut down.
 
     The pool is Celery's thread pool: each thread only supervises a container.
     SIGTERM is a warm shutdown (running jobs finish); SIGQUIT is cold.
     """
-    agent.install()
-    agent.reap()
-    agent.start_heartbeat()
+    register(agent.app, agent)
+    add_steps(agent.app)
     log.info("agent %s: capacity %s, queues %s", agent.name, agent.config.capacity.describe(),
              ",".join(agent.config.queues))
-    agent.app.steps["consumer"].add(GateStep)
     worker_shutting_down.connect(lambda **_: agent.placement.stop(), weak=False)
     task_postrun.connect(lambda task_id=None, **_: agent.settle(task_id), weak=False)
     worker = agent.app.Worker(
-        hostname=f"jobyard@{agent.name}",
+        hostname=node_name(agent.name),
         pool="threads",
         concurrency=agent.config.max_jobs,
         queues=list(agent.config.queues),
@@ -37,6 +38,7 @@ def run_worker(agent: Agent, loglevel: str = "INFO") -> int:
         without_gossip=True,
         optimization="fair",
         consumer_cls="executor.intake:IntakeConsumer",
+        **{AGENT_OPTION: agent},
     )
     try:
         worker.start()

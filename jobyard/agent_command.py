@@ -46,8 +46,6 @@ def registry_config_option(_ctx, _param, value):
 @click.option("--max-wait", type=click.FloatRange(min=0), default=DEFAULT_MAX_WAIT, show_default=True,
               help="Seconds a job this host could run may be passed over for smaller ones before a host "
                    "holds itself free for it (starvation bound).")
-@click.option("--slots", type=click.IntRange(min=1), default=None,
-              help="Admit a fixed number of jobs regardless of their requests (for comparisons only).")
 @click.option("--allow-image", "allowed_images", multiple=True,
               help="Glob of images jobs may use, matched against the reference as written and its normalised "
                    "form, e.g. 'registry.example:5000/*' (repeatable; default any).")
@@ -67,7 +65,7 @@ def registry_config_option(_ctx, _param, value):
               help="Largest file a job may write (its result, and any file in /tmp): what it can put on the host.")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
-def agent(hostname, cpus, memory, queues, max_jobs, max_wait, slots, allowed_images, require_digest, max_job_cpus,
+def agent(hostname, cpus, memory, queues, max_jobs, max_wait, allowed_images, require_digest, max_job_cpus,
           max_job_memory, allow_network, max_job_timeout, max_job_pids, registry_config, state_dir, max_job_file,
           loglevel, metrics_port):
     """Run an executor agent on this host."""
@@ -86,9 +84,11 @@ def agent(hostname, cpus, memory, queues, max_jobs, max_wait, slots, allowed_ima
                         max_pids=max_job_pids, require_digest=require_digest)
     config = AgentConfig(hostname=hostname or socket.gethostname(), capacity=Capacity.detect(cpus, memory),
                          queues=queues, policy=policy, state_dir=state_dir or Settings.from_env().state_dir,
-                         max_jobs=max_jobs, max_wait=max_wait, slots=slots, max_job_file=max_job_file)
+                         max_jobs=max_jobs, max_wait=max_wait, max_job_file=max_job_file)
     try:
-        job_agent = Agent(config)
+        # A bench may run its own kind of agent under this command (bench/slot_agent.py).
+        make_agent = (click.get_current_context().obj or {}).get("agent_class", Agent)
+        job_agent = make_agent(config)
         if metrics_port:
             serve_metrics(job_agent, metrics_port)
         raise SystemExit(run_worker(job_agent, loglevel=loglevel))

@@ -14,11 +14,10 @@ from typing import Callable, Iterator
 import click
 import redis
 
+from tasks.names import JOB_LABEL
 from tasks.records import JobFacts
 from tasks.state import job_logs, read_job_facts
 
-#: The container label that names a job (see executor.container).
-JOB_LABEL = "jobyard.job"
 POLL_SECONDS = 1.0
 #: How long to wait for the agent to record a job's end after its container stopped.
 SETTLE_SECONDS = 15.0

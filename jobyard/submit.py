@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 from celery.result import AsyncResult
 
 from tasks.errors import JobError
+from tasks.failure import last_line
 from tasks.job import command_job
 
 from .table import render_table
@@ -64,7 +65,7 @@ def ended(result: AsyncResult) -> Ended:
         return Ended(result.id, "error", None, f"{type(value).__name__}: {value}")
     output = value.get("output", "") if isinstance(value, dict) else str(value)
     exit_code = value.get("exit_code") if isinstance(value, dict) else None
-    return Ended(result.id, "succeeded", exit_code, _last_line(output), output)
+    return Ended(result.id, "succeeded", exit_code, last_line(output), output)
 
 
 def wait_all(results: Sequence[AsyncResult], on_progress: Callable[[int], None] = lambda done: None,
@@ -110,7 +111,3 @@ def summary(ends: Sequence[Ended]) -> str:
     totals = Counter(e.outcome for e in ends)
     return table + "\n\n" + ", ".join(f"{n} {outcome}" for outcome, n in sorted(totals.items()))
 
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""

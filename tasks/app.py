@@ -1,17 +1,19 @@
-"""The Celery app that carries jobyard jobs, and the one task that runs them.
+"""The Celery app that carries jobyard jobs.
 
-Every job travels as a message for the task ``jobyard.run``. The message's
-``shadow`` name is the job's own name (so worker logs, task events and Flower show
-``reports.grade``, not ``jobyard.run``), its args/kwargs are the job's own call
-arguments, and the job spec rides in the ``jobyard_spec`` message header. The task
-body lives in the executor: it supervises a container and never runs job code.
+Every job travels as a message for the task ``jobyard.run``
+(:data:`tasks.names.RUN_TASK`). The message's ``shadow`` name is the job's own name
+(so worker logs, task events and Flower show ``reports.grade``, not ``jobyard.run``),
+its args/kwargs are the job's own call arguments, and the job spec rides in the
+``jobyard_spec`` message header. No task body is registered here: callers publish by
+name, and each agent registers its own (:mod:`executor.task`), which supervises a
+container and never runs job code.
 """
 
 from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from celery import Celery, Task
+from celery import Celery
 from celery.app.amqp import AMQP
 from celery.backends.redis import RedisBackend, SentinelBackend
 
@@ -19,10 +21,8 @@ from . import security
 from .config import Settings
 from .failure import failure_text
 from .ids import check_task_id
+from .names import RUN_TASK, SPEC_HEADER  # noqa: F401 - their import path before tasks.names
 from .transport import TRANSPORTS
-
-RUN_TASK = "jobyard.run"
-SPEC_HEADER = "jobyard_spec"
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -32,7 +32,6 @@ def create_app(settings: Settings | None = None) -> Celery:
     celery_app = Celery("jobyard", set_as_current=False, amqp=JobAMQP)
     celery_app.loader.override_backends = RESULT_BACKENDS
     configure(celery_app, settings or Settings.from_env())
-    celery_app.task(name=RUN_TASK, base=ContainerJobTask, bind=True)(_run_job)
     return celery_app
 
 
@@ -162,24 +161,6 @@ RESULT_BACKENDS = {
     "rediss": f"{__name__}:JobRedisBackend",
     "sentinel": f"{__name__}:JobSentinelBackend",
 }
-
-
-class ContainerJobTask(Task):
-    """The Celery task behind every job; its requests are container-aware."""
-
-    # Resolved lazily, only on an agent: it turns revoke(terminate=True) into
-    # stopping the job's container instead of signalling a pool process.
-    Request = "executor.request:ContainerRequest"
-    typing = False
-    acks_late = True
-    reject_on_worker_lost = True
-
-
-def _run_job(self: Task, *args, **kwargs):
-    """Supervise the job's container; the job's code runs only inside it."""
-    from executor.supervisor import supervise  # agent-side only
-
-    return supervise(self, args, kwargs)
 
 
 app = create_app()

@@ -17,6 +17,12 @@ from .units import format_memory
 MAX_TEXT_BYTES = 16 * 1024
 
 
+def last_line(text: str, empty: str = "") -> str:
+    """The last non-blank line of ``text`` (a job's output), or ``empty``."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else empty
+
+
 def failure_text(error: BaseException) -> str | None:
     """The text to show as ``error``'s traceback, or None to keep Celery's own."""
     if not isinstance(error, JobError):

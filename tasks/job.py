@@ -17,9 +17,9 @@ from celery import Celery
 from celery.canvas import Signature
 from celery.result import AsyncResult
 
-from .app import RUN_TASK, SPEC_HEADER
 from .app import app as default_app
 from .errors import InvalidJobSpec, PayloadTooLarge
+from .names import RUN_TASK, SPEC_HEADER
 from .spec import COMMAND, PYTHON, RESOURCE_FIELDS, JobSpec, render_command
 
 
@@ -73,8 +73,8 @@ class JobFunction:
         spec, celery_options = self._split(options)
         args, kwargs = tuple(args or ()), dict(kwargs or {})
         check_payload(spec, args, kwargs, self.app.jobyard_settings.max_payload)
-        task = self.app.tasks[RUN_TASK]
-        return task.apply_async(args, kwargs, **_message_options(spec, celery_options))
+        # By name: the task body is registered only on agents (executor.task).
+        return self.app.send_task(RUN_TASK, args, kwargs, **_message_options(spec, celery_options))
 
     def _split(self, options: dict[str, Any]) -> tuple[JobSpec, dict[str, Any]]:
         overrides = {k: options.pop(k) for k in list(options) if k in RESOURCE_FIELDS}

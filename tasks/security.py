@@ -31,6 +31,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from celery.exceptions import ImproperlyConfigured
 
+from .names import SPEC_HEADER
+
 #: URL query option -> environment variable that supplies it when the URL does not.
 TLS_OPTIONS = {
     "ssl_cert_reqs": "JOBYARD_BROKER_SSL_VERIFY",
@@ -104,7 +106,6 @@ def apply(celery_app, settings) -> None:
 
 
 SEAL_HEADER = "jobyard_seal"
-SPEC_HEADER = "jobyard_spec"  # tasks.app.SPEC_HEADER, which imports this module
 
 
 class Sealer:

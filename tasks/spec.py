@@ -20,6 +20,8 @@ PYTHON = "python"
 COMMAND = "command"
 
 MIN_MEMORY = 6 * 1024**2  # the smallest limit Docker accepts
+#: Slack when comparing CPU amounts: requests are floats summed by every side.
+CPU_EPSILON = 1e-9
 MAX_TIMEOUT = 7 * 24 * 3600.0
 NETWORK_MODES = ("none", "bridge")
 

@@ -1,141 +1,53 @@
-"""jobyard's Redis transport: a queued job is always in Redis, on a queue or recorded as taken.
+"""jobyard's Redis transport, the caller's half: idempotent publishes that ring doorbells.
 
-kombu's Redis transport takes a message in two round trips: BRPOP pops it, then
-the consumer records it in kombu's unacked hash and index (``unacked``,
-``unacked_index``), which is what lets a lease requeue it if its taker dies. A
-connection that dies between the two (Redis crashing after the pop, the reply
-lost on the way, the consumer killed while reading it) loses the job, though no
-container ever started it.
-
-This transport closes that window, and places jobs while it is at it:
-
-* **Taking** is one Lua script (:data:`TAKE`): it removes a message from the
-  consumer's queue lists, in kombu's order (priority, then queue, oldest first), and
-  records it in kombu's unacked hash and index in the same atomic step. Whatever
-  happens to the reply, the job is either still queued or recorded, and an
-  unrenewed record is requeued by kombu's visibility sweep (the lease, tasks.app).
-* **Only what fits.** A consumer that passes :class:`TakeLimits` (an agent's free
-  capacity) gets the oldest of the first :data:`LOOK_AHEAD` messages whose requests
-  fit; jobs it passes over keep their place. One passed over for longer than the
-  bound gets a host reserved for it: the first host that could run it stops taking
-  anything until it fits there, while the other hosts keep backfilling (no
-  starvation, and no fleet-wide drain for one job).
-* The script never blocks, so a consumer **waits on doorbells**: one short list
-  per queue (:func:`tasks.keys.bell`) that every publish pushes to in the same
-  script as the message (:data:`PUBLISH`), and its own (:func:`tasks.keys.wake`),
-  rung when its capacity frees. A doorbell holds no job, so popping one loses
-  nothing. An empty take deletes its queues' doorbells, leaving none behind for jobs
-  already taken; a take that found nothing fitting waits on its own doorbell only.
-* A message pushed without ringing (a plain kombu publisher, a hand-edited list)
-  is still taken: a doorbell wait times out after ``brpop_timeout`` (1 s) and the
-  consumer looks again.
-* **Publishing is idempotent** per task id and retry number (:data:`PUBLISH`), so
-  Celery's retry of a publish whose reply was lost does not queue the job twice.
+kombu's Redis transport queues a message with one LPUSH. jobyard's publish is one Lua
+script (:data:`PUBLISH`, ``tasks/lua/publish.lua``) that pushes the message and rings
+its queue's **doorbell** (a short list per queue, :func:`tasks.keys.bell`) in the same
+step, at most once per task id and retry number, so Celery's retry of a publish whose
+reply was lost does not queue the job twice. A doorbell holds no job: consumers wait
+on them instead of polling (the consumer's half, with its atomic capacity-aware take
+and reservations, is the agent's: :mod:`executor.take`, :mod:`executor.channel`).
 
 Publishers that use :func:`tasks.create_app` ring doorbells; kombu's visibility
 sweep rings when it requeues; jobyard's own requeues call :func:`ring`.
+Reservations are written by the agents' take; :func:`reservation_holders` reads them
+for ``jobyard status``.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from dataclasses import dataclass, field
 from importlib.resources import files
-from queue import Empty
-from time import monotonic, time
-from typing import Any, Callable
+from time import time
+from typing import Any
 
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
-from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import dumps, loads
-from redis.exceptions import ResponseError
+from kombu.utils.json import dumps
 
 from . import keys
 
-log = logging.getLogger(__name__)
 
-
-def _script(name: str) -> str:
-    """The text of the Lua script ``tasks/lua/<name>``.
+def lua_script(package: str, name: str) -> str:
+    """The text of the Lua script ``<package>/lua/<name>``.
 
     Scripts run by EVAL with their text, never by SHA alone: a server that lost its
     script cache (SCRIPT FLUSH, a restart, a failover to a replica) runs them all the
     same, on every path (the poll connection's raw take included).
     """
-    return files(__package__).joinpath("lua", name).read_text(encoding="utf-8")
+    return files(package).joinpath("lua", name).read_text(encoding="utf-8")
 
 
 #: Doorbell entries kept per queue: enough to wake every consumer, never a backlog.
 BELL_CAP = 256
-
-#: Messages a consumer looks at, oldest first, per queue list, for one that fits.
-LOOK_AHEAD = 32
-#: Seconds a consumer that found nothing fitting waits for its own doorbell
-#: (rung when its capacity frees) before it looks again.
-NOTHING_FITS_WAIT = 0.5
 #: Seconds a host's reservation for a passed-over message lives without the host
-#: looking at that message again (it looks at least every :data:`NOTHING_FITS_WAIT`
-#: while it has any free capacity).
+#: looking at that message again (executor.take).
 RESERVATION_LIFETIME = 30.0
 
-#: Take one message that fits and record it as unacknowledged in the same step. Its
-#: KEYS, ARGV, reply and the keys it touches are documented in ``tasks/lua/take.lua``;
-#: :func:`take_arguments` builds them.
-TAKE = _script("take.lua")
-
-
-#: Seconds a publish is remembered (:data:`PUBLISH`): longer than any publish retry.
-PUBLISHED_TTL = 600
 
 #: Queue a message and ring its doorbell, at most once per task id and retry number:
 #: see ``tasks/lua/publish.lua``.
-PUBLISH = _script("publish.lua")
-
-
-@dataclass(frozen=True)
-class TakeLimits:
-    """What a consumer can run now, for :data:`TAKE` to choose a message that fits."""
-
-    free_cpus: float
-    free_memory: int
-    host_cpus: float
-    host_memory: int
-    #: Seconds a message that could run here may be passed over for smaller ones
-    #: before a host reserves itself for it.
-    bound: float
-    #: Per queue: the largest (cpus, memory) of any host serving it.
-    largest: dict[str, tuple[float, int]]
-    #: This consumer's host name: who holds the reservations it makes.
-    holder: str = ""
-    #: Per queue: how many hosts may hold a reservation in it at once (default 1).
-    reserving: dict[str, int] = field(default_factory=dict)
-
-
-def take_arguments(fixed: list[str], lists: list[tuple[str, str]], reservations: list[str], bells: list[str],
-                   limits: TakeLimits | None, spec_header: str | None = None,
-                   scale_header: str | None = None) -> tuple[list, list]:
-    """KEYS and ARGV of :data:`TAKE`: ``fixed`` is [unacked, unacked index, skipped];
-    ``lists`` pairs each queue with its list key, in the order to look at them;
-    ``reservations`` is each list's queue's reservations hash, in the same order."""
-    if limits is None or not spec_header:
-        sizing = [0, 0, 0, 0, 0, 0, "", "", "", "", 0]
-        per_list = [{"cpus": 0, "memory": 0, "reserving": 0} for _ in lists]
-    else:
-        sizing = [LOOK_AHEAD, limits.free_cpus, limits.free_memory, limits.host_cpus, limits.host_memory,
-                  limits.bound, spec_header, scale_header or "", limits.holder, keys.agent(""),
-                  RESERVATION_LIFETIME]
-        own = (limits.host_cpus, limits.host_memory)
-        per_list = [_largest(limits.largest.get(queue, own), limits.reserving.get(queue, 1)) for queue, _ in lists]
-    script_keys = [*fixed, *(key for _, key in lists), *reservations, *bells]
-    return script_keys, [time(), len(lists), *sizing, json.dumps(per_list)]
-
-
-def _largest(host: tuple[float, int], reserving: int) -> dict:
-    """One entry of :data:`TAKE`'s per-list ARGV: the largest host and the reservation cap."""
-    return {"cpus": host[0], "memory": host[1], "reserving": reserving}
+PUBLISH = lua_script(__package__, "publish.lua")
 
 
 def ring(pipe, queue: str) -> Any:
@@ -148,7 +60,7 @@ def ring_key(pipe, key: str) -> Any:
     return pipe.lpush(key, 1).ltrim(key, 0, 0)
 
 
-def _reservation(entry: Any) -> tuple[str, float]:
+def reservation(entry: Any) -> tuple[str, float]:
     """(holder, when it last saw the job) of a reservations hash value."""
     holder, _, seen = bytes_to_str(entry).rpartition(" ")
     try:
@@ -164,22 +76,10 @@ def reservation_holders(client, queues: list[str], now: float | None = None) -> 
     held: dict[str, int] = {}
     for queue in queues:
         for entry in client.hvals(keys.reservations(queue)):
-            holder, seen = _reservation(entry)
+            holder, seen = reservation(entry)
             if now - seen < RESERVATION_LIFETIME:
                 held[holder] = held.get(holder, 0) + 1
     return held
-
-
-def release_reservations(client, queues: list[str], holder: str) -> int:
-    """Drop ``holder``'s reservations in ``queues`` (it is draining): another host may
-    reserve for those jobs at once. Returns how many it held."""
-    released = 0
-    for queue in queues:
-        mine = [tag for tag, entry in client.hgetall(keys.reservations(queue)).items()
-                if _reservation(entry)[0] == holder]
-        if mine:
-            released += client.hdel(keys.reservations(queue), *mine)
-    return released
 
 
 def queue_of(list_key: str) -> str:
@@ -187,64 +87,8 @@ def queue_of(list_key: str) -> str:
     return list_key.rsplit(kombu_redis.Channel.sep, 1)[0]
 
 
-class TakingQoS(kombu_redis.QoS):
-    """kombu's unacked bookkeeping, without re-recording what :data:`TAKE` recorded.
-
-    Acknowledging or rejecting through a channel that closed with its connection (a
-    broker restart while the job ran) does nothing: kombu would raise
-    AttributeError from inside the worker's event loop, which Celery treats as
-    unrecoverable and exits. The message's record stays in ``unacked``: the agent
-    settles it itself once the outcome is stored (:func:`executor.request.settle`),
-    and a record nobody settles is requeued by the lease sweep.
-    """
-
-    def _closed(self, delivery_tag, doing: str) -> bool:
-        if self.channel.closed or self.channel.connection is None:
-            log.info("not %s %s through a closed channel: its record stays for the agent or the lease sweep",
-                     doing, delivery_tag)
-            return True
-        return False
-
-    def ack(self, delivery_tag):
-        if not self._closed(delivery_tag, "acknowledging"):
-            super().ack(delivery_tag)
-
-    def reject(self, delivery_tag, requeue=False):
-        if not self._closed(delivery_tag, "rejecting"):
-            super().reject(delivery_tag, requeue)
-
-    def append(self, message, delivery_tag):
-        if delivery_tag in self.channel.taken:
-            self.channel.taken.discard(delivery_tag)
-            return virtual.QoS.append(self, message, delivery_tag)
-        return super().append(message, delivery_tag)
-
-
 class Channel(kombu_redis.Channel):
-    """kombu's Redis channel: publishes ring doorbells; consumers take atomically."""
-
-    QoS = TakingQoS
-    from_transport_options = kombu_redis.Channel.from_transport_options + ("take_limits", "wake_key")
-    #: ``take_limits(queues) -> TakeLimits | None``: with limits, a consumer takes the
-    #: oldest message that fits them (within :data:`LOOK_AHEAD`); without, the oldest.
-    take_limits: Callable[[list[str]], TakeLimits | None] | None = None
-    #: The consumer's own doorbell: ring it (:func:`ring_key`) when its capacity frees.
-    wake_key: str | None = None
-    #: Header names :data:`TAKE` sizes a message by (set by consumers that size jobs).
-    spec_header: str | None = None
-    scale_header: str | None = None
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        #: Tags :data:`TAKE` recorded that kombu's QoS has not claimed yet.
-        self.taken: set[str] = set()
-        #: What to send next on the poll connection: a take (None), a wait on the
-        #: queues' doorbells ("bells", after an empty take) or on this consumer's own
-        #: ("own", after a take that found nothing fitting).
-        self._next_wait: str | None = None
-        self._pending: str | None = None  # what the command in flight is
-
-    # -- publishing ---------------------------------------------------------------
+    """kombu's Redis channel whose publishes are idempotent and ring doorbells."""
 
     def _put(self, queue, message, **kwargs):
         priority = self._get_message_priority(message, reverse=False)
@@ -255,96 +99,12 @@ class Channel(kombu_redis.Channel):
             script_keys.append(prefix + keys.published(headers["id"], headers.get("retries") or 0))
         with self.conn_or_acquire() as client:
             client.execute_command("EVAL", PUBLISH, len(script_keys), *script_keys, dumps(message), BELL_CAP,
-                                   PUBLISHED_TTL)
+                                   keys.PUBLISHED_TTL)
 
     def _do_restore_message(self, payload, exchange, routing_key, pipe, leftmost=False):
         super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
         for queue in self._lookup(exchange, routing_key):
             ring(pipe, queue)
-
-    # -- consuming ----------------------------------------------------------------
-
-    def _brpop_start(self, timeout=None):
-        if timeout is None:
-            timeout = self.brpop_timeout
-        queues = self._queue_cycle.consume(len(self.active_queues))
-        if not queues:
-            return
-        prefix = self.global_keyprefix or ""
-        bells = [prefix + keys.bell(queue) for queue in queues]
-        own = [prefix + self.wake_key] if self.wake_key else []
-        if self._next_wait == "bells" or (self._next_wait == "own" and not own):
-            command = ["BRPOP", *bells, *own, timeout or 0]
-        elif self._next_wait == "own":
-            command = ["BRPOP", *own, NOTHING_FITS_WAIT]
-        else:
-            command = self._take_command(queues, bells, prefix)
-        self._pending, self._next_wait = self._next_wait, None
-        self._in_poll = self.client.connection
-        self._brpop_sent_at = monotonic()
-        self.client.connection.send_command(*command)
-
-    def _take_command(self, queues: list[str], bells: list[str], prefix: str) -> list:
-        pairs = [(queue, prefix + self._q_for_pri(queue, priority))
-                 for priority in self.priority_steps for queue in queues]
-        limits = self.take_limits(queues) if self.take_limits and self.spec_header else None
-        fixed = [prefix + self.unacked_key, prefix + self.unacked_index_key, prefix + keys.SKIPPED]
-        reservations = [prefix + keys.reservations(queue) for queue, _ in pairs]
-        script_keys, argv = take_arguments(fixed, pairs, reservations, bells, limits, self.spec_header,
-                                           self.scale_header)
-        return ["EVAL", TAKE, len(script_keys), *script_keys, *argv]
-
-    def _brpop_read(self, **options):
-        pending, self._pending = self._pending, None
-        try:
-            try:
-                # EVAL has no reply callback: a script's 0 must not read as BRPOP's "nothing".
-                command = "EVAL" if pending is None else "BRPOP"
-                reply = self.client.parse_response(self.client.connection, command, **options)
-            except self.connection_errors:
-                self.client.connection.disconnect()
-                raise
-            except ResponseError as exc:  # e.g. a full noeviction server refusing the record
-                log.warning("could not take a message (retrying after a doorbell wait): %s", exc)
-                self._next_wait = "bells" if pending is None else None
-                raise Empty() from exc
-            if pending is not None:  # a doorbell rang, or the wait timed out: look again
-                raise Empty()
-            if reply is None:
-                self._next_wait = "bells"
-                raise Empty()
-            if isinstance(reply, int):
-                self._next_wait = "own"
-                raise Empty()
-            return self._took(*reply)
-        finally:
-            self._in_poll = None
-            self._flush_brpop_reauth()
-
-    def _took(self, list_key, item, tag) -> bool:
-        list_key = bytes_to_str(list_key)[len(self.global_keyprefix or ""):]
-        queue = queue_of(list_key)
-        self._queue_cycle.rotate(queue)
-        raw = item if isinstance(item, bytes) else str(item).encode()
-        tag = bytes_to_str(tag) if tag else None
-        if not self.accept(raw, queue):
-            if tag:
-                self.qos._remove_from_indices(tag).execute()
-            raise Empty()
-        if tag:
-            self.taken.add(tag)
-        try:
-            self.connection._deliver(loads(bytes_to_str(raw)), queue)
-        finally:
-            if tag in self.taken:
-                self.taken.discard(tag)
-                # Taken by a consumer that never acknowledges (no_ack): nothing to lease.
-                self.qos._remove_from_indices(tag).execute()
-        return True
-
-    def accept(self, raw: bytes, queue: str) -> bool:
-        """Whether to deliver a taken item; subclasses screen it (``executor.intake``)."""
-        return True
 
 
 class Transport(kombu_redis.Transport):

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..spec import CPU_EPSILON
 from ..units import format_memory
 from .base import Record, number, strings, whole
 
-#: Slack when comparing CPU amounts, which are sums of floats.
-CPU_EPSILON = 1e-9
 #: Memory kept back for the OS, the Docker Engine and the agent itself.
 DEFAULT_MEMORY_RESERVE = 512 * 1024**2
 #: CPU kept back for the same.

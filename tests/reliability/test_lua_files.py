@@ -12,6 +12,7 @@ from importlib.resources import files
 
 import pytest
 
+from executor import take
 from tasks import transport
 
 ANY_ENTRY = re.compile(r"\b(?:KEYS|ARGV)\b")
@@ -50,19 +51,20 @@ def problems(script: str) -> list[str]:
     return found
 
 
-SCRIPTS = sorted(path.name for path in files("tasks").joinpath("lua").iterdir() if path.name.endswith(".lua"))
+SCRIPTS = sorted(f"{package}/lua/{path.name}" for package in ("tasks", "executor")
+                 for path in files(package).joinpath("lua").iterdir() if path.name.endswith(".lua"))
 
 
 def test_the_transport_loads_its_scripts_from_the_packaged_files():
-    assert {"take.lua", "publish.lua"} <= set(SCRIPTS)
-    lua = files("tasks").joinpath("lua")
-    assert transport.TAKE == lua.joinpath("take.lua").read_text(encoding="utf-8")
-    assert transport.PUBLISH == lua.joinpath("publish.lua").read_text(encoding="utf-8")
+    assert {"executor/lua/take.lua", "tasks/lua/publish.lua"} <= set(SCRIPTS)
+    assert take.TAKE == files("executor").joinpath("lua", "take.lua").read_text(encoding="utf-8")
+    assert transport.PUBLISH == files("tasks").joinpath("lua", "publish.lua").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_every_script_names_and_documents_each_key_and_argument_it_uses(name):
-    script = files("tasks").joinpath("lua", name).read_text(encoding="utf-8")
+    package, _, path = name.partition("/")
+    script = files(package).joinpath(path).read_text(encoding="utf-8")
     assert problems(script) == []
     assert ONE_ENTRY.search(script)  # the check saw the script's entries at all
 

@@ -1,7 +1,7 @@
 """jobyard's Redis transport: taking a message records it in the same step; doorbells wake consumers.
 
 Real redis-server of the module's own (so its memory limit can be squeezed), real
-kombu connections on the ``redis-jobyard`` transport.
+kombu connections on the agent's taking transport (``executor.channel``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ import redis
 from kombu import Connection, Exchange, Queue
 
 from executor.retry import MEMORY_SCALE_HEADER as SCALE_HEADER
-from tasks import keys, transport
-from tasks.app import SPEC_HEADER
+from executor.channel import TAKING_TRANSPORT
+from executor.take import LOOK_AHEAD, TAKE, TakeLimits, release_reservations, take_arguments
+from tasks import keys
+from tasks.transport import RESERVATION_LIFETIME, queue_of
+from tasks.names import SPEC_HEADER
 from tests.support.services import RedisServer, free_port, temp_dir
 
 
@@ -39,7 +42,7 @@ def client(server):
 
 @pytest.fixture()
 def connection(server):
-    with Connection(server.url, transport="redis-jobyard") as conn:
+    with Connection(server.url, transport=TAKING_TRANSPORT) as conn:
         yield conn
 
 
@@ -63,13 +66,13 @@ def envelope(queue: str, body: str = "x") -> dict:
                            "delivery_info": {"exchange": queue, "routing_key": queue}, "priority": 0}}
 
 
-def take(client, lists: list[str], queues: list[str], limits: transport.TakeLimits | None = None):
+def take(client, lists: list[str], queues: list[str], limits: TakeLimits | None = None):
     """Run the take script over ``lists`` as a consumer of ``queues`` would."""
-    pairs = [(transport.queue_of(key), key) for key in lists]
-    script_keys, argv = transport.take_arguments(["unacked", "unacked_index", keys.SKIPPED], pairs,
+    pairs = [(queue_of(key), key) for key in lists]
+    script_keys, argv = take_arguments(["unacked", "unacked_index", keys.SKIPPED], pairs,
                                                  [keys.reservations(q) for q, _ in pairs],
                                                  [keys.bell(q) for q in queues], limits, SPEC_HEADER, SCALE_HEADER)
-    return client.eval(transport.TAKE, len(script_keys), *script_keys, *argv)
+    return client.eval(TAKE, len(script_keys), *script_keys, *argv)
 
 
 def test_a_taken_message_is_recorded_before_its_reply_leaves_redis(client):
@@ -158,8 +161,8 @@ def job(queue: str, cpus: float, memory_mi: int, **headers) -> dict:
 
 
 def limits(free=(1.0, 512), host=(2.0, 1024), largest=(4.0, 2048), bound=30.0, holder="a",
-           reserving=1) -> transport.TakeLimits:
-    return transport.TakeLimits(free_cpus=free[0], free_memory=free[1] * MI, host_cpus=host[0],
+           reserving=1) -> TakeLimits:
+    return TakeLimits(free_cpus=free[0], free_memory=free[1] * MI, host_cpus=host[0],
                                 host_memory=host[1] * MI, bound=bound, largest={"q": (largest[0], largest[1] * MI)},
                                 holder=holder, reserving={"q": reserving})
 
@@ -235,7 +238,7 @@ def test_a_reservation_whose_holder_is_gone_passes_to_a_live_host(client):
     assert take(client, ["q"], ["q"], limits(holder="b")) == 1
     assert client.hget(keys.reservations("q"), tag).startswith("b ")
     # A holder that stops looking at the job loses it after the reservation's lifetime.
-    client.hset(keys.reservations("q"), tag, f"b {time.time() - transport.RESERVATION_LIFETIME - 1}")
+    client.hset(keys.reservations("q"), tag, f"b {time.time() - RESERVATION_LIFETIME - 1}")
     alive(client, "c")
     assert take(client, ["q"], ["q"], limits(holder="c")) == 1
     assert client.hget(keys.reservations("q"), tag).startswith("c ")
@@ -255,15 +258,15 @@ def test_a_retry_with_scaled_memory_is_sized_at_its_scaled_request(client):
 
 
 def test_look_ahead_is_bounded(client):
-    queued(client, *[job("q", 0.5, 900) for _ in range(transport.LOOK_AHEAD)], job("q", 0.25, 64))
+    queued(client, *[job("q", 0.5, 900) for _ in range(LOOK_AHEAD)], job("q", 0.25, 64))
     assert take(client, ["q"], ["q"], limits()) == 0
-    assert client.llen("q") == transport.LOOK_AHEAD + 1
+    assert client.llen("q") == LOOK_AHEAD + 1
 
 
 def test_a_draining_host_releases_its_reservations(client):
     client.hset(keys.reservations("q"), mapping={"t1": f"a {time.time()}", "t2": f"b {time.time()}"})
     client.hset(keys.reservations("r"), "t3", f"a {time.time()}")
-    assert transport.release_reservations(client, ["q", "r"], "a") == 2
+    assert release_reservations(client, ["q", "r"], "a") == 2
     assert list(client.hgetall(keys.reservations("q"))) == ["t2"] and not client.exists(keys.reservations("r"))
 
 
@@ -304,7 +307,7 @@ def deliverable(payload: dict) -> dict:
 def test_a_sized_take_reserves_after_the_server_lost_its_script_cache(client, server):
     alive(client, "a")
     options = {"take_limits": lambda queues: limits(holder="a", bound=0)}
-    with Connection(server.url, transport="redis-jobyard", transport_options=options) as sized:
+    with Connection(server.url, transport=TAKING_TRANSPORT, transport_options=options) as sized:
         sized.default_channel.spec_header = SPEC_HEADER
         queued(client, deliverable(job("q", 0.25, 64)))
         assert [m.body for m in received(sized, "q", 5)] == [b"0.25/64"]

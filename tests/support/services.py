@@ -84,9 +84,11 @@ class AgentProcess:
     log_path: str
     process: subprocess.Popen | None = None
     extra: dict = field(default_factory=dict)
+    #: The module run with ``-m``: the ``jobyard`` command, or a bench's own agent.
+    module: str = "jobyard.cli"
 
     def start(self, client: redis.Redis, timeout: float = 30.0) -> "AgentProcess":
-        command = [sys.executable, "-m", "jobyard.cli", "agent", "--hostname", self.hostname, *self.args]
+        command = [sys.executable, "-m", self.module, "agent", "--hostname", self.hostname, *self.args]
         self.process = subprocess.Popen(command, env=self.env, stdout=open(self.log_path, "ab"),
                                         stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout

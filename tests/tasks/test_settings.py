@@ -13,9 +13,8 @@ pytestmark = pytest.mark.pure
 ROOT = Path(tasks.__file__).resolve().parent.parent
 #: Where JOBYARD_* variables are read: Settings and the TLS/signing helpers it calls.
 READERS = {Path("tasks/config.py"), Path("tasks/security.py")}
-#: Files other engineers are restructuring; the lead points them at Settings
-#: (agent.py default_state_dir -> Settings.state_dir, intake.py message_cap -> Settings.max_message).
-PENDING = {Path("executor/agent.py"), Path("executor/intake.py")}
+#: Files still to be moved onto the catalogue: none any more.
+PENDING: set = set()
 Mi = 1024**2
 
 

@@ -1,5 +1,5 @@
 -- Take one message from a consumer's queue lists and record it as unacknowledged,
--- in one atomic step (tasks/transport.py, TAKE).
+-- in one atomic step (executor/take.py, TAKE).
 --
 -- KEYS[1]                          kombu's unacked hash: delivery tag -> [payload, exchange, routing key]
 -- KEYS[2]                          kombu's unacked index (zset): delivery tag -> lease (taken at)

@@ -1,0 +1,183 @@
+"""The agent's kombu channel: it consumes through the take, waiting on doorbells in between.
+
+:class:`TakingChannel` sends :data:`executor.take.TAKE` on the poll connection
+instead of kombu's BRPOP, with the consumer's :class:`~executor.take.TakeLimits`;
+after an empty take it waits on its queues' doorbells, after a take that found
+nothing fitting on its own (see :mod:`executor.take`). :class:`TakingQoS` does not
+record again what the take recorded. :mod:`executor.intake` extends the channel
+with its screening.
+"""
+
+from __future__ import annotations
+
+import logging
+from queue import Empty
+from time import monotonic
+from typing import Callable
+
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+from redis.exceptions import ResponseError
+
+from tasks import keys, transport
+from tasks.transport import queue_of
+
+from .take import NOTHING_FITS_WAIT, TAKE, TakeLimits, take_arguments
+
+log = logging.getLogger(__name__)
+
+
+class TakingQoS(kombu_redis.QoS):
+    """kombu's unacked bookkeeping, without re-recording what :data:`~executor.take.TAKE` recorded.
+
+    Acknowledging or rejecting through a channel that closed with its connection (a
+    broker restart while the job ran) does nothing: kombu would raise
+    AttributeError from inside the worker's event loop, which Celery treats as
+    unrecoverable and exits. The message's record stays in ``unacked``: the agent
+    settles it itself once the outcome is stored (:meth:`executor.messages.HeldMessages.settle`),
+    and a record nobody settles is requeued by the lease sweep.
+    """
+
+    def _closed(self, delivery_tag, doing: str) -> bool:
+        if self.channel.closed or self.channel.connection is None:
+            log.info("not %s %s through a closed channel: its record stays for the agent or the lease sweep",
+                     doing, delivery_tag)
+            return True
+        return False
+
+    def ack(self, delivery_tag):
+        if not self._closed(delivery_tag, "acknowledging"):
+            super().ack(delivery_tag)
+
+    def reject(self, delivery_tag, requeue=False):
+        if not self._closed(delivery_tag, "rejecting"):
+            super().reject(delivery_tag, requeue)
+
+    def append(self, message, delivery_tag):
+        if delivery_tag in self.channel.taken:
+            self.channel.taken.discard(delivery_tag)
+            return virtual.QoS.append(self, message, delivery_tag)
+        return super().append(message, delivery_tag)
+
+
+class TakingChannel(transport.Channel):
+    """jobyard's Redis channel whose consumers take atomically, and only what fits."""
+
+    QoS = TakingQoS
+    from_transport_options = transport.Channel.from_transport_options + ("take_limits", "wake_key")
+    #: ``take_limits(queues) -> TakeLimits | None``: with limits, a consumer takes the
+    #: oldest message that fits them (within :data:`LOOK_AHEAD`); without, the oldest.
+    take_limits: Callable[[list[str]], TakeLimits | None] | None = None
+    #: The consumer's own doorbell: ring it (:func:`tasks.transport.ring_key`) when its capacity frees.
+    wake_key: str | None = None
+    #: Header names :data:`TAKE` sizes a message by (set by consumers that size jobs).
+    spec_header: str | None = None
+    scale_header: str | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        #: Tags :data:`TAKE` recorded that kombu's QoS has not claimed yet.
+        self.taken: set[str] = set()
+        #: What to send next on the poll connection: a take (None), a wait on the
+        #: queues' doorbells ("bells", after an empty take) or on this consumer's own
+        #: ("own", after a take that found nothing fitting).
+        self._next_wait: str | None = None
+        self._pending: str | None = None  # what the command in flight is
+
+    # -- consuming ----------------------------------------------------------------
+
+    def _brpop_start(self, timeout=None):
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        prefix = self.global_keyprefix or ""
+        bells = [prefix + keys.bell(queue) for queue in queues]
+        own = [prefix + self.wake_key] if self.wake_key else []
+        if self._next_wait == "bells" or (self._next_wait == "own" and not own):
+            command = ["BRPOP", *bells, *own, timeout or 0]
+        elif self._next_wait == "own":
+            command = ["BRPOP", *own, NOTHING_FITS_WAIT]
+        else:
+            command = self._take_command(queues, bells, prefix)
+        self._pending, self._next_wait = self._next_wait, None
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        self.client.connection.send_command(*command)
+
+    def _take_command(self, queues: list[str], bells: list[str], prefix: str) -> list:
+        pairs = [(queue, prefix + self._q_for_pri(queue, priority))
+                 for priority in self.priority_steps for queue in queues]
+        limits = self.take_limits(queues) if self.take_limits and self.spec_header else None
+        fixed = [prefix + self.unacked_key, prefix + self.unacked_index_key, prefix + keys.SKIPPED]
+        reservations = [prefix + keys.reservations(queue) for queue, _ in pairs]
+        script_keys, argv = take_arguments(fixed, pairs, reservations, bells, limits, self.spec_header,
+                                           self.scale_header)
+        return ["EVAL", TAKE, len(script_keys), *script_keys, *argv]
+
+    def _brpop_read(self, **options):
+        pending, self._pending = self._pending, None
+        try:
+            try:
+                # EVAL has no reply callback: a script's 0 must not read as BRPOP's "nothing".
+                command = "EVAL" if pending is None else "BRPOP"
+                reply = self.client.parse_response(self.client.connection, command, **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            except ResponseError as exc:  # e.g. a full noeviction server refusing the record
+                log.warning("could not take a message (retrying after a doorbell wait): %s", exc)
+                self._next_wait = "bells" if pending is None else None
+                raise Empty() from exc
+            if pending is not None:  # a doorbell rang, or the wait timed out: look again
+                raise Empty()
+            if reply is None:
+                self._next_wait = "bells"
+                raise Empty()
+            if isinstance(reply, int):
+                self._next_wait = "own"
+                raise Empty()
+            return self._took(*reply)
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _took(self, list_key, item, tag) -> bool:
+        list_key = bytes_to_str(list_key)[len(self.global_keyprefix or ""):]
+        queue = queue_of(list_key)
+        self._queue_cycle.rotate(queue)
+        raw = item if isinstance(item, bytes) else str(item).encode()
+        tag = bytes_to_str(tag) if tag else None
+        if not self.accept(raw, queue):
+            if tag:
+                self.qos._remove_from_indices(tag).execute()
+            raise Empty()
+        if tag:
+            self.taken.add(tag)
+        try:
+            self.connection._deliver(loads(bytes_to_str(raw)), queue)
+        finally:
+            if tag in self.taken:
+                self.taken.discard(tag)
+                # Taken by a consumer that never acknowledges (no_ack): nothing to lease.
+                self.qos._remove_from_indices(tag).execute()
+        return True
+
+    def accept(self, raw: bytes, queue: str) -> bool:
+        """Whether to deliver a taken item; subclasses screen it (``executor.intake``)."""
+        return True
+
+
+class TakingTransport(kombu_redis.Transport):
+    """kombu's Redis transport with :class:`TakingChannel`."""
+
+    Channel = TakingChannel
+
+
+#: The transport's name: what a kombu connection that takes (a test, a tool) asks for.
+TAKING_TRANSPORT = "redis-jobyard-taking"
+TRANSPORT_ALIASES[TAKING_TRANSPORT] = f"{__name__}:TakingTransport"

@@ -1,0 +1,256 @@
+"""A job's life on an agent: admit → launch → verdict → retry or dead letter.
+
+The body of ``jobyard.run`` (:mod:`executor.task`) calls :func:`supervise` with the
+task it was handed, whose ``agent`` is the agent that registered it. It validates
+the spec the message carries, drops deliveries that must not run (:mod:`executor.messages`),
+checks the spec against the host policy, waits for capacity (:mod:`executor.placement`),
+launches the container (:mod:`executor.container`), and turns its outcome into a
+value or a typed error (:mod:`executor.verdict`). A failure the job's retry policy
+covers is sent again (Celery retry, with more memory after an OOM when asked); a
+job that fails for good is dead-lettered. The job's code never runs here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from celery import Task
+from celery.exceptions import Ignore
+
+from tasks import keys
+from tasks.errors import BackendError, HostLost, InvalidJobSpec, JobError, Revoked
+from tasks.names import SPEC_HEADER
+from tasks.records import JobFacts
+from tasks.spec import JobSpec
+
+from . import messages
+from .bounds import ERROR_BYTES, head
+from .container import JobCall, Outcome
+from .deadletter import DeadLetters
+from .errors import EngineUnavailable
+from .placement import HandBack
+from .retry import MEMORY_SCALE_HEADER, decide
+from .verdict import verdict
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+log = logging.getLogger(__name__)
+
+#: A job whose host died this many times is dead-lettered instead of run again.
+MAX_LOST_DELIVERIES = 3
+#: Errors that no requeue could fix: they are not dead-lettered.
+_NOT_DEAD = (InvalidJobSpec, Revoked)
+
+
+def supervise(task: Task, args: tuple, kwargs: dict) -> Any:
+    """Run the job this task's message describes in a container on the task's agent."""
+    agent: Agent = task.agent
+    call = job_call(task.request, args, kwargs)
+    try:
+        _screen_delivery(agent, task, call)
+        return execute(agent, call)
+    except HandBack:
+        agent.held.hand_back(call.task_id)
+        log.info("job %s[%s] handed back: another host has room for it now", call.spec.name, call.task_id)
+        raise Ignore() from None
+    except JobError as exc:
+        _retry_or_dead_letter(agent, task, call, exc)
+        raise
+
+
+def job_call(request: Any, args: tuple, kwargs: dict) -> JobCall:
+    """Build the :class:`JobCall` for a Celery request, validating what arrived."""
+    raw = getattr(request, SPEC_HEADER, None)
+    if raw is None:
+        raw = (getattr(request, "headers", None) or {}).get(SPEC_HEADER)
+    if raw is None:
+        raise InvalidJobSpec(f"message {request.id} carries no {SPEC_HEADER} header", field="spec")
+    spec = JobSpec.from_dict(raw).scaled_memory(_memory_scale(request))
+    if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+        raise InvalidJobSpec(f"{spec.name}: malformed call arguments", field="args")
+    return JobCall(request.id, spec, tuple(args), dict(kwargs), attempt=attempt_of(request))
+
+
+def attempt_of(request: Any) -> int:
+    """Celery's own count (1 + retries); the agent raises it from its Redis counter."""
+    return 1 + int(getattr(request, "retries", 0) or 0)
+
+
+def execute(agent: "Agent", call: JobCall) -> Any:
+    """Admit, run and judge one job; return its value or raise its typed error.
+
+    Raises :class:`~executor.placement.HandBack` when another host should run it.
+    """
+    agent.config.policy.check(call.spec)
+    try:
+        _admit(agent, call)
+    finally:
+        agent.gate.refresh()
+    outcome: list[Outcome] = []
+    try:
+        _record(agent, call, state="running")
+        return _launch_and_judge(agent, call, outcome)
+    except JobError as exc:
+        if isinstance(exc, BackendError):
+            agent.check_engine()
+        if not outcome:  # ended before its container produced an outcome
+            _write_facts(agent, call.task_id, {"state": exc.reason})
+            agent.notify("job_finished", call, exc.reason, None)
+        raise
+    finally:
+        agent.stopping.discard(call.task_id)
+        agent.ledger.release(call.task_id)
+        agent.gate.refresh()
+        agent.publish(wake=True)
+
+
+def _admit(agent: "Agent", call: JobCall) -> None:
+    waited = agent.placement.admit(call, lambda: call.task_id in agent.stopping)
+    call.attempt = _count_attempt(agent, call)
+    agent.notify("job_admitted", call, waited)
+    agent.publish()
+
+
+def _launch_and_judge(agent: "Agent", call: JobCall, outcome: list[Outcome]) -> Any:
+    """Run the container, then judge its outcome (appended to ``outcome``) into a value or error."""
+    launched = time.monotonic()
+
+    def started(result: Outcome) -> None:
+        _record(agent, call, result, state="running")
+        agent.notify("job_started", call, time.monotonic() - launched)
+
+    try:
+        outcome.append(agent.launcher.run(call, should_stop=lambda: call.task_id in agent.stopping,
+                                          on_start=started))
+    except EngineUnavailable as exc:
+        log.warning("%s; handing %s back and pausing intake", exc, call.task_id)
+        agent.engine_lost()
+        _uncount_attempt(agent, call)
+        raise HandBack() from exc
+    try:
+        value = verdict(call, outcome[0], agent.name)
+    except JobError as exc:
+        _finish(agent, call, outcome[0], exc.reason)
+        raise
+    _finish(agent, call, outcome[0], "succeeded")
+    return value
+
+
+def _screen_delivery(agent: "Agent", task: Task, call: JobCall) -> None:
+    """Drop a delivery that must not run; count one that follows a lost host."""
+    why = (messages.superseded(agent.redis, call.task_id, int(task.request.retries or 0))
+           or messages.ended(task.backend, call.task_id))
+    if why:
+        log.warning("job %s[%s]: %s", call.spec.name, call.task_id, why)
+        agent.settle(call.task_id)
+        raise Ignore()
+    if not (getattr(task.request, "delivery_info", None) or {}).get("redelivered"):
+        return
+    lost = messages.count_lost(agent.redis, call.task_id)
+    if lost > MAX_LOST_DELIVERIES:
+        raise HostLost(f"{call.spec.name}: its host was lost {lost - 1} times; not running it again",
+                       {"lost": lost - 1, "attempt": call.attempt})
+    log.warning("job %s[%s] redelivered after its host was lost (%d so far)", call.spec.name, call.task_id, lost)
+
+
+def _retry_or_dead_letter(agent: "Agent", task: Task, call: JobCall, exc: JobError) -> None:
+    """Send a retry the job's policy covers (raises Celery's Retry), or dead-letter the job."""
+    retries = int(task.request.retries or 0)
+    decision = decide(call.spec, exc, retries, _memory_scale(task.request))
+    if decision.retry:
+        log.info("job %s[%s] attempt %d failed (%s); %s in %.1fs", call.spec.name, call.task_id,
+                 call.attempt, exc.reason, decision.reason, decision.delay)
+        # Mark the retry before sending it: if this agent dies before acknowledging
+        # the current delivery, that delivery comes back and must not run again.
+        messages.mark_retried(agent.redis, call.task_id, retries + 1)
+        headers = agent.held.retry_headers(call.task_id, decision.memory_scale, MEMORY_SCALE_HEADER)
+        raise task.retry(exc=exc, countdown=decision.delay, max_retries=call.spec.retries, headers=headers)
+    log.info("job %s[%s] ended: %s: %s", call.spec.name, call.task_id, type(exc).__name__,
+             head(str(exc), ERROR_BYTES))
+    if not isinstance(exc, _NOT_DEAD):
+        dead_letter(agent, call, exc, decision.reason)
+
+
+def dead_letter(agent: "Agent", call: JobCall, error: JobError, why: str) -> None:
+    """Store a job that failed for good in the dead-letter store."""
+    payload, queue_key = agent.held.requeue_payload(call.task_id)
+    record = {"name": call.spec.name, "queue": call.spec.queue, "reason": error.reason,
+              "error_type": type(error).__name__, "error": str(error), "attempt": call.attempt,
+              "host": agent.name, "why": why,
+              "details": {k: v for k, v in error.details.items() if k not in ("traceback",)}}
+    try:
+        DeadLetters(agent.redis).add(call.task_id, record, payload, queue_key)
+    except Exception as exc:  # noqa: BLE001 - the caller still gets the error
+        log.warning("could not dead-letter %s: %s", call.task_id, exc)
+
+
+def _memory_scale(request: Any) -> float:
+    value = getattr(request, MEMORY_SCALE_HEADER, None)
+    if value is None:
+        value = (getattr(request, "headers", None) or {}).get(MEMORY_SCALE_HEADER, 1.0)
+    try:
+        return max(1.0, min(float(value), 1024.0))
+    except (TypeError, ValueError):
+        return 1.0
+
+
+def _count_attempt(agent: "Agent", call: JobCall) -> int:
+    """Count this start in Redis: the attempt number survives redeliveries."""
+    try:
+        key = keys.attempts(call.task_id)
+        pipe = agent.redis.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, keys.JOB_TTL)
+        return max(int(pipe.execute()[0]), call.attempt)
+    except Exception as exc:  # noqa: BLE001 - fall back to Celery's own count
+        log.warning("could not count attempt of %s: %s", call.task_id, exc)
+        return call.attempt
+
+
+def _uncount_attempt(agent: "Agent", call: JobCall) -> None:
+    try:
+        agent.redis.decr(keys.attempts(call.task_id))
+    except Exception as exc:  # noqa: BLE001 - only the attempt number is off by one
+        log.warning("could not uncount attempt of %s: %s", call.task_id, exc)
+
+
+def _record(agent: "Agent", call: JobCall, outcome: Outcome | None = None, state: str = "running") -> None:
+    spec = call.spec
+    facts: dict[str, Any] = {
+        "name": spec.name, "host": agent.name, "image": spec.image, "state": state,
+        "attempt": call.attempt, "cpus": spec.cpus, "cpus_limit": spec.effective_cpus_limit,
+        "memory": spec.memory, "memory_limit": spec.effective_memory_limit, "pids": spec.pids,
+        "timeout": spec.timeout, "queue": spec.queue,
+    }
+    if outcome is not None:
+        facts.update(container_id=outcome.container_id, started_at=outcome.started_at)
+        outcome.facts.update(container_id=outcome.container_id, image=spec.image,
+                             memory_limit=spec.effective_memory_limit,
+                             cpus_limit=spec.effective_cpus_limit, attempt=call.attempt)
+    _write_facts(agent, call.task_id, facts)
+
+
+def _finish(agent: "Agent", call: JobCall, outcome: Outcome, state: str) -> None:
+    facts = {"state": state, "exit_code": outcome.exit_code, "oom_killed": outcome.oom_killed,
+             "peak_memory": outcome.peak_memory, "finished_at": outcome.finished_at,
+             "container_id": outcome.container_id}
+    _write_facts(agent, call.task_id, facts)
+    agent.notify("job_finished", call, state, outcome)
+    try:
+        agent.redis.set(keys.job_logs(call.task_id), outcome.logs, ex=keys.JOB_TTL)
+    except Exception as exc:  # noqa: BLE001 - facts are best effort; the result is not
+        log.warning("could not store logs of %s: %s", call.task_id, exc)
+
+
+def _write_facts(agent: "Agent", task_id: str, facts: dict[str, Any]) -> None:
+    key = keys.job_facts(task_id)
+    try:
+        pipe = agent.redis.pipeline()
+        pipe.hset(key, mapping=JobFacts.from_json(facts).to_redis())
+        pipe.expire(key, keys.JOB_TTL)
+        pipe.execute()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not store facts of %s: %s", task_id, exc)

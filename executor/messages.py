@@ -1,0 +1,173 @@
+"""Every transition of a job's broker message on the agent, in one place.
+
+A message the take recorded in kombu's ``unacked`` hash is *held* by this agent
+(:class:`HeldMessages`) from the moment Celery builds its request until the job's
+outcome is stored. While held, its lease is renewed; then it is settled (removed
+from ``unacked``), or handed back to the head of its queue as a copy, or kept with
+its dead letter as a payload to requeue. A delivery the agent must not run (its job
+already ended, or a newer retry was already sent) is dropped; a redelivery after a
+lost host is counted.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from typing import Any
+
+from celery.states import READY_STATES
+
+from tasks import keys, transport
+
+
+class HeldMessages:
+    """Task id -> the kombu message this agent holds (received, not yet settled). Thread-safe.
+
+    Every message here has its lease renewed by the agent's heartbeat.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def add(self, task_id: str, message: Any) -> None:
+        """Hold ``message``, the delivery of ``task_id``."""
+        with self._lock:
+            self._items[task_id] = message
+
+    def get(self, task_id: str) -> Any:
+        """The message held for ``task_id``, or None."""
+        with self._lock:
+            return self._items.get(task_id)
+
+    def task_ids(self) -> set[str]:
+        """The task ids held now."""
+        with self._lock:
+            return set(self._items)
+
+    def renew(self, client, now: float) -> int:
+        """Renew the lease of every held message; return how many were renewed.
+
+        A lease is the message's score in kombu's ``unacked_index``: kombu requeues
+        entries older than the visibility timeout. ``XX`` never resurrects an entry
+        that was acknowledged meanwhile.
+        """
+        with self._lock:
+            held = list(self._items.values())
+        if not held:
+            return 0
+        pipe = client.pipeline(transaction=False)
+        for message in held:
+            key = getattr(message.channel, "unacked_index_key", None)
+            if key:
+                pipe.zadd(key, {message.delivery_tag: now}, xx=True)
+        pipe.execute()
+        return len(held)
+
+    def settle(self, task_id: str, client) -> None:
+        """Forget the message and remove it from kombu's unacked set ourselves.
+
+        Called after the task's outcome is stored. Celery acks too, but through the
+        consumer's channel, which may be a dead connection after a broker restart;
+        a message left in ``unacked`` would be requeued and run again.
+        """
+        with self._lock:
+            message = self._items.pop(task_id, None)
+        if message is None or not hasattr(message.channel, "unacked_key"):
+            return
+        pipe = client.pipeline()
+        pipe.zrem(message.channel.unacked_index_key, message.delivery_tag)
+        pipe.hdel(message.channel.unacked_key, message.delivery_tag)
+        pipe.execute()
+
+    def hand_back(self, task_id: str) -> bool:
+        """Put a copy of the job's message at the head of its queue; True if it was.
+
+        The caller then acknowledges the original. kombu's ``reject(requeue=True)``
+        would push it to the tail, losing its turn, and restoring by tag would reuse
+        the delivery tag, so the original's ack could cancel the copy's delivery.
+        Pushing first means a crash in between duplicates the message, never loses it.
+        """
+        message = self.get(task_id)
+        if message is None:
+            return False
+        lists = queue_keys(message)
+        if lists is None:
+            message.reject(requeue=True)  # not kombu's Redis transport: the tail is all we have
+            return True
+        payload = fresh_copy(message._raw)
+        with message.channel.conn_or_acquire() as client:
+            with client.pipeline() as pipe:
+                for key in lists:
+                    transport.ring(pipe.rpush(key, json.dumps(payload)), transport.queue_of(key))
+                pipe.execute()
+        return True
+
+    def requeue_payload(self, task_id: str) -> tuple[dict | None, str | None]:
+        """The message to keep with a dead job, and the queue key to requeue it on."""
+        message = self.get(task_id)
+        if message is None:
+            return None, None
+        lists = queue_keys(message)
+        return fresh_copy(message._raw), (lists[0] if lists else None)
+
+    def retry_headers(self, task_id: str, memory_scale: float, scale_header: str) -> dict[str, Any]:
+        """The jobyard headers a retry of ``task_id`` carries on (never the seal), with its memory scale."""
+        message = self.get(task_id)
+        headers = dict(getattr(message, "headers", None) or {})
+        kept = {k: v for k, v in headers.items() if k.startswith("jobyard_") and k != "jobyard_seal"}
+        kept[scale_header] = memory_scale
+        return kept
+
+
+def fresh_copy(payload: dict) -> dict:
+    """A copy of the raw broker ``payload`` with a fresh delivery tag, not marked redelivered."""
+    copy = json.loads(json.dumps(payload))
+    copy["properties"]["delivery_tag"] = uuid.uuid4().hex
+    copy["headers"].pop("redelivered", None)
+    copy["properties"].get("delivery_info", {}).pop("redelivered", None)
+    return copy
+
+
+def queue_keys(message) -> list[str] | None:
+    """The Redis list keys ``message`` is delivered from (None if not kombu's Redis)."""
+    channel = message.channel
+    if not hasattr(channel, "_q_for_pri"):
+        return None
+    info = message.delivery_info or {}
+    priority = channel._get_message_priority(message._raw, reverse=False)
+    return [channel._q_for_pri(queue, priority)
+            for queue in channel._lookup(info.get("exchange"), info.get("routing_key"))]
+
+
+def superseded(client, task_id: str, retries: int) -> str | None:
+    """Why a delivery older than a retry already sent must be dropped, or None."""
+    sent = client.get(keys.retried(task_id))
+    if sent is not None and retries < int(sent):
+        return f"dropping a stale delivery (retry {sent} was already sent)"
+    return None
+
+
+def ended(backend, task_id: str) -> str | None:
+    """Why a delivery of a job whose outcome is already stored must be dropped, or None.
+
+    An agent killed after storing the outcome but before settling the message
+    leaves it recorded as taken; the lease sweep then delivers it again.
+    """
+    state = backend.get_task_meta(task_id).get("status")
+    if state in READY_STATES:
+        return f"dropping a delivery of a job that already ended ({state})"
+    return None
+
+
+def mark_retried(client, task_id: str, retries: int) -> None:
+    """Record that retry number ``retries`` of ``task_id`` was sent: older deliveries are stale."""
+    client.set(keys.retried(task_id), retries, ex=keys.DELIVERY_TTL)
+
+
+def count_lost(client, task_id: str) -> int:
+    """Count one more redelivery of ``task_id`` after a lost host; return the count."""
+    lost = client.incr(keys.lost(task_id))
+    client.expire(keys.lost(task_id), keys.DELIVERY_TTL)
+    return lost
