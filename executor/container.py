@@ -184,21 +184,27 @@ class ContainerLauncher:
             command = ["python3", f"{RUNNER_DIR}/runner.py"]
         else:
             command = render_command(spec.command, call.args, call.kwargs)
-        environment = {
-            **spec.env,
-            "JOBYARD_JOB_ID": call.task_id,
-            "JOBYARD_JOB_NAME": spec.name,
-            "JOBYARD_ATTEMPT": str(call.attempt),
-            "HOME": "/tmp",
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONDONTWRITEBYTECODE": "1",
+        return {
+            "image": spec.image,
+            "command": command,
+            "name": f"jobyard-{job_slug(call.task_id, call.attempt)}",
+            "user": JOB_USER,
+            "environment": _environment(call),
+            "labels": {LABEL_JOB: call.task_id, LABEL_AGENT: self.agent_name, LABEL_NAME: spec.name,
+                       LABEL_ATTEMPT: str(call.attempt)},
+            "working_dir": "/tmp",
+            "host_config": self._host_config(spec, job_dir),
+            "detach": True,
         }
+
+    def _host_config(self, spec: JobSpec, job_dir: str) -> dict[str, Any]:
+        """The container's mounts, cgroup limits and hardening."""
         mounts = [
             Mount(IN_DIR, os.path.join(job_dir, "in"), type="bind", read_only=True),
             Mount(OUT_DIR, os.path.join(job_dir, "out"), type="bind", read_only=False),
             Mount(RUNNER_DIR, self.runner_dir, type="bind", read_only=True),
         ]
-        host_config = self.client.api.create_host_config(
+        return self.client.api.create_host_config(
             network_mode=spec.network,
             read_only=True,
             tmpfs={"/tmp": f"rw,nosuid,nodev,size={spec.tmpfs}"},
@@ -212,18 +218,6 @@ class ContainerLauncher:
             ulimits=[Ulimit(name="fsize", soft=self.max_job_file, hard=self.max_job_file)],
             log_config=LOG_DRIVER,
         )
-        return {
-            "image": spec.image,
-            "command": command,
-            "name": f"jobyard-{job_slug(call.task_id, call.attempt)}",
-            "user": JOB_USER,
-            "environment": environment,
-            "labels": {LABEL_JOB: call.task_id, LABEL_AGENT: self.agent_name, LABEL_NAME: spec.name,
-                       LABEL_ATTEMPT: str(call.attempt)},
-            "working_dir": "/tmp",
-            "host_config": host_config,
-            "detach": True,
-        }
 
     def _wait(self, container, spec: JobSpec, outcome: Outcome, peak: PeakMemory,
               should_stop: Callable[[], bool]) -> int | None:
@@ -277,6 +271,19 @@ class ContainerLauncher:
 def job_slug(task_id: str, attempt: int) -> str:
     """The name of one attempt's directory and container: hex of a hash of id and attempt."""
     return hashlib.sha256(json.dumps([task_id, attempt]).encode()).hexdigest()[:32]
+
+
+def _environment(call: JobCall) -> dict[str, str]:
+    """The job's own ``env`` and what jobyard sets for every job, which wins."""
+    return {
+        **call.spec.env,
+        "JOBYARD_JOB_ID": call.task_id,
+        "JOBYARD_JOB_NAME": call.spec.name,
+        "JOBYARD_ATTEMPT": str(call.attempt),
+        "HOME": "/tmp",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
 
 
 def check_max_job_file(size: int, max_result: int = MAX_RESULT_BYTES) -> int:
