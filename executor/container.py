@@ -1,7 +1,8 @@
 """Run one job in one hardened, cgroup-limited container through the Docker SDK.
 
-This module is the only place that talks to the Docker Engine about jobs. Docker's
-exceptions are translated here, once, into :mod:`tasks.errors`.
+This module is the only place that drives the Docker Engine about jobs (create,
+start, wait, collect, remove; :mod:`.results` reads back what a container produced).
+Docker's exceptions are translated here, once, into :mod:`tasks.errors`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import stat
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -27,9 +27,10 @@ from tasks.errors import BackendError, ImageNotFound
 from tasks.names import JOB_LABEL as LABEL_JOB
 from tasks.spec import PYTHON, JobSpec, render_command
 
-from .bounds import LOG_KEEP_BYTES, LOG_TAIL_BYTES, result_problem, tail
+from .bounds import LOG_TAIL_BYTES, tail
 from .cgroup import PeakMemory
 from .errors import EngineUnavailable, InvalidAgentConfig
+from .results import RESULT_FILE, create_result_file, job_result, read_logs
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,6 @@ JOB_USER = "10001:10001"
 RUNNER_DIR = "/jobyard/runner"
 IN_DIR = "/jobyard/in"
 OUT_DIR = "/jobyard/out"
-#: The one file a job may write on the host, pre-created by the agent in its out dir.
-RESULT_FILE = "result.json"
 #: How often the supervisor wakes while a job runs (revocation, peak memory).
 POLL_SECONDS = 0.25
 #: Largest result.json the agent reads back unless told otherwise (``JOBYARD_MAX_RESULT``).
@@ -165,7 +164,7 @@ class ContainerLauncher:
         out_dir = os.path.join(job_dir, "out")
         os.makedirs(out_dir)
         os.chmod(out_dir, 0o755)
-        _create_result_file(os.path.join(out_dir, RESULT_FILE))
+        create_result_file(os.path.join(out_dir, RESULT_FILE), JOB_USER)
         if call.spec.kind == PYTHON:
             payload = {"entry": call.spec.entry, "args": list(call.args), "kwargs": call.kwargs,
                        "attempt": call.attempt}
@@ -185,21 +184,27 @@ class ContainerLauncher:
             command = ["python3", f"{RUNNER_DIR}/runner.py"]
         else:
             command = render_command(spec.command, call.args, call.kwargs)
-        environment = {
-            **spec.env,
-            "JOBYARD_JOB_ID": call.task_id,
-            "JOBYARD_JOB_NAME": spec.name,
-            "JOBYARD_ATTEMPT": str(call.attempt),
-            "HOME": "/tmp",
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONDONTWRITEBYTECODE": "1",
+        return {
+            "image": spec.image,
+            "command": command,
+            "name": f"jobyard-{job_slug(call.task_id, call.attempt)}",
+            "user": JOB_USER,
+            "environment": _environment(call),
+            "labels": {LABEL_JOB: call.task_id, LABEL_AGENT: self.agent_name, LABEL_NAME: spec.name,
+                       LABEL_ATTEMPT: str(call.attempt)},
+            "working_dir": "/tmp",
+            "host_config": self._host_config(spec, job_dir),
+            "detach": True,
         }
+
+    def _host_config(self, spec: JobSpec, job_dir: str) -> dict[str, Any]:
+        """The container's mounts, cgroup limits and hardening."""
         mounts = [
             Mount(IN_DIR, os.path.join(job_dir, "in"), type="bind", read_only=True),
             Mount(OUT_DIR, os.path.join(job_dir, "out"), type="bind", read_only=False),
             Mount(RUNNER_DIR, self.runner_dir, type="bind", read_only=True),
         ]
-        host_config = self.client.api.create_host_config(
+        return self.client.api.create_host_config(
             network_mode=spec.network,
             read_only=True,
             tmpfs={"/tmp": f"rw,nosuid,nodev,size={spec.tmpfs}"},
@@ -213,18 +218,6 @@ class ContainerLauncher:
             ulimits=[Ulimit(name="fsize", soft=self.max_job_file, hard=self.max_job_file)],
             log_config=LOG_DRIVER,
         )
-        return {
-            "image": spec.image,
-            "command": command,
-            "name": f"jobyard-{job_slug(call.task_id, call.attempt)}",
-            "user": JOB_USER,
-            "environment": environment,
-            "labels": {LABEL_JOB: call.task_id, LABEL_AGENT: self.agent_name, LABEL_NAME: spec.name,
-                       LABEL_ATTEMPT: str(call.attempt)},
-            "working_dir": "/tmp",
-            "host_config": host_config,
-            "detach": True,
-        }
 
     def _wait(self, container, spec: JobSpec, outcome: Outcome, peak: PeakMemory,
               should_stop: Callable[[], bool]) -> int | None:
@@ -254,8 +247,8 @@ class ContainerLauncher:
             state = container.attrs["State"]
             outcome.exit_code = state.get("ExitCode")
             outcome.oom_killed = bool(state.get("OOMKilled"))
-        outcome.logs = _read_logs(container)
-        outcome.result, outcome.refusal = _job_result(os.path.join(job_dir, "out", RESULT_FILE), self.max_result)
+        outcome.logs = read_logs(container)
+        outcome.result, outcome.refusal = job_result(os.path.join(job_dir, "out", RESULT_FILE), self.max_result)
         reported = (outcome.result or {}).get("peak_memory")
         if not isinstance(reported, int) or isinstance(reported, bool) or not 0 < reported < 2**63:
             reported = None  # the job wrote it
@@ -280,6 +273,19 @@ def job_slug(task_id: str, attempt: int) -> str:
     return hashlib.sha256(json.dumps([task_id, attempt]).encode()).hexdigest()[:32]
 
 
+def _environment(call: JobCall) -> dict[str, str]:
+    """The job's own ``env`` and what jobyard sets for every job, which wins."""
+    return {
+        **call.spec.env,
+        "JOBYARD_JOB_ID": call.task_id,
+        "JOBYARD_JOB_NAME": call.spec.name,
+        "JOBYARD_ATTEMPT": str(call.attempt),
+        "HOME": "/tmp",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
 def check_max_job_file(size: int, max_result: int = MAX_RESULT_BYTES) -> int:
     """Return ``size`` if it leaves room for a result at the cap; else raise InvalidAgentConfig."""
     least = max_result + JOB_FILE_SLACK
@@ -287,28 +293,6 @@ def check_max_job_file(size: int, max_result: int = MAX_RESULT_BYTES) -> int:
         raise InvalidAgentConfig(f"the job file limit must be at least the result cap plus 1 MiB "
                                  f"({least} bytes), not {size!r}")
     return size
-
-
-def _create_result_file(path: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        uid, gid = (int(part) for part in JOB_USER.split(":"))
-        try:
-            os.fchown(fd, uid, gid)
-        except PermissionError:  # agent not root: the job writes it as "other"
-            os.fchmod(fd, 0o666)
-    finally:
-        os.close(fd)
-
-
-def _job_result(path: str, limit: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    # The file is pre-created: left empty, the job wrote no result.
-    try:
-        if os.lstat(path).st_size == 0:
-            return None, None
-    except FileNotFoundError:
-        return None, None
-    return _read_result(path, limit)
 
 
 def _is_read_timeout(exc: Exception) -> bool:
@@ -324,70 +308,6 @@ def _kill(container) -> None:
         container.kill()
     except docker.errors.APIError as exc:  # already exited
         log.debug("kill %s: %s", container.id[:12], exc)
-
-
-def _read_logs(container) -> str:
-    """The end of the job's output, never holding more than twice what is kept."""
-    kept = bytearray()
-    chunks = container.logs(stdout=True, stderr=True, tail=4000, stream=True, follow=False)
-    try:
-        for chunk in chunks:
-            kept += chunk
-            if len(kept) > 2 * LOG_KEEP_BYTES:
-                del kept[:-LOG_KEEP_BYTES]
-    except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
-        # The job has ended: an engine lost mid-stream costs only the rest of its output.
-        log.warning("output of container %s cut short: %s", container.id[:12], exc)
-    return tail(kept[-LOG_KEEP_BYTES:].decode("utf-8", errors="replace"), LOG_KEEP_BYTES)
-
-
-def _read_result(path: str, limit: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The job's result and None, or None and why the agent refuses it.
-
-    Refused before parsing: over ``limit`` bytes (by fstat, and reading at most
-    ``limit + 1``), or too many JSON values or too deep to parse in bounded memory.
-    """
-    # The job owns the directory and the agent is root on the host: never follow
-    # a link the job planted, never block on a FIFO, never read a device.
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None, None
-    except OSError as exc:
-        return None, _corrupt(f"unreadable result: {exc.strerror}")
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            return None, _corrupt("result is not a regular file")
-        if info.st_size > limit:
-            return None, _too_large(info.st_size, limit)
-        raw = handle.read(limit + 1)
-    if len(raw) > limit:
-        return None, _too_large(len(raw), limit)
-    problem = result_problem(raw, limit)
-    if problem:
-        return None, _too_large(len(raw), limit, **problem)
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        return None, _corrupt(f"unreadable result: {type(exc).__name__}: {str(exc)[:200]}")
-    return (data, None) if isinstance(data, dict) else (None, None)
-
-
-def _too_large(size: int, limit: int, **problem: int) -> dict[str, Any]:
-    if "values" in problem:
-        why = (f"holds {problem['values']} JSON values, over the {problem['max_values']} "
-               f"the {limit}-byte result cap allows")
-    elif "depth" in problem:
-        why = f"is nested {problem['depth']} deep, over the {problem['max_depth']} levels allowed"
-    else:
-        why = f"is {size} bytes, over the {limit}-byte result cap"
-    return {"exc_type": "ResultTooLarge", "message": f"its result {why}", "size": size, "limit": limit,
-            **problem}
-
-
-def _corrupt(message: str) -> dict[str, Any]:
-    return {"exc_type": "CorruptResult", "message": message}
 
 
 def _install_runner(runner_dir: str) -> None:

@@ -25,7 +25,8 @@ def image():
 def image_build(code, requirements, tag, push, registry_config):
     """Build a self-contained Python job image from this machine's Python."""
     from executor.agent import connect_docker
-    from executor.image import build_image, check_login, push_auth, push_image
+    from executor.image import build_image
+    from executor.push import check_login, push_auth, push_image
     from tasks.config import Settings
 
     if registry_config is not None and not push:

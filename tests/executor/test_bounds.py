@@ -7,8 +7,9 @@ import pytest
 
 from executor.bounds import (CUT, ERROR_BYTES, LINE_BYTES, MESSAGE_BYTES, NAME_BYTES, TRACEBACK_BYTES,
                              clip_facts, head, result_problem, tail, text)
-from executor.container import JobCall, Outcome, _read_result
+from executor.container import JobCall, Outcome
 from executor.deadletter import DeadLetters
+from executor.results import _read_result
 from executor.verdict import verdict
 from tasks.errors import JobFailed, ResultTooLarge
 from tasks.spec import JobSpec

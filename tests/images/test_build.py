@@ -24,8 +24,10 @@ from click.testing import CliRunner
 from docker.types import Mount
 
 from executor.errors import ImageBuildError
-from executor.image import Tree, compile_bytecode, push_image
+from executor.bytecode import compile_bytecode
 from executor.pull import pull_image
+from executor.push import push_image
+from executor.rootfs import Tree
 from jobyard.cli import main
 from tests.conftest import ROOT, SESSION
 from tests.support.services import free_port, temp_dir
