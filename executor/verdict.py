@@ -63,7 +63,7 @@ def _python_value(call: JobCall, outcome: Outcome, facts: dict[str, Any]) -> Any
 
 
 def _refused(name: str, refusal: dict[str, Any], facts: dict[str, Any]) -> JobFailed:
-    """The error for a result file the agent refused to parse (see container._read_result)."""
+    """The error for a result file the agent refused to parse (see results._read_result)."""
     details = {**facts, **{k: v for k, v in refusal.items() if k != "message"}, "exc_module": "jobyard"}
     if refusal["exc_type"] == "ResultTooLarge":
         return ResultTooLarge(f"{name}: {refusal['message']}; return less, or a reference to it", details)
