@@ -13,11 +13,13 @@ job that fails for good is dead-lettered. The job's code never runs here.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
 from celery.exceptions import Ignore
+from celery.states import STARTED
 
 from tasks import keys
 from tasks.errors import BackendError, HostLost, InvalidJobSpec, JobError, Revoked
@@ -51,6 +53,7 @@ def supervise(task: Task, args: tuple, kwargs: dict) -> Any:
     call = job_call(task.request, args, kwargs)
     try:
         _screen_delivery(agent, task, call)
+        _store_started(task)
         return execute(agent, call)
     except HandBack:
         agent.held.hand_back(call.task_id)
@@ -154,6 +157,13 @@ def _screen_delivery(agent: "Agent", task: Task, call: JobCall) -> None:
         raise HostLost(f"{call.spec.name}: its host was lost {lost - 1} times; not running it again",
                        {"lost": lost - 1, "attempt": call.attempt})
     log.warning("job %s[%s] redelivered after its host was lost (%d so far)", call.spec.name, call.task_id, lost)
+
+
+def _store_started(task: Task) -> None:
+    """Store STARTED as Celery's tracer would with ``task_track_started``, once the delivery may run."""
+    if task.app.conf.task_track_started and not getattr(task.request, "ignore_result", False):
+        task.backend.store_result(task.request.id, {"pid": os.getpid(), "hostname": task.request.hostname},
+                                  STARTED, request=task.request)
 
 
 def _retry_or_dead_letter(agent: "Agent", task: Task, call: JobCall, exc: JobError) -> None:
