@@ -157,3 +157,20 @@ def test_a_stale_delivery_is_dropped_without_writing_started(retry_agent, redis_
              message="stale delivery dropped")
     assert AsyncResult(result.id).state == "FAILURE"
     assert redis_client.get(f"jobyard:attempts:{result.id}") == "2"
+
+
+def test_a_retry_the_broker_refuses_ends_typed_and_leaves_no_mark(retry_agent, redis_client):
+    from tasks.errors import BackendError
+
+    slow_fail = command_job("tools.slow_fail", image=BUSYBOX_IMAGE, command=["sh", "-c", "sleep 2; exit 1"],
+                            memory="16Mi", retries=1, retry_on=["failed"], retry_delay=0.1, queue="retry")
+    result = slow_fail.delay()
+    wait_for(lambda: job_facts(result.id).get("container_id"), timeout=30, message="job running")
+    redis_client.set("retry", "refused")  # the queue's key, the wrong type: the retry's publish fails
+    try:
+        with pytest.raises(BackendError, match="its retry could not be sent"):
+            result.get(timeout=60)
+    finally:
+        redis_client.delete("retry")
+    assert redis_client.get(f"jobyard:retried:{result.id}") is None, "a retry mark without its message"
+    assert result.id in _cli("dead", "list")
