@@ -36,6 +36,11 @@ class HeldMessages:
         with self._lock:
             self._items[task_id] = message
 
+    def discard(self, task_id: str) -> None:
+        """Stop holding ``task_id``'s message without settling it: its lease lapses."""
+        with self._lock:
+            self._items.pop(task_id, None)
+
     def get(self, task_id: str) -> Any:
         """The message held for ``task_id``, or None."""
         with self._lock:
