@@ -64,11 +64,17 @@ class DeadLetters:
         raw = self.redis.hgetall(keys.dead_job(task_id))
         return DeadLetter.parse_redis(raw) if raw else None
 
-    def requeue(self, task_id: str) -> bool:
-        """Send the job again with a fresh retry budget; False if it cannot be."""
+    def requeue(self, task_id: str, backend=None) -> bool:
+        """Send the job again with a fresh retry budget; False if it cannot be.
+
+        ``backend`` is the result backend: its stored FAILURE is forgotten first, or
+        the agent would drop the requeued delivery as one of a job that already ended.
+        """
         record = self.get(task_id)
         if not record or not isinstance(record.message, dict) or not record.queue_key:
             return False
+        if backend is not None:
+            backend.forget(task_id)
         payload = fresh_copy(record.message)
         payload["headers"]["retries"] = 0
         pipe = self.redis.pipeline()

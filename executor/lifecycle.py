@@ -13,11 +13,13 @@ job that fails for good is dead-lettered. The job's code never runs here.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
+from celery.states import STARTED
 
 from tasks import keys
 from tasks.errors import BackendError, HostLost, InvalidJobSpec, JobError, Revoked
@@ -51,6 +53,7 @@ def supervise(task: Task, args: tuple, kwargs: dict) -> Any:
     call = job_call(task.request, args, kwargs)
     try:
         _screen_delivery(agent, task, call)
+        _store_started(task)
         return execute(agent, call)
     except HandBack:
         agent.held.hand_back(call.task_id)
@@ -156,6 +159,13 @@ def _screen_delivery(agent: "Agent", task: Task, call: JobCall) -> None:
     log.warning("job %s[%s] redelivered after its host was lost (%d so far)", call.spec.name, call.task_id, lost)
 
 
+def _store_started(task: Task) -> None:
+    """Store STARTED as Celery's tracer would with ``task_track_started``, once the delivery may run."""
+    if task.app.conf.task_track_started and not getattr(task.request, "ignore_result", False):
+        task.backend.store_result(task.request.id, {"pid": os.getpid(), "hostname": task.request.hostname},
+                                  STARTED, request=task.request)
+
+
 def _retry_or_dead_letter(agent: "Agent", task: Task, call: JobCall, exc: JobError) -> None:
     """Send a retry the job's policy covers (raises Celery's Retry), or dead-letter the job."""
     retries = int(task.request.retries or 0)
@@ -163,15 +173,28 @@ def _retry_or_dead_letter(agent: "Agent", task: Task, call: JobCall, exc: JobErr
     if decision.retry:
         log.info("job %s[%s] attempt %d failed (%s); %s in %.1fs", call.spec.name, call.task_id,
                  call.attempt, exc.reason, decision.reason, decision.delay)
-        # Mark the retry before sending it: if this agent dies before acknowledging
-        # the current delivery, that delivery comes back and must not run again.
-        messages.mark_retried(agent.redis, call.task_id, retries + 1)
+        # The publish script raises the job's retry mark with the retry's message, so
+        # this delivery, if it comes back unacknowledged, is dropped as stale.
         headers = agent.held.retry_headers(call.task_id, decision.memory_scale, MEMORY_SCALE_HEADER)
-        raise task.retry(exc=exc, countdown=decision.delay, max_retries=call.spec.retries, headers=headers)
+        try:
+            sent = task.retry(exc=exc, countdown=decision.delay, max_retries=call.spec.retries, headers=headers,
+                              throw=False)
+        except Reject as refused:  # Celery's wrapping of a failed publish
+            raise _unsent_retry(agent, call, refused.reason) from exc
+        raise sent
     log.info("job %s[%s] ended: %s: %s", call.spec.name, call.task_id, type(exc).__name__,
              head(str(exc), ERROR_BYTES))
     if not isinstance(exc, _NOT_DEAD):
         dead_letter(agent, call, exc, decision.reason)
+
+
+def _unsent_retry(agent: "Agent", call: JobCall, why: Any) -> BackendError:
+    """The typed end of a job whose retry could not be published: dead-lettered, to requeue."""
+    error = BackendError(f"{call.spec.name}: its retry could not be sent: {head(str(why), ERROR_BYTES)}",
+                         {"attempt": call.attempt})
+    log.warning("job %s[%s]: %s", call.spec.name, call.task_id, error)
+    dead_letter(agent, call, error, "its retry could not be sent")
+    return error
 
 
 def dead_letter(agent: "Agent", call: JobCall, error: JobError, why: str) -> None:

@@ -36,6 +36,11 @@ class HeldMessages:
         with self._lock:
             self._items[task_id] = message
 
+    def discard(self, task_id: str) -> None:
+        """Stop holding ``task_id``'s message without settling it: its lease lapses."""
+        with self._lock:
+            self._items.pop(task_id, None)
+
     def get(self, task_id: str) -> Any:
         """The message held for ``task_id``, or None."""
         with self._lock:
@@ -142,7 +147,10 @@ def queue_keys(message) -> list[str] | None:
 
 
 def superseded(client, task_id: str, retries: int) -> str | None:
-    """Why a delivery older than a retry already sent must be dropped, or None."""
+    """Why a delivery older than a retry already sent must be dropped, or None.
+
+    The retry's publish raises the mark (``tasks/lua/publish.lua``), in the same step.
+    """
     sent = client.get(keys.retried(task_id))
     if sent is not None and retries < int(sent):
         return f"dropping a stale delivery (retry {sent} was already sent)"
@@ -159,11 +167,6 @@ def ended(backend, task_id: str) -> str | None:
     if state in READY_STATES:
         return f"dropping a delivery of a job that already ended ({state})"
     return None
-
-
-def mark_retried(client, task_id: str, retries: int) -> None:
-    """Record that retry number ``retries`` of ``task_id`` was sent: older deliveries are stale."""
-    client.set(keys.retried(task_id), retries, ex=keys.DELIVERY_TTL)
 
 
 def count_lost(client, task_id: str) -> int:

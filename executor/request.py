@@ -5,7 +5,8 @@ thread of ours anyway: ``revoke(terminate=True)`` adds the job to its agent's
 ``stopping`` set, and its supervisor kills the container and reports
 :class:`tasks.errors.Revoked`. The request also holds its kombu message in its
 agent's ``held`` messages (:mod:`executor.messages`), so the agent renews its lease
-and can hand the job back to the head of its queue. The agent is its task's
+and can hand the job back to the head of its queue, until the job's outcome is
+stored or Celery ends the request unrun (revoked, expired). The agent is its task's
 (:mod:`executor.task`).
 """
 
@@ -28,6 +29,16 @@ class ContainerRequest(Request):
 
     def terminate(self, pool, signal=None):
         self.task.agent.stopping.add(self.id)
+
+    def _announce_revoked(self, reason, terminated, signum, expired):
+        # Every way Celery ends a request without running it (revoked by id or
+        # header, expired) comes here: its message must not stay held and renewed.
+        try:
+            super()._announce_revoked(reason, terminated, signum, expired)
+        except BaseException:
+            self.task.agent.held.discard(self.id)  # REVOKED not stored: its record is the lease's
+            raise
+        self.task.agent.settle(self.id)
 
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
         """Celery's failure handling, with the job's own traceback in the task-failed event."""

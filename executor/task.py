@@ -30,6 +30,9 @@ class ContainerJobTask(Task):
     typing = False
     acks_late = True
     reject_on_worker_lost = True
+    # Celery's tracer would store STARTED before the body can drop a delivery of a
+    # job that already ended; supervise stores it after the drop checks instead.
+    track_started = False
 
     def __init__(self, agent: "Agent"):
         self.agent = agent

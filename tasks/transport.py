@@ -4,8 +4,9 @@ kombu's Redis transport queues a message with one LPUSH. jobyard's publish is on
 script (:data:`PUBLISH`, ``tasks/lua/publish.lua``) that pushes the message and rings
 its queue's **doorbell** (a short list per queue, :func:`tasks.keys.bell`) in the same
 step, at most once per task id and retry number, so Celery's retry of a publish whose
-reply was lost does not queue the job twice. A doorbell holds no job: consumers wait
-on them instead of polling (the consumer's half, with its atomic capacity-aware take
+reply was lost does not queue the job twice; a retry (retry number > 0) raises the
+job's retry mark (:func:`tasks.keys.retried`) in the same step. A doorbell holds no
+job: consumers wait on them instead of polling (the consumer's half, with its atomic capacity-aware take
 and reservations, is the agent's: :mod:`executor.take`, :mod:`executor.channel`).
 
 Publishers that use :func:`tasks.create_app` ring doorbells; kombu's visibility
@@ -95,11 +96,16 @@ class Channel(kombu_redis.Channel):
         prefix = self.global_keyprefix or ""
         script_keys = [prefix + self._q_for_pri(queue, priority), prefix + keys.bell(queue)]
         headers = message.get("headers") or {}
-        if isinstance(headers.get("id"), str):
-            script_keys.append(prefix + keys.published(headers["id"], headers.get("retries") or 0))
+        task_id, retries = headers.get("id"), headers.get("retries") or 0
+        mark = []
+        if isinstance(task_id, str):
+            script_keys.append(prefix + keys.published(task_id, retries))
+            if isinstance(retries, int) and retries > 0:
+                script_keys.append(prefix + keys.retried(task_id))
+                mark = [retries, keys.DELIVERY_TTL]
         with self.conn_or_acquire() as client:
             client.execute_command("EVAL", PUBLISH, len(script_keys), *script_keys, dumps(message), BELL_CAP,
-                                   keys.PUBLISHED_TTL)
+                                   keys.PUBLISHED_TTL, *mark)
 
     def _do_restore_message(self, payload, exchange, routing_key, pipe, leftmost=False):
         super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)

@@ -1,31 +1,52 @@
 -- Queue a message and ring its queue's doorbell in one step, at most once per task id
--- and retry number (tasks/transport.py, PUBLISH).
+-- and retry number; a retry's message and its retry mark are written together
+-- (tasks/transport.py, PUBLISH).
 --
 -- KEYS[1]  the queue list (kombu's, with its priority suffix) the message goes on
 -- KEYS[2]  the queue's doorbell list (jobyard:bell:<queue>)
 -- KEYS[3]  optional, for a task message: the publish's marker (jobyard:published:<id>:<retry>)
+-- KEYS[4]  optional, for a retry (retry number > 0): the job's retry mark (jobyard:retried:<id>)
 --
 -- ARGV[1]  the message, as kombu's Redis transport leaves it on a list
 -- ARGV[2]  how many doorbell entries to keep
 -- ARGV[3]  the marker's time to live (seconds)
+-- ARGV[4]  with KEYS[4]: the message's retry number
+-- ARGV[5]  with KEYS[4]: the retry mark's time to live (seconds)
 --
 -- A publisher whose reply was lost (Redis died just after executing this) retries the
 -- publish; the marker, named by task id and retry number, makes that retry a no-op
--- instead of a second job.
+-- instead of a second job. The retry mark makes older deliveries of the job stale; it
+-- only ever rises, and it exists only if its retry was queued: an agent killed after
+-- this script cannot leave a mark without its message.
+--
+-- The message's push is the first write: Redis does not undo a script's writes when a
+-- later command fails, so a refused push leaves neither marker nor mark behind.
 --
 -- Returns 1 if queued, 0 if it was already.
 
 local queue_key = KEYS[1]
 local bell_key = KEYS[2]
 local marker_key = KEYS[3]
+local mark_key = KEYS[4]
 local message = ARGV[1]
 local bell_cap = tonumber(ARGV[2])
 local marker_ttl = ARGV[3]
+local retry = tonumber(ARGV[4])
+local mark_ttl = ARGV[5]
 
-if marker_key and not redis.call('SET', marker_key, 1, 'NX', 'EX', marker_ttl) then
+if marker_key and redis.call('EXISTS', marker_key) == 1 then
   return 0
 end
 redis.call('LPUSH', queue_key, message)
 redis.call('LPUSH', bell_key, 1)
 redis.call('LTRIM', bell_key, 0, bell_cap - 1)
+if marker_key then
+  redis.call('SET', marker_key, 1, 'EX', marker_ttl)
+end
+if mark_key then
+  local sent = tonumber(redis.call('GET', mark_key))
+  if not sent or retry > sent then
+    redis.call('SET', mark_key, retry, 'EX', mark_ttl)
+  end
+end
 return 1

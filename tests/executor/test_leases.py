@@ -77,3 +77,33 @@ def test_stalled_engine_api_does_not_starve_lease_renewal(agents, redis_client, 
     assert runner.log().count(f"[{result.id}] received") == 1
     assert job_facts(result.id)["attempt"] == 1
     assert runner.alive
+
+
+def _lease_renewals(redis_server, seconds: float) -> int:
+    """How many lease renewals (``ZADD unacked_index XX ...``) Redis runs in ``seconds`` (seen by MONITOR)."""
+    import socket
+
+    seen, deadline = b"", time.monotonic() + seconds
+    with socket.create_connection(("127.0.0.1", redis_server.port), timeout=0.5) as monitor:
+        monitor.sendall(b"MONITOR\r\n")
+        while time.monotonic() < deadline:
+            try:
+                seen += monitor.recv(65536)
+            except TimeoutError:
+                pass
+    return sum(1 for line in seen.splitlines() if b'"ZADD" "unacked_index" "XX"' in line)
+
+
+def test_expired_deliveries_leave_nothing_held(agents, redis_server):
+    from datetime import datetime, timedelta, timezone
+
+    from celery.result import AsyncResult
+    from sample_jobs import add
+
+    agents.start("expiry", "--cpus", "1", "--memory", "512Mi", "--queues", "expiry")
+    past = datetime.now(timezone.utc) - timedelta(minutes=1)
+    results = [add.apply_async((n, n), queue="expiry", expires=past) for n in range(50)]
+    wait_for(lambda: all(AsyncResult(r.id).state == "REVOKED" for r in results), timeout=60,
+             message="every expired job revoked without running")
+    # A held message's lease is renewed every heartbeat (2 s): none may be renewed now.
+    assert _lease_renewals(redis_server, 2.5) == 0, "revoked deliveries are still held"

@@ -109,3 +109,68 @@ def test_a_delivery_of_a_job_that_already_ended_is_dropped(retry_agent, redis_cl
              timeout=30, message="the delivery of an ended job dropped")
     assert redis_client.get(f"jobyard:attempts:{result.id}") == "1", "the ended job must not run again"
     assert AsyncResult(result.id).get(timeout=5) == 5
+
+
+def _redeliver(job, result, redis_client, *args, **options):
+    """Publish ``result``'s job again under its id, as a lease sweep would deliver it."""
+    redis_client.delete(f"jobyard:published:{result.id}:0")
+    job.apply_async(args, task_id=result.id, **options)
+
+
+def _dropped(agent, task_id, state):
+    return f"{task_id}]: dropping a delivery of a job that already ended ({state})" in agent.log()
+
+
+def test_a_redelivery_of_a_failed_job_is_dropped_and_stays_failed(retry_agent, redis_client):
+    from sample_jobs import fail_before_attempt
+
+    result = fail_before_attempt.apply_async((2,), queue="retry")
+    with pytest.raises(JobFailed):
+        result.get(timeout=60)
+    _redeliver(fail_before_attempt, result, redis_client, 2, queue="retry")  # would succeed if it ran
+    wait_for(lambda: _dropped(retry_agent, result.id, "FAILURE"), timeout=30, message="the failed job's delivery dropped")
+    assert redis_client.get(f"jobyard:attempts:{result.id}") == "1", "the failed job must not run again"
+    assert AsyncResult(result.id).state == "FAILURE"
+
+
+def test_a_redelivery_of_a_revoked_job_is_dropped_and_stays_revoked(retry_agent, redis_client, celery_app):
+    from celery.utils import uuid
+    from sample_jobs import add
+
+    task_id = uuid()
+    celery_app.backend.mark_as_revoked(task_id, "revoked")  # what an agent that revoked it stored
+    add.apply_async((2, 3), task_id=task_id, queue="retry")
+    wait_for(lambda: _dropped(retry_agent, task_id, "REVOKED"), timeout=30, message="the revoked job's delivery dropped")
+    assert redis_client.get(f"jobyard:attempts:{task_id}") is None, "the revoked job must not run"
+    assert AsyncResult(task_id).state == "REVOKED"
+
+
+def test_a_stale_delivery_is_dropped_without_writing_started(retry_agent, redis_client):
+    fail = command_job("tools.fail_twice", image=BUSYBOX_IMAGE, command=["false"], memory="16Mi", retries=1,
+                       retry_on=["failed"], retry_delay=0.1, queue="retry")
+    result = fail.delay()
+    with pytest.raises(JobFailed):
+        result.get(timeout=60)
+    assert redis_client.get(f"jobyard:retried:{result.id}") == "1"
+    _redeliver(fail, result, redis_client, queue="retry")  # the first delivery, back after its retry ran
+    wait_for(lambda: f"{result.id}]: dropping a stale delivery" in retry_agent.log(), timeout=30,
+             message="stale delivery dropped")
+    assert AsyncResult(result.id).state == "FAILURE"
+    assert redis_client.get(f"jobyard:attempts:{result.id}") == "2"
+
+
+def test_a_retry_the_broker_refuses_ends_typed_and_leaves_no_mark(retry_agent, redis_client):
+    from tasks.errors import BackendError
+
+    slow_fail = command_job("tools.slow_fail", image=BUSYBOX_IMAGE, command=["sh", "-c", "sleep 2; exit 1"],
+                            memory="16Mi", retries=1, retry_on=["failed"], retry_delay=0.1, queue="retry")
+    result = slow_fail.delay()
+    wait_for(lambda: job_facts(result.id).get("container_id"), timeout=30, message="job running")
+    redis_client.set("retry", "refused")  # the queue's key, the wrong type: the retry's publish fails
+    try:
+        with pytest.raises(BackendError, match="its retry could not be sent"):
+            result.get(timeout=60)
+    finally:
+        redis_client.delete("retry")
+    assert redis_client.get(f"jobyard:retried:{result.id}") is None, "a retry mark without its message"
+    assert result.id in _cli("dead", "list")

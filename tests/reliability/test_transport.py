@@ -299,6 +299,34 @@ def test_publish_and_take_run_after_the_server_lost_its_script_cache(client, con
     assert client.hlen("unacked") == 0 and client.exists(keys.published("flushed-2", 0))
 
 
+def publish_retry(connection, queue_name: str, task_id: str, retries: int) -> None:
+    """Publish what Celery's retry number ``retries`` of ``task_id`` sends (its queue declared)."""
+    queue = Queue(queue_name, Exchange(queue_name), queue_name)
+    with connection.Producer() as producer:
+        producer.publish({"n": retries}, exchange=queue.exchange, routing_key=queue_name,
+                         headers={"id": task_id, "retries": retries})
+
+
+def test_a_retrys_mark_is_written_with_its_message_and_only_raised(client, connection):
+    Queue("marked", Exchange("marked"), "marked")(connection.default_channel).declare()
+    publish_retry(connection, "marked", "marked-1", 2)
+    assert client.llen("marked") == 1 and client.get(keys.retried("marked-1")) == "2"
+    assert client.ttl(keys.retried("marked-1")) > 0
+    publish_retry(connection, "marked", "marked-1", 1)  # an older retry, published late
+    assert client.llen("marked") == 2 and client.get(keys.retried("marked-1")) == "2"
+
+
+def test_a_refused_retry_publish_leaves_no_mark(client, connection):
+    Queue("refused", Exchange("refused"), "refused")(connection.default_channel).declare()
+    client.set("refused", "not a list")  # the queue's key is the wrong type: the push is refused
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        publish_retry(connection, "refused", "refused-1", 1)
+    assert not client.exists(keys.retried("refused-1"), keys.published("refused-1", 1))
+    client.delete("refused")
+    publish_retry(connection, "refused", "refused-1", 1)  # sent again, it is queued with its mark
+    assert client.llen("refused") == 1 and client.get(keys.retried("refused-1")) == "1"
+
+
 def deliverable(payload: dict) -> dict:
     """``payload`` with its body base64-encoded, as its envelope says, so a consumer can decode it."""
     return {**payload, "body": base64.b64encode(payload["body"].encode()).decode()}
