@@ -14,6 +14,7 @@ from typing import Any
 
 from tasks import keys, transport
 from tasks.records import DeadLetter
+from tasks.spec import MAX_RETRIES
 
 from .bounds import ERROR_BYTES, clip_facts, head
 from .messages import fresh_copy
@@ -81,6 +82,8 @@ class DeadLetters:
         pipe.lpush(record.queue_key, json.dumps(payload))
         transport.ring(pipe, transport.queue_of(record.queue_key))
         pipe.delete(keys.dead_job(task_id), keys.lost(task_id), keys.retried(task_id))
+        # Its earlier retries' publish marks would swallow the retries of the new run.
+        pipe.delete(*(keys.published(task_id, retry) for retry in range(MAX_RETRIES + 1)))
         pipe.zrem(keys.DEAD, task_id)
         pipe.execute()
         return True

@@ -23,6 +23,8 @@ MIN_MEMORY = 6 * 1024**2  # the smallest limit Docker accepts
 #: Slack when comparing CPU amounts: requests are floats summed by every side.
 CPU_EPSILON = 1e-9
 MAX_TIMEOUT = 7 * 24 * 3600.0
+#: The most retries a spec may ask for.
+MAX_RETRIES = 100
 NETWORK_MODES = ("none", "bridge")
 
 _NAME = re.compile(r"^[A-Za-z_][\w.-]{0,199}$")
