@@ -252,6 +252,49 @@ def test_a_credential_helper_is_used(helper_agent, absent, registry, redis_clien
         assert registry.host in handle.read()
 
 
+def test_the_cache_budget_evicts_the_unused_pulled_image_and_metrics_count_it(agents, docker_client, registry,
+                                                                                 redis_client):
+    import urllib.request
+
+    import docker.errors
+
+    port = free_port()
+    agent = agents.start("cache", "--cpus", "1", "--memory", "1Gi", "--queues", "cache", "--image-cache", "1",
+                         "--metrics-port", str(port), "--registry-config",
+                         _write_config({"auths": {registry.host: _auth(registry.username, registry.password)}}))
+    variants = Variants(docker_client, registry)
+    variant = ("/bin/busybox", "true")
+    try:
+        first, _ = variants.push("cache-a")
+        second, _ = variants.push("cache-b")
+        _job(first, queue="cache", command=variant).delay().get(timeout=60)
+        _job(second, queue="cache", command=variant).delay().get(timeout=60)
+        with pytest.raises(docker.errors.ImageNotFound):
+            docker_client.api.inspect_image(first)
+        docker_client.api.inspect_image(second)  # it was in use when the cache evicted
+        docker_client.api.inspect_image(BUSYBOX_IMAGE)  # never pulled by jobyard: never evicted
+        scrape = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        host = agent.hostname
+        assert f'jobyard_agent_image_pulls_total{{host="{host}",outcome="pulled"}} 2.0' in scrape, scrape
+        assert f'jobyard_agent_image_evictions_total{{host="{host}"}} 1.0' in scrape
+        assert registry.password not in scrape
+    finally:
+        variants.cleanup()
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("reason, retried", [("unreachable", True), ("timeout", True), ("auth", False),
+                                             ("not_found", False), ("policy", False)])
+def test_only_transient_pull_failures_are_of_retry_class_image(reason, retried):
+    from executor.retry import decide, failure_class
+    from tasks.spec import JobSpec
+
+    error = ImagePullFailed("image pull failed", reason=reason)
+    spec = JobSpec.build(name="pulls.echo", kind="command", image="busybox", command=["true"], retries=1)
+    assert (failure_class(error) == "image") is retried
+    assert decide(spec, error, 0).retry is retried
+
+
 def test_no_credential_shows_in_logs_facts_or_status(main_agent, helper_agent, registry, redis_client):
     """Runs last: greps everything the module's jobs and agents left."""
     from jobyard.cli import main
