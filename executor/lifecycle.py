@@ -142,6 +142,11 @@ def _ensure_image(agent: "Agent", call: JobCall) -> None:
             reason="auth", registry=parse_image_ref(call.spec.image).registry)) from None
     except (ImagePullFailed, ImageNotFound) as exc:
         raise _failed_pull(agent, call, exc)
+    except BackendError as exc:
+        if agent.check_engine():
+            raise
+        log.warning("%s; handing %s back and pausing intake", exc, call.task_id)
+        raise HandBack() from exc
     finally:
         if pulling:
             agent.placement.pull_ended(call.task_id)
