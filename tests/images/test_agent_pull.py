@@ -98,7 +98,24 @@ def closed_port():
 
 
 @pytest.fixture(scope="module")
-def main_agent(agents, registry, proxy):
+def flower(redis_server):
+    """Flower, started before this module's agents so it sees every job's events."""
+    from tests.observability.conftest import start_flower
+
+    server = start_flower(redis_server.url)
+    yield server
+    server.stop()
+
+
+def _flower_page(flower, path: str) -> str:
+    import requests
+
+    response = requests.get(f"{flower.url}{path}", timeout=10)
+    return response.text if response.status_code == 200 else ""
+
+
+@pytest.fixture(scope="module")
+def main_agent(flower, agents, registry, proxy):
     """Good credentials for the registry (and its proxy), wrong ones for ``localhost:PORT``."""
     config = _write_config({"auths": {
         registry.host: _auth(registry.username, registry.password),
@@ -140,11 +157,14 @@ def _job(image: str, queue: str = "pull", command: tuple = ("echo", "ran"), **op
                        queue=queue, **options)
 
 
-def test_a_registry_only_image_runs_and_its_facts_carry_the_pushed_digest(main_agent, absent, redis_client):
+def test_a_registry_only_image_runs_and_its_facts_carry_the_pushed_digest(main_agent, absent, redis_client,
+                                                                           flower):
     result = _job(absent.reference).delay()
     assert result.get(timeout=60)["exit_code"] == 0
     facts = job_facts(result.id, redis_client)
     assert facts["image_digest"] == absent.digest
+    wait_for(lambda: f"image_digest={absent.digest}" in _flower_page(flower, f"/task/{result.id}"), timeout=15,
+             message="Flower's container row to show the digest")
     from jobyard.cli import main
 
     shown = CliRunner().invoke(main, ["job", result.id])
@@ -295,14 +315,15 @@ def test_only_transient_pull_failures_are_of_retry_class_image(reason, retried):
     assert decide(spec, error, 0).retry is retried
 
 
-def test_no_credential_shows_in_logs_facts_or_status(main_agent, helper_agent, registry, redis_client):
-    """Runs last: greps everything the module's jobs and agents left."""
+def test_no_credential_shows_in_logs_facts_or_status(main_agent, helper_agent, registry, redis_client, flower):
+    """Runs last: greps everything the module's jobs and agents left, and Flower's answers."""
     from jobyard.cli import main
 
     secrets = (registry.password, _auth(registry.username, registry.password)["auth"])
     outputs = [main_agent.log(), helper_agent.log(),
                CliRunner().invoke(main, ["status"]).output,
-               json.dumps(main_agent.state(redis_client))]
+               json.dumps(main_agent.state(redis_client)), _flower_page(flower, "/api/tasks")]
+    outputs += [_flower_page(flower, f"/task/{task_id}") for task_id in json.loads(outputs[-1] or "{}")]
     for key in redis_client.scan_iter("jobyard:job:*"):
         outputs.append(json.dumps(redis_client.hgetall(key)))
     for key in redis_client.scan_iter("jobyard:dead:*"):
