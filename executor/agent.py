@@ -32,10 +32,13 @@ from tasks.state import state_client
 from .capacity import Capacity, Ledger
 from .container import DEFAULT_MAX_JOB_FILE, LABEL_AGENT, ContainerLauncher, JobCall, Outcome
 from .errors import DockerUnavailable
+from .credentials import DockerConfig
 from .gate import IntakeGate
+from .image_cache import ImageCache
 from .messages import HeldMessages
 from .placement import DEFAULT_MAX_WAIT, FleetView, Placement
 from .policy import HostPolicy
+from .pulls import ImageObserver, PullCoordinator, combined, engine_id
 from .take import release_reservations
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,12 @@ class AgentConfig:
     max_jobs: int = 16
     max_wait: float = DEFAULT_MAX_WAIT
     max_job_file: int = DEFAULT_MAX_JOB_FILE
+    #: Registry credentials (``--registry-config``); None pulls anonymously.
+    registry_config: DockerConfig | None = None
+    pull_timeout: float = 600.0
+    max_pulls: int = 2
+    #: Bytes of jobyard-pulled images kept on the engine (``--image-cache``); None never evicts.
+    image_cache: int | None = None
 
 
 class AgentObserver:
@@ -107,6 +116,29 @@ class TaskIds:
             return task_id in self._ids
 
 
+class JobImages:
+    """Thread-safe map of task id to the normalised image its job uses."""
+
+    def __init__(self) -> None:
+        self._images: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def add(self, task_id: str, ref: str) -> None:
+        """Note that ``task_id``'s job uses ``ref``."""
+        with self._lock:
+            self._images[task_id] = ref
+
+    def discard(self, task_id: str) -> None:
+        """Forget ``task_id``'s job."""
+        with self._lock:
+            self._images.pop(task_id, None)
+
+    def refs(self) -> set[str]:
+        """The images of every job noted now."""
+        with self._lock:
+            return set(self._images.values())
+
+
 class Agent:
     """Runs jobs on this host; see the module docstring."""
 
@@ -132,6 +164,26 @@ class Agent:
         self.stopping = TaskIds()
         #: Seconds between heartbeats (never more than a quarter of the lease).
         self.beat_seconds = min(HEARTBEAT_SECONDS, self.app.jobyard_settings.lease_seconds / 4)
+        #: Normalised image references of the jobs this agent holds (pulling, waiting, running).
+        self.job_images = JobImages()
+        self.pulls, self.image_cache = self.make_pulls(config)
+
+    def make_pulls(self, config: AgentConfig) -> tuple[PullCoordinator, ImageCache | None]:
+        """The engine's pull coordinator and, with a budget, its image cache."""
+        engine = engine_id(self.housekeeping_docker)
+        cache = None
+        if config.image_cache is not None:
+            cache = ImageCache(self.docker, self.redis, engine, config.image_cache,
+                               in_use=combined(self.job_images.refs, lambda: self.pulls.pulling()))
+        pulls = PullCoordinator(self.docker, self.redis, engine, max_pulls=config.max_pulls,
+                                pull_timeout=config.pull_timeout, credentials=config.registry_config, cache=cache)
+        return pulls, cache
+
+    def watch_images(self, observer: ImageObserver) -> None:
+        """Send pull and cache events (metrics) to ``observer``."""
+        self.pulls.observer = observer
+        if self.image_cache is not None:
+            self.image_cache.observer = observer
 
     def make_ledger(self, capacity: Capacity) -> Ledger:
         """The capacity ledger admission reserves from (a bench may admit by other rules)."""

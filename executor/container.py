@@ -68,6 +68,8 @@ class JobCall:
     args: tuple
     kwargs: dict
     attempt: int = 1
+    #: The digest of the image the job runs, once the agent has it (:mod:`executor.pulls`).
+    image_digest: str | None = None
 
 
 @dataclass

@@ -22,7 +22,8 @@ from celery.exceptions import Ignore, Reject
 from celery.states import STARTED
 
 from tasks import keys
-from tasks.errors import BackendError, HostLost, InvalidJobSpec, JobError, Revoked
+from tasks.errors import BackendError, HostLost, ImageNotFound, ImagePullFailed, InvalidJobSpec, JobError, Revoked
+from tasks.images import parse_image_ref
 from tasks.names import SPEC_HEADER
 from tasks.records import JobFacts
 from tasks.spec import JobSpec
@@ -30,9 +31,11 @@ from tasks.spec import JobSpec
 from . import messages
 from .bounds import ERROR_BYTES, head
 from .container import JobCall, Outcome
+from .credentials import CredentialsError
 from .deadletter import DeadLetters
 from .errors import EngineUnavailable
 from .placement import HandBack
+from .pulls import local_digest
 from .retry import MEMORY_SCALE_HEADER, decide
 from .verdict import verdict
 
@@ -88,8 +91,13 @@ def execute(agent: "Agent", call: JobCall) -> Any:
     Raises :class:`~executor.placement.HandBack` when another host should run it.
     """
     agent.config.policy.check(call.spec)
+    agent.job_images.add(call.task_id, parse_image_ref(call.spec.image).normalised)
     try:
+        _ensure_image(agent, call)
         _admit(agent, call)
+    except BaseException:
+        agent.job_images.discard(call.task_id)
+        raise
     finally:
         agent.gate.refresh()
     outcome: list[Outcome] = []
@@ -105,9 +113,77 @@ def execute(agent: "Agent", call: JobCall) -> Any:
         raise
     finally:
         agent.stopping.discard(call.task_id)
+        agent.job_images.discard(call.task_id)
         agent.ledger.release(call.task_id)
         agent.gate.refresh()
         agent.publish(wake=True)
+
+
+def _ensure_image(agent: "Agent", call: JobCall) -> None:
+    """Bring the job's image onto the engine before admission: a pulling job reserves nothing.
+
+    Its pull time is not charged to its timeout (that starts with its container).
+    Sets ``call.image_digest``; a failure is the job's, recorded in its facts.
+    """
+    pulled: list[str] = []
+
+    def progress(line: str) -> None:
+        pulled.append(line)
+        log.info("job %s[%s]: %s", call.spec.name, call.task_id, line)
+        _write_facts(agent, call.task_id, {"state": "pulling", "pull": line})
+
+    # Only a job that will pull counts as pulling: one whose image is here goes straight
+    # on to admission and must keep holding the intake's one spare message meanwhile.
+    pulling = _needs_pull(agent, call)
+    if pulling:
+        agent.placement.pull_started(call.task_id)
+    try:
+        call.image_digest = agent.pulls.ensure(call.spec.image, call.spec.pull, progress)
+    except CredentialsError as exc:
+        raise _failed_pull(agent, call, ImagePullFailed(
+            f"image pull failed (auth): {call.spec.image}: {exc}", {"image": call.spec.image},
+            reason="auth", registry=parse_image_ref(call.spec.image).registry)) from None
+    except (ImagePullFailed, ImageNotFound) as exc:
+        raise _failed_pull(agent, call, exc)
+    except BackendError as exc:
+        if agent.check_engine():
+            raise
+        log.warning("%s; handing %s back and pausing intake", exc, call.task_id)
+        raise HandBack() from exc
+    finally:
+        if pulling:
+            agent.placement.pull_ended(call.task_id)
+    if pulled:
+        _write_facts(agent, call.task_id, {"pull": f"pulled {call.image_digest}"})
+        _evict_images(agent)
+
+
+def _needs_pull(agent: "Agent", call: JobCall) -> bool:
+    if call.spec.pull != "missing":
+        return call.spec.pull == "always"
+    try:
+        return local_digest(agent.docker, parse_image_ref(call.spec.image)) is None
+    except Exception:  # noqa: BLE001 - the ensure that follows reports the engine's failure
+        return False
+
+
+def _failed_pull(agent: "Agent", call: JobCall, exc: JobError) -> JobError:
+    """Record a job whose image could not be had; the facts' state is a fixed kind, not ``.reason``."""
+    state = "image_pull_failed" if isinstance(exc, ImagePullFailed) else exc.reason
+    _write_facts(agent, call.task_id, {"name": call.spec.name, "host": agent.name, "image": call.spec.image,
+                                       "state": state, "attempt": call.attempt, "queue": call.spec.queue})
+    agent.notify("job_finished", call, state, None)
+    return exc
+
+
+def _evict_images(agent: "Agent") -> None:
+    if agent.image_cache is None:
+        return
+    try:
+        for gone in agent.image_cache.evict():
+            log.info("image cache: removed %s (%d bytes)", ", ".join(gone.refs), gone.size)
+    except Exception as exc:  # noqa: BLE001 - a full cache must not fail the job that pulled
+        log.warning("image cache eviction failed: %s", exc)
 
 
 def _admit(agent: "Agent", call: JobCall) -> None:
@@ -204,6 +280,8 @@ def dead_letter(agent: "Agent", call: JobCall, error: JobError, why: str) -> Non
               "error_type": type(error).__name__, "error": str(error), "attempt": call.attempt,
               "host": agent.name, "why": why,
               "details": {k: v for k, v in error.details.items() if k not in ("traceback",)}}
+    if call.image_digest:
+        record["image_digest"] = call.image_digest
     try:
         DeadLetters(agent.redis).add(call.task_id, record, payload, queue_key)
     except Exception as exc:  # noqa: BLE001 - the caller still gets the error
@@ -246,7 +324,7 @@ def _record(agent: "Agent", call: JobCall, outcome: Outcome | None = None, state
         "name": spec.name, "host": agent.name, "image": spec.image, "state": state,
         "attempt": call.attempt, "cpus": spec.cpus, "cpus_limit": spec.effective_cpus_limit,
         "memory": spec.memory, "memory_limit": spec.effective_memory_limit, "pids": spec.pids,
-        "timeout": spec.timeout, "queue": spec.queue,
+        "timeout": spec.timeout, "queue": spec.queue, "image_digest": call.image_digest,
     }
     if outcome is not None:
         facts.update(container_id=outcome.container_id, started_at=outcome.started_at)

@@ -29,7 +29,7 @@ from .pulls import ImageObserver
 
 #: Outcomes pre-declared at zero, so rates work before the first of each happens.
 KNOWN_OUTCOMES = ("succeeded", "oom_killed", "timeout", "failed", "rejected", "revoked",
-                  "image_not_found", "invalid_spec", "backend_error")
+                  "image_not_found", "image_pull_failed", "invalid_spec", "backend_error")
 START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 PULL_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 PULL_OUTCOMES = ("pulled", "auth", "not_found", "timeout", "unreachable", "policy")
@@ -127,5 +127,6 @@ def serve_metrics(agent: Agent, port: int) -> AgentMetrics:
     """Attach metrics to ``agent`` and serve them on 127.0.0.1:``port``."""
     metrics = AgentMetrics(agent.name)
     agent.observers.append(metrics)
+    agent.watch_images(ImageMetrics(agent.name, metrics.registry))
     metrics.serve(port)
     return metrics

@@ -98,6 +98,8 @@ class Placement:
         self.max_jobs = max_jobs
         self.waiters: dict[str, Waiter] = {}
         self.parked: dict[str, JobCall] = {}
+        #: Jobs held here while their image pulls: no reservation, no --max-jobs slot.
+        self.pulling: set[str] = set()
         self.draining = False
         self.stopping = False
         #: Set while the container engine is unreachable: take no new work.
@@ -130,6 +132,18 @@ class Placement:
             with self.ledger.changed:
                 self.waiters.pop(call.task_id, None)
             self.on_change()
+
+    def pull_started(self, task_id: str) -> None:
+        """``task_id``'s image is being pulled: it is held, but reserves nothing yet."""
+        with self.ledger.changed:
+            self.pulling.add(task_id)
+        self.on_change()
+
+    def pull_ended(self, task_id: str) -> None:
+        """``task_id``'s pull ended (it goes on to admission, or fails)."""
+        with self.ledger.changed:
+            self.pulling.discard(task_id)
+        self.on_change()
 
     def _park(self, call: JobCall, stop_requested: Callable[[], bool]) -> None:
         """Hold a job that can never run here until a host that can has room.
@@ -172,6 +186,8 @@ class Placement:
 
     def _try_admit(self, call: JobCall, waiting: bool) -> bool:
         """Admit ``call`` if it fits and admitting it does not starve an older waiter."""
+        if len(self.ledger.running()) >= self.max_jobs:
+            return False  # the intake keeps to --max-jobs, but pulls end while others run
         oldest = self._oldest_waiter()
         if oldest is not None and oldest.call.task_id != call.task_id:
             if time.monotonic() - oldest.since >= self.max_wait:
@@ -228,6 +244,8 @@ class Placement:
             return 0
         with self.ledger.changed:
             held = len(self.ledger.running()) + len(self.waiters) + len(self.parked)
+            if len(self.pulling) >= self.max_jobs:
+                return 0
             oldest = self._oldest_waiter()
             if oldest is not None and time.monotonic() - oldest.since >= self.max_wait:
                 return 0
@@ -255,9 +273,9 @@ class Placement:
                           holder=self.hostname, reserving=reserving)
 
     def held(self) -> int:
-        """Jobs this agent holds: admitted, waiting and parked."""
+        """Jobs this agent holds: admitted, waiting, parked and pulling."""
         with self.ledger.changed:
-            return len(self.ledger.running()) + len(self.waiters) + len(self.parked)
+            return len(self.ledger.running()) + len(self.waiters) + len(self.parked) + len(self.pulling)
 
     def waiting_state(self) -> list[dict[str, Any]]:
         """Published form of the waiting jobs."""

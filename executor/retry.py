@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.errors import (BackendError, ContainerOOMKilled, ImageNotFound, JobError, JobFailed,
+from tasks.errors import (BackendError, ContainerOOMKilled, ImageNotFound, ImagePullFailed, JobError, JobFailed,
                           JobTimeout)
 from tasks.spec import JobSpec
 
@@ -18,6 +18,8 @@ MAX_DELAY = 300.0
 
 _CLASSES = ((ContainerOOMKilled, "oom"), (JobTimeout, "timeout"), (JobFailed, "failed"),
             (BackendError, "backend"), (ImageNotFound, "image"))
+#: Pull failures another attempt may get past; auth, not_found and policy never do.
+_TRANSIENT_PULLS = ("unreachable", "timeout")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class RetryDecision:
 
 def failure_class(error: JobError) -> str | None:
     """The retry-policy class of ``error`` (None for errors no retry can fix)."""
+    if isinstance(error, ImagePullFailed):
+        return "image" if error.reason in _TRANSIENT_PULLS else None
     for cls, name in _CLASSES:
         if isinstance(error, cls):
             return name

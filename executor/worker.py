@@ -30,7 +30,8 @@ def run_worker(agent: Agent, loglevel: str = "INFO") -> int:
     worker = agent.app.Worker(
         hostname=node_name(agent.name),
         pool="threads",
-        concurrency=agent.config.max_jobs,
+        # A thread per held job: up to --max-jobs admitted or waiting, as many pulling.
+        concurrency=2 * agent.config.max_jobs,
         queues=list(agent.config.queues),
         loglevel=loglevel,
         send_events=True,

@@ -37,6 +37,18 @@ def registry_config_option(_ctx, _param, value):
         raise click.BadParameter(str(exc)) from None
 
 
+def image_cache_option(_ctx, _param, value):
+    """Click callback: the ``--image-cache`` budget in bytes (None: no budget)."""
+    from executor.image_cache import parse_budget
+
+    if value is None:
+        return None
+    try:
+        return parse_budget(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command()
 @click.option("--hostname", default=None, help="Host identity (default: this machine's hostname).")
 @click.option("--cpus", type=click.FloatRange(min=0.01), default=None, help="Allocatable CPUs (default: psutil).")
@@ -60,17 +72,22 @@ def registry_config_option(_ctx, _param, value):
 @click.option("--registry-config", callback=registry_config_option, default=None, metavar="PATH",
               help="Registry credentials: a Docker config.json, best a read-only file "
                    "(default: $DOCKER_CONFIG/config.json, then ~/.docker/config.json).")
+@click.option("--pull-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+              help="Longest time (seconds) one image pull may take; not charged to the job's timeout.")
+@click.option("--max-pulls", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Most image pulls this host runs at once.")
+@click.option("--image-cache", callback=image_cache_option, default=None, metavar="SIZE",
+              help="Budget of the images jobyard pulled onto this engine, e.g. 20Gi: least recently used "
+                   "unused ones are removed past it (default: never remove).")
 @click.option("--state-dir", default=None, help="Where job input/output dirs live (JOBYARD_STATE_DIR).")
 @click.option("--max-job-file", callback=job_file_option, default="64Mi", show_default=True,
               help="Largest file a job may write (its result, and any file in /tmp): what it can put on the host.")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
 def agent(hostname, cpus, memory, queues, max_jobs, max_wait, allowed_images, require_digest, max_job_cpus,
-          max_job_memory, allow_network, max_job_timeout, max_job_pids, registry_config, state_dir, max_job_file,
-          loglevel, metrics_port):
+          max_job_memory, allow_network, max_job_timeout, max_job_pids, registry_config, pull_timeout, max_pulls,
+          image_cache, state_dir, max_job_file, loglevel, metrics_port):
     """Run an executor agent on this host."""
-    # registry_config is checked here already; it reaches the agent once AgentConfig
-    # takes it (executor/agent.py is being restructured: AgentConfig(registry_config=...)).
     from executor.agent import Agent, AgentConfig
     from executor.capacity import Capacity
     from executor.metrics import serve_metrics
@@ -84,7 +101,9 @@ def agent(hostname, cpus, memory, queues, max_jobs, max_wait, allowed_images, re
                         max_pids=max_job_pids, require_digest=require_digest)
     config = AgentConfig(hostname=hostname or socket.gethostname(), capacity=Capacity.detect(cpus, memory),
                          queues=queues, policy=policy, state_dir=state_dir or Settings.from_env().state_dir,
-                         max_jobs=max_jobs, max_wait=max_wait, max_job_file=max_job_file)
+                         max_jobs=max_jobs, max_wait=max_wait, max_job_file=max_job_file,
+                         registry_config=registry_config, pull_timeout=pull_timeout, max_pulls=max_pulls,
+                         image_cache=image_cache)
     try:
         # A bench may run its own kind of agent under this command (bench/slot_agent.py).
         make_agent = (click.get_current_context().obj or {}).get("agent_class", Agent)

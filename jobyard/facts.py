@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 FIELDS = (
     ("container_id", "container", lambda v: str(v)[:12]),
     ("image", "image", str),
+    ("image_digest", "image_digest", str),
+    ("pull", "pull", str),
     ("host", "host", str),
     ("state", "state", str),
     ("cpus_limit", "cpus", lambda v: f"{v:g}"),

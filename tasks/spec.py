@@ -36,13 +36,15 @@ _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{(\w+)\}")
 #: Spec fields a caller may override per call (``apply_async(..., memory="1Gi")``).
 RESOURCE_FIELDS = (
     "image", "cpus", "cpus_limit", "memory", "memory_limit", "pids", "timeout",
-    "network", "env", "queue", "retries", "tmpfs", "priority",
+    "network", "env", "queue", "retries", "tmpfs", "priority", "pull",
     "retry_on", "retry_delay", "retry_memory_factor", "retry_memory_max",
 )
 
 #: Failure classes a retry policy can name (besides exit codes).
 RETRY_CLASSES = ("oom", "timeout", "failed", "backend", "image")
-DEFAULT_RETRY_ON = ("oom", "timeout", "failed", "backend")
+DEFAULT_RETRY_ON = ("oom", "timeout", "failed", "backend", "image")
+#: When the agent pulls the job's image (Docker's vocabulary).
+PULL_POLICIES = ("missing", "always", "never")
 
 
 def _fail(field_name: str, message: str) -> InvalidJobSpec:
@@ -79,6 +81,7 @@ class JobSpec:
     retry_memory_max: int | None = None
     tmpfs: int = 64 * 1024**2
     priority: int | None = None
+    pull: str = "missing"
 
     @classmethod
     def build(cls, **values: Any) -> "JobSpec":
@@ -166,6 +169,7 @@ class JobSpec:
             _check(self.memory_limit >= self.memory, "memory_limit", "must not be below memory")
         _check(isinstance(self.pids, int) and 8 <= self.pids <= 1_000_000, "pids", "must be an integer from 8")
         _check_number("timeout", self.timeout, 0.0, MAX_TIMEOUT)
+        _check(self.pull in PULL_POLICIES, "pull", f"must be one of {', '.join(PULL_POLICIES)}")
         _check(self.network in NETWORK_MODES, "network", f"must be one of {', '.join(NETWORK_MODES)}")
         _check(isinstance(self.env, dict), "env", "must be a mapping of names to strings")
         for key, value in self.env.items():

@@ -97,7 +97,7 @@ def test_command_job_nonzero_exit_carries_code_and_log_tail(agent):
 
 
 def test_missing_image_is_image_not_found(agent):
-    ghost = command_job("tools.ghost", image="jobyard-test/does-not-exist:1", command=["true"])
+    ghost = command_job("tools.ghost", image="jobyard-test/does-not-exist:1", command=["true"], pull="never")
     with pytest.raises(ImageNotFound) as info:
         ghost.delay().get(timeout=30)
     assert "does-not-exist" in str(info.value)

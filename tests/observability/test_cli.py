@@ -196,7 +196,8 @@ def test_logs_follow_ends_when_a_job_ends_before_its_container_runs(obs_agent):
     from tasks import command_job
     from tasks.errors import ImageNotFound
 
-    missing = command_job("obs.missing", image="jobyard-test/absent:latest", memory="16Mi", command=["true"])
+    missing = command_job("obs.missing", image="jobyard-test/absent:latest", memory="16Mi", command=["true"],
+                          pull="never")
     job = missing.delay()
     with pytest.raises(ImageNotFound):
         job.get(timeout=30)

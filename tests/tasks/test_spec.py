@@ -45,7 +45,7 @@ def _spec(**overrides):
     ("image", "Bad Image!"), ("image", ""), ("network", "host"), ("queue", "no spaces"),
     ("env", {"1BAD": "x"}), ("env", {"JOBYARD_ATTEMPT": "9"}), ("env", {"OK": 3}), ("env", "A=1"),
     ("retries", -1), ("priority", 12), ("entry", "no_colon"), ("name", "has space"),
-    ("memory_limit", "1Mi"), ("cpus_limit", 0.1), ("bogus", 1),
+    ("memory_limit", "1Mi"), ("cpus_limit", 0.1), ("bogus", 1), ("pull", "sometimes"), ("pull", ["always"]),
 ])
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(InvalidJobSpec) as info:
@@ -74,6 +74,13 @@ def test_overrides_reset_limits_that_followed_the_request():
     with pytest.raises(InvalidJobSpec) as info:
         spec.with_overrides(entry="other:fn")
     assert info.value.field == "entry"
+
+
+def test_pull_defaults_to_missing_and_is_overridable_per_call():
+    spec = _spec()
+    assert spec.pull == "missing"
+    again = JobSpec.from_dict(spec.with_overrides(pull="always").to_dict())
+    assert again.pull == "always"
 
 
 def test_from_dict_refuses_non_objects():
