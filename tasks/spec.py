@@ -156,10 +156,19 @@ class JobSpec:
 
     def validate(self) -> None:
         """Raise :class:`InvalidJobSpec` naming the first bad field."""
+        self._validate_what()
+        self._validate_resources()
+        self._validate_placement()
+        self._validate_retries()
+        self._validate_rest()
+
+    def _validate_what(self) -> None:
         _check(isinstance(self.name, str) and bool(_NAME.match(self.name)), "name",
                f"{self.name!r} is not a job name (letters, digits, '._-')")
         _check(self.kind in (PYTHON, COMMAND), "kind", f"must be {PYTHON!r} or {COMMAND!r}")
         parse_image_ref(self.image)  # the image stays as given; policy and pulls normalise it
+
+    def _validate_resources(self) -> None:
         _check_number("cpus", self.cpus, 0.0, 1024.0)
         if self.cpus_limit is not None:
             _check_number("cpus_limit", self.cpus_limit, 0.0, 1024.0)
@@ -169,6 +178,8 @@ class JobSpec:
             _check(self.memory_limit >= self.memory, "memory_limit", "must not be below memory")
         _check(isinstance(self.pids, int) and 8 <= self.pids <= 1_000_000, "pids", "must be an integer from 8")
         _check_number("timeout", self.timeout, 0.0, MAX_TIMEOUT)
+
+    def _validate_placement(self) -> None:
         _check(self.pull in PULL_POLICIES, "pull", f"must be one of {', '.join(PULL_POLICIES)}")
         _check(self.network in NETWORK_MODES, "network", f"must be one of {', '.join(NETWORK_MODES)}")
         _check(isinstance(self.env, dict), "env", "must be a mapping of names to strings")
@@ -178,8 +189,10 @@ class JobSpec:
             _check(isinstance(value, str), "env", f"{key}: value must be a string")
         _check(isinstance(self.queue, str) and bool(_QUEUE.match(self.queue)), "queue",
                f"{self.queue!r} is not a queue name")
-        _check(isinstance(self.retries, int) and not isinstance(self.retries, bool) and 0 <= self.retries <= 100,
-               "retries", "must be 0..100")
+
+    def _validate_retries(self) -> None:
+        _check(isinstance(self.retries, int) and not isinstance(self.retries, bool)
+               and 0 <= self.retries <= MAX_RETRIES, "retries", f"must be 0..{MAX_RETRIES}")
         for item in self.retry_on:
             ok = item in RETRY_CLASSES or (isinstance(item, int) and not isinstance(item, bool) and 1 <= item <= 255)
             _check(ok, "retry_on", f"{item!r} is not one of {', '.join(RETRY_CLASSES)} or an exit code 1..255")
@@ -190,6 +203,8 @@ class JobSpec:
                    "retry_memory_factor", "must be from 1 to 16")
         if self.retry_memory_max is not None:
             _check(self.retry_memory_max >= self.memory, "retry_memory_max", "must not be below memory")
+
+    def _validate_rest(self) -> None:
         _check(isinstance(self.tmpfs, int) and MIN_MEMORY <= self.tmpfs <= 64 * 1024**3, "tmpfs",
                "must be a size from 6Mi")
         if self.priority is not None:
