@@ -15,10 +15,12 @@ a glob, holding the certificates of every trusted signer) set, job and control m
 with Celery's ``auth`` serializer and an agent accepts nothing else. Every
 jobyard process that sends or takes jobs needs all three.
 
-Celery signs a message's body only, and a job's spec (its image and command)
-travels in a header. So a signed job also carries a seal, the ``jobyard_seal``
-header: a signature over its task id, task name, spec header and body. An agent
-refuses a job whose seal is missing or does not match (see ``executor.intake``).
+Celery signs a message's body only, and what decides whether and how a job runs
+travels in headers: its spec (image, command), task id and name, Celery's retries,
+eta, expires, time limits and stamps, jobyard's memory scale. So a signed job also
+carries a seal, the ``jobyard_seal`` header: a signature over its body and every
+header but :data:`UNSEALED_HEADERS`. An agent refuses a job whose seal is missing or
+does not match (see ``executor.intake``); an agent's retry is sealed as it is sent.
 """
 
 from __future__ import annotations
@@ -106,6 +108,12 @@ def apply(celery_app, settings) -> None:
 
 
 SEAL_HEADER = "jobyard_seal"
+#: The only headers a seal leaves out: the seal itself and kombu's mark on a restored
+#: message, which changes on redelivery. Every other header is sealed, whatever its
+#: name, so a header added later (array index, team) is sealed without a change here.
+#: The envelope's properties (delivery tag, delivery info, priority, body encoding)
+#: are kombu's transport bookkeeping and are not sealed either.
+UNSEALED_HEADERS = frozenset({SEAL_HEADER, "redelivered"})
 
 
 class Sealer:
@@ -147,6 +155,6 @@ class Sealer:
 def _sealed(headers: dict, body: Any) -> bytes:
     from kombu.utils.json import dumps
 
-    content = {"id": headers.get("id"), "task": headers.get("task"), "spec": headers.get(SPEC_HEADER),
+    content = {"headers": {name: value for name, value in headers.items() if name not in UNSEALED_HEADERS},
                "body": list(body) if isinstance(body, (list, tuple)) else body}
     return dumps(content, sort_keys=True, separators=(",", ":")).encode()
