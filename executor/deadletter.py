@@ -9,6 +9,7 @@ retry budget.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -17,6 +18,8 @@ from tasks.records import DeadLetter
 
 from .bounds import ERROR_BYTES, clip_facts, head
 from .messages import fresh_copy
+
+log = logging.getLogger(__name__)
 
 
 class DeadLetters:
@@ -64,12 +67,20 @@ class DeadLetters:
         raw = self.redis.hgetall(keys.dead_job(task_id))
         return DeadLetter.parse_redis(raw) if raw else None
 
-    def requeue(self, task_id: str) -> bool:
-        """Send the job again with a fresh retry budget; False if it cannot be."""
+    def requeue(self, task_id: str, sealer=None) -> bool:
+        """Send the job again with a fresh retry budget; False if it cannot be.
+
+        With signing on, ``sealer`` (:class:`tasks.security.Sealer`) seals the changed
+        ``retries`` header again, once the stored message's own seal holds.
+        """
         record = self.get(task_id)
         if not record or not isinstance(record.message, dict) or not record.queue_key:
             return False
         payload = fresh_copy(record.message)
+        problem = sealer.reseal(payload, retries=0) if sealer is not None else None
+        if problem:
+            log.warning("not requeueing %s: %s", task_id, problem)
+            return False
         payload["headers"]["retries"] = 0
         pipe = self.redis.pipeline()
         pipe.lpush(record.queue_key, json.dumps(payload))

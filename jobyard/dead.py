@@ -32,13 +32,15 @@ def dead_list(as_json, limit):
 def dead_requeue(task_ids, everything):
     """Send dead jobs again, with a fresh retry budget."""
     from executor.deadletter import DeadLetters
+    from tasks import app
     from tasks.state import state_client
 
     store = DeadLetters(state_client())
     ids = [r.task_id for r in store.list(10_000)] if everything else list(task_ids)
     if not ids:
         raise click.UsageError("name task ids or pass --all")
-    missing = [task_id for task_id in ids if not store.requeue(task_id)]
+    sealer = getattr(app, "jobyard_sealer", None)  # signing on: the reset retries header is sealed again
+    missing = [task_id for task_id in ids if not store.requeue(task_id, sealer)]
     click.echo(f"requeued {len(ids) - len(missing)} job(s)")
     if missing:
         raise click.ClickException(f"not in the dead-letter store (or no message kept): {', '.join(missing)}")

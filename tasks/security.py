@@ -146,6 +146,25 @@ class Sealer:
             return f"{SEAL_HEADER} does not match the message ({type(exc).__name__})"
         return None
 
+    def reseal(self, payload: dict, **changes: Any) -> str | None:
+        """Change headers of a sealed raw kombu ``payload`` and seal it again; why it cannot be, or None.
+
+        The payload's own seal and signed body must hold first, so only what a trusted
+        signer sealed is sealed again (a dead letter's stored message may be tampered with).
+        """
+        headers = payload.get("headers")
+        if not isinstance(headers, dict):
+            return "no headers object"
+        try:
+            body = _signed_body(payload)
+        except Exception as exc:  # noqa: BLE001 - any failure to verify is a refusal
+            return f"its signed body does not verify ({type(exc).__name__})"
+        problem = self.problem(headers, body)
+        if problem is None:
+            headers.update(changes)
+            headers[SEAL_HEADER] = self.seal(headers, body)
+        return problem
+
     def on_publish(self, sender=None, body=None, headers=None, **_):
         """``before_task_publish`` receiver: seal every job this process sends."""
         if headers is not None and SPEC_HEADER in headers:
@@ -158,3 +177,14 @@ def _sealed(headers: dict, body: Any) -> bytes:
     content = {"headers": {name: value for name, value in headers.items() if name not in UNSEALED_HEADERS},
                "body": list(body) if isinstance(body, (list, tuple)) else body}
     return dumps(content, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _signed_body(payload: dict) -> Any:
+    """The decoded body of a raw kombu Redis ``payload``, its signature checked by Celery's serializer."""
+    from kombu.serialization import loads
+
+    body = payload["body"]
+    if (payload.get("properties") or {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    content_type = payload.get("content-type")
+    return loads(body, content_type, payload.get("content-encoding") or "utf-8", accept=[content_type])

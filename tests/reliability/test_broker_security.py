@@ -275,3 +275,16 @@ def test_signed_job_that_fails_once_retries_with_a_resealed_retry(signed_agent, 
             ".get(timeout=60))")
     assert _run_signed_caller(signing_env, code) == "2"
     assert client.llen(keys.rejected()) == refused
+
+
+def test_signed_dead_job_requeued_with_a_fresh_retry_budget_runs_again(signed_agent, signing_env):
+    """``jobyard dead requeue`` resets the sealed retries header, so it seals the job again."""
+    code = ("from sample_jobs import fail_before_attempt\n"
+            f"result = fail_before_attempt.apply_async((3,), retries=1, retry_delay=0.1, queue={SIGNED_QUEUE!r})\n"
+            "try:\n    result.get(timeout=60)\nexcept Exception:\n    print(result.id)")
+    task_id = _run_signed_caller(signing_env, code)
+    requeue = subprocess.run([sys.executable, "-m", "jobyard.cli", "dead", "requeue", task_id],
+                             env={**os.environ, **signing_env}, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "requeued 1" in requeue.stdout, requeue.stdout + requeue.stderr
+    code = f"from tasks import app\nprint(app.AsyncResult({task_id!r}).get(timeout=30))"
+    assert _run_signed_caller(signing_env, code) == "3"
