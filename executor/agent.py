@@ -162,6 +162,8 @@ class Agent:
         self.held = HeldMessages()
         #: Task ids whose containers must be stopped (revoked with terminate).
         self.stopping = TaskIds()
+        #: Task ids whose current delivery ended without its outcome stored.
+        self.unstored = TaskIds()
         #: Seconds between heartbeats (never more than a quarter of the lease).
         self.beat_seconds = min(HEARTBEAT_SECONDS, self.app.jobyard_settings.lease_seconds / 4)
         #: Normalised image references of the jobs this agent holds (pulling, waiting, running).
@@ -304,6 +306,24 @@ class Agent:
             self.held.settle(task_id, self.redis)
         except Exception as exc:  # noqa: BLE001 - Celery's own ack still applies
             log.warning("could not settle %s: %s", task_id, exc)
+
+    def outcome_not_stored(self, task_id: str) -> None:
+        """Celery could not store the outcome of ``task_id``: leave its message for the lease.
+
+        Its record stays in ``unacked`` and is no longer renewed, so the lease sweep
+        delivers it again; its prefetch slot is freed for the next job.
+        """
+        self.unstored.add(task_id)
+        self.held.let_go(task_id)
+        log.warning("the outcome of %s was not stored: its message stays for the lease to bring back", task_id)
+
+    def finish_delivery(self, task_id: str) -> bool:
+        """When Celery acknowledges a delivery: settle it unless its outcome was not stored; True if settled."""
+        if task_id in self.unstored:
+            self.unstored.discard(task_id)
+            return False
+        self.settle(task_id)
+        return True
 
     def stop(self) -> None:
         """Withdraw this agent's published state (once its worker, and so its heartbeat, stopped)."""

@@ -56,6 +56,10 @@ class TakingQoS(kombu_redis.QoS):
         if not self._closed(delivery_tag, "rejecting"):
             super().reject(delivery_tag, requeue)
 
+    def release(self, delivery_tag) -> None:
+        """Free the delivery's prefetch slot, leaving its record in ``unacked`` for the lease sweep."""
+        virtual.QoS.ack(self, delivery_tag)
+
     def append(self, message, delivery_tag):
         if delivery_tag in self.channel.taken:
             self.channel.taken.discard(delivery_tag)

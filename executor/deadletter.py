@@ -9,6 +9,7 @@ retry budget.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -18,6 +19,8 @@ from tasks.spec import MAX_RETRIES
 
 from .bounds import ERROR_BYTES, clip_facts, head
 from .messages import fresh_copy
+
+log = logging.getLogger(__name__)
 
 
 class DeadLetters:
@@ -65,18 +68,24 @@ class DeadLetters:
         raw = self.redis.hgetall(keys.dead_job(task_id))
         return DeadLetter.parse_redis(raw) if raw else None
 
-    def requeue(self, task_id: str, backend=None) -> bool:
+    def requeue(self, task_id: str, backend=None, sealer=None) -> bool:
         """Send the job again with a fresh retry budget; False if it cannot be.
 
         ``backend`` is the result backend: its stored FAILURE is forgotten first, or
         the agent would drop the requeued delivery as one of a job that already ended.
+        With signing on, ``sealer`` (:class:`tasks.security.Sealer`) seals the changed
+        ``retries`` header again, once the stored message's own seal holds.
         """
         record = self.get(task_id)
         if not record or not isinstance(record.message, dict) or not record.queue_key:
             return False
+        payload = fresh_copy(record.message)
+        problem = sealer.reseal(payload, retries=0) if sealer is not None else None
+        if problem:
+            log.warning("not requeueing %s: %s", task_id, problem)
+            return False
         if backend is not None:
             backend.forget(task_id)
-        payload = fresh_copy(record.message)
         payload["headers"]["retries"] = 0
         pipe = self.redis.pipeline()
         pipe.lpush(record.queue_key, json.dumps(payload))

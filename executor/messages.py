@@ -86,6 +86,16 @@ class HeldMessages:
         pipe.hdel(message.channel.unacked_key, message.delivery_tag)
         pipe.execute()
 
+    def let_go(self, task_id: str) -> None:
+        """Stop holding ``task_id``'s message and free its prefetch slot; its record stays in ``unacked``.
+
+        The lease sweep then delivers it again (:meth:`executor.channel.TakingQoS.release`).
+        """
+        with self._lock:
+            message = self._items.pop(task_id, None)
+        if message is not None:
+            free_slot(message)
+
     def hand_back(self, task_id: str) -> bool:
         """Put a copy of the job's message at the head of its queue; True if it was.
 
@@ -124,6 +134,13 @@ class HeldMessages:
         kept = {k: v for k, v in headers.items() if k.startswith("jobyard_") and k != "jobyard_seal"}
         kept[scale_header] = memory_scale
         return kept
+
+
+def free_slot(message) -> None:
+    """Free ``message``'s prefetch slot without removing its record (jobyard's channel only)."""
+    qos = getattr(message.channel, "qos", None)
+    if hasattr(qos, "release"):
+        qos.release(message.delivery_tag)
 
 
 def fresh_copy(payload: dict) -> dict:

@@ -17,6 +17,8 @@ from celery.worker.request import Request
 
 from tasks.failure import failure_text
 
+from .messages import free_slot
+
 
 class ContainerRequest(Request):
     """Request whose terminate stops the job's container instead of a process."""
@@ -26,6 +28,7 @@ class ContainerRequest(Request):
         # so the message is recorded here.
         super().__init__(message, *args, **kwargs)
         self.task.agent.held.add(self.id, message)
+        self.task.agent.unstored.discard(self.id)  # a new delivery: nothing is known of it yet
 
     def terminate(self, pool, signal=None):
         self.task.agent.stopping.add(self.id)
@@ -39,6 +42,13 @@ class ContainerRequest(Request):
             self.task.agent.held.discard(self.id)  # REVOKED not stored: its record is the lease's
             raise
         self.task.agent.settle(self.id)
+
+    def acknowledge(self):
+        """Settle the message, unless its outcome was not stored: then the lease brings it back."""
+        if not self.acknowledged and not self.task.agent.finish_delivery(self.id):
+            free_slot(self.message)  # its record stays in unacked for the lease
+            self.acknowledged = True
+        super().acknowledge()
 
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
         """Celery's failure handling, with the job's own traceback in the task-failed event."""

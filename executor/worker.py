@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from celery.signals import task_postrun, worker_shutting_down
+from celery.signals import task_internal_error, worker_shutting_down
 
 from tasks.names import node_name
 
@@ -26,7 +26,9 @@ def run_worker(agent: Agent, loglevel: str = "INFO") -> int:
     log.info("agent %s: capacity %s, queues %s", agent.name, agent.config.capacity.describe(),
              ",".join(agent.config.queues))
     worker_shutting_down.connect(lambda **_: agent.placement.stop(), weak=False)
-    task_postrun.connect(lambda task_id=None, **_: agent.settle(task_id), weak=False)
+    # Raised outside the body: Celery could not store the outcome (or the retry). The
+    # thread pool then often drops the request without acknowledging it at all.
+    task_internal_error.connect(lambda task_id=None, **_: agent.outcome_not_stored(task_id), weak=False)
     worker = agent.app.Worker(
         hostname=node_name(agent.name),
         pool="threads",

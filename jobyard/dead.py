@@ -39,7 +39,8 @@ def dead_requeue(task_ids, everything):
     ids = [r.task_id for r in store.list(10_000)] if everything else list(task_ids)
     if not ids:
         raise click.UsageError("name task ids or pass --all")
-    missing = [task_id for task_id in ids if not store.requeue(task_id, app.backend)]
+    sealer = getattr(app, "jobyard_sealer", None)  # signing on: the reset retries header is sealed again
+    missing = [task_id for task_id in ids if not store.requeue(task_id, app.backend, sealer)]
     click.echo(f"requeued {len(ids) - len(missing)} job(s)")
     if missing:
         raise click.ClickException(f"not in the dead-letter store (or no message kept): {', '.join(missing)}")

@@ -15,10 +15,12 @@ a glob, holding the certificates of every trusted signer) set, job and control m
 with Celery's ``auth`` serializer and an agent accepts nothing else. Every
 jobyard process that sends or takes jobs needs all three.
 
-Celery signs a message's body only, and a job's spec (its image and command)
-travels in a header. So a signed job also carries a seal, the ``jobyard_seal``
-header: a signature over its task id, task name, spec header and body. An agent
-refuses a job whose seal is missing or does not match (see ``executor.intake``).
+Celery signs a message's body only, and what decides whether and how a job runs
+travels in headers: its spec (image, command), task id and name, Celery's retries,
+eta, expires, time limits and stamps, jobyard's memory scale. So a signed job also
+carries a seal, the ``jobyard_seal`` header: a signature over its body and every
+header but :data:`UNSEALED_HEADERS`. An agent refuses a job whose seal is missing or
+does not match (see ``executor.intake``); an agent's retry is sealed as it is sent.
 """
 
 from __future__ import annotations
@@ -106,6 +108,12 @@ def apply(celery_app, settings) -> None:
 
 
 SEAL_HEADER = "jobyard_seal"
+#: The only headers a seal leaves out: the seal itself and kombu's mark on a restored
+#: message, which changes on redelivery. Every other header is sealed, whatever its
+#: name, so a header added later (array index, team) is sealed without a change here.
+#: The envelope's properties (delivery tag, delivery info, priority, body encoding)
+#: are kombu's transport bookkeeping and are not sealed either.
+UNSEALED_HEADERS = frozenset({SEAL_HEADER, "redelivered"})
 
 
 class Sealer:
@@ -138,6 +146,25 @@ class Sealer:
             return f"{SEAL_HEADER} does not match the message ({type(exc).__name__})"
         return None
 
+    def reseal(self, payload: dict, **changes: Any) -> str | None:
+        """Change headers of a sealed raw kombu ``payload`` and seal it again; why it cannot be, or None.
+
+        The payload's own seal and signed body must hold first, so only what a trusted
+        signer sealed is sealed again (a dead letter's stored message may be tampered with).
+        """
+        headers = payload.get("headers")
+        if not isinstance(headers, dict):
+            return "no headers object"
+        try:
+            body = _signed_body(payload)
+        except Exception as exc:  # noqa: BLE001 - any failure to verify is a refusal
+            return f"its signed body does not verify ({type(exc).__name__})"
+        problem = self.problem(headers, body)
+        if problem is None:
+            headers.update(changes)
+            headers[SEAL_HEADER] = self.seal(headers, body)
+        return problem
+
     def on_publish(self, sender=None, body=None, headers=None, **_):
         """``before_task_publish`` receiver: seal every job this process sends."""
         if headers is not None and SPEC_HEADER in headers:
@@ -147,6 +174,17 @@ class Sealer:
 def _sealed(headers: dict, body: Any) -> bytes:
     from kombu.utils.json import dumps
 
-    content = {"id": headers.get("id"), "task": headers.get("task"), "spec": headers.get(SPEC_HEADER),
+    content = {"headers": {name: value for name, value in headers.items() if name not in UNSEALED_HEADERS},
                "body": list(body) if isinstance(body, (list, tuple)) else body}
     return dumps(content, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _signed_body(payload: dict) -> Any:
+    """The decoded body of a raw kombu Redis ``payload``, its signature checked by Celery's serializer."""
+    from kombu.serialization import loads
+
+    body = payload["body"]
+    if (payload.get("properties") or {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    content_type = payload.get("content-type")
+    return loads(body, content_type, payload.get("content-encoding") or "utf-8", accept=[content_type])

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
@@ -238,3 +239,55 @@ def test_signed_body_without_its_seal_is_refused(signed_agent, password_redis, s
     task_id, message = _held_signed_message(client, signing_env)
     del message["headers"]["jobyard_seal"]
     _push_and_expect_refusal(client, signed_agent, json.dumps(message).encode(), task_id, "no jobyard_seal")
+
+
+def _an_hour_from_now() -> str:
+    return (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+
+
+#: Header tampering a Redis writer could try on a signed job: each must break its seal.
+TAMPERED_HEADERS = {
+    "expires": lambda headers: headers.update(expires="2000-01-01T00:00:00+00:00"),
+    "retries": lambda headers: headers.update(retries=3),
+    "eta": lambda headers: headers.update(eta=_an_hour_from_now()),
+    "memory_scale": lambda headers: headers.update(jobyard_memory_scale=64.0),
+    "task_id": lambda headers: headers.update(id=str(uuid.uuid4())),
+}
+
+
+@pytest.mark.parametrize("field", sorted(TAMPERED_HEADERS))
+def test_signed_job_with_a_tampered_execution_header_is_refused(field, signed_agent, password_redis, signing_env):
+    """The seal covers every header Celery or jobyard reads to decide what runs, and how."""
+    client = password_redis.client()
+    _, message = _held_signed_message(client, signing_env)
+    message["properties"]["delivery_info"]["routing_key"] = SIGNED_QUEUE
+    TAMPERED_HEADERS[field](message["headers"])
+    _push_and_expect_refusal(client, signed_agent, json.dumps(message).encode(), message["headers"]["id"],
+                             "does not match")
+
+
+def test_signed_job_that_fails_once_retries_with_a_resealed_retry(signed_agent, password_redis, signing_env):
+    """The agent re-seals the retry it sends (new retries, eta and memory scale headers)."""
+    client = password_redis.client()
+    refused = client.llen(keys.rejected())
+    code = ("from sample_jobs import fail_before_attempt\n"
+            f"print(fail_before_attempt.apply_async((2,), retries=1, retry_delay=0.1, queue={SIGNED_QUEUE!r})"
+            ".get(timeout=60))")
+    assert _run_signed_caller(signing_env, code) == "2"
+    assert client.llen(keys.rejected()) == refused
+
+
+def test_signed_dead_job_requeued_with_a_fresh_retry_budget_runs_again(signed_agent, signing_env):
+    """``jobyard dead requeue`` resets the sealed retries header, so it seals the job again."""
+    code = ("from sample_jobs import fail_before_attempt\n"
+            f"result = fail_before_attempt.apply_async((3,), retries=1, retry_delay=0.1, queue={SIGNED_QUEUE!r})\n"
+            "try:\n    result.get(timeout=60)\nexcept Exception:\n    print(result.id)")
+    task_id = _run_signed_caller(signing_env, code)
+    requeue = subprocess.run([sys.executable, "-m", "jobyard.cli", "dead", "requeue", task_id],
+                             env={**os.environ, **signing_env}, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "requeued 1" in requeue.stdout, requeue.stdout + requeue.stderr
+    code = ("import time\nfrom tasks import app\n"
+            f"result = app.AsyncResult({task_id!r})\ndeadline = time.monotonic() + 30\n"
+            "while result.state != 'SUCCESS' and time.monotonic() < deadline:\n    time.sleep(0.2)\n"
+            "print(result.state, result.result)")
+    assert _run_signed_caller(signing_env, code) == "SUCCESS 3"
