@@ -37,10 +37,54 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 def configure(celery_app: Celery, settings: Settings) -> Celery:
     """(Re)configure ``celery_app`` from ``settings``; call before it first connects."""
+    celery_app.conf.update(
+        broker_url=settings.broker_url,
+        # Publishes ring the queue's doorbell; see tasks.transport.
+        broker_transport=TRANSPORTS.get(urlsplit(settings.broker_url).scheme),
+        broker_transport_options=_transport_options(settings),
+        result_backend=settings.result_backend,
+        # Storing an outcome rides out a Redis restart (reconnect, AOF loading) for
+        # about 90 s instead of turning a finished job into a Redis error.
+        result_backend_transport_options={
+            "retry_policy": {"max_retries": 90, "interval_start": 0, "interval_step": 1, "interval_max": 1},
+            "health_check_interval": 10,
+        },
+        visibility_timeout=settings.lease_seconds,
+        **JSON_ONLY, **DELIVERY, **EVENTS,
+    )
+    security.apply(celery_app, settings)
+    celery_app.jobyard_settings = settings
+    return celery_app
+
+
+#: JSON on the wire and in the result store, never pickle.
+JSON_ONLY = {"task_serializer": "json", "result_serializer": "json", "accept_content": ["json"],
+             "result_accept_content": ["json"], "event_serializer": "json"}
+#: Late acks, one message at a time, and a broker connection that comes back on its own.
+DELIVERY = {
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "worker_prefetch_multiplier": 1,
+    # A job's container does not depend on the broker connection; its lease and the
+    # agent's own ack after the result is stored handle a reconnect.
+    "worker_cancel_long_running_tasks_on_connection_loss": False,
+    "broker_connection_retry_on_startup": True,
+    "broker_connection_retry": True,
+    "broker_connection_max_retries": None,
+    "broker_heartbeat": 0,
+    "task_default_queue": "default",
+    "task_create_missing_queues": True,
+}
+#: What Flower and the callers see: states, events and extended results.
+EVENTS = {"task_track_started": True, "task_send_sent_event": True, "worker_send_task_events": True,
+          "result_extended": True, "result_expires": 7 * 24 * 3600, "worker_hijack_root_logger": False}
+
+
+def _transport_options(settings: Settings) -> dict:
     # The lease: kombu requeues an unacked message whose unacked_index score is
     # older than visibility_timeout; agents renew the score of every message they
-    # hold (executor.agent.Agent.renew_leases), and every live agent sweeps.
-    transport = {
+    # hold (executor.messages.renew), and every live agent sweeps.
+    return {
         "visibility_timeout": settings.lease_seconds,
         "unacked_restore_interval": max(1, settings.lease_seconds // 5),
         "unacked_restore_throttle": 1,
@@ -52,46 +96,6 @@ def configure(celery_app: Celery, settings: Settings) -> Celery:
         "retry_on_timeout": True,
         "health_check_interval": 10,
     }
-    celery_app.conf.update(
-        broker_url=settings.broker_url,
-        # Publishes ring the queue's doorbell; see tasks.transport.
-        broker_transport=TRANSPORTS.get(urlsplit(settings.broker_url).scheme),
-        result_backend=settings.result_backend,
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
-        event_serializer="json",
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        # A job's container does not depend on the broker connection; its lease
-        # and the agent's own ack after the result is stored handle a reconnect.
-        worker_cancel_long_running_tasks_on_connection_loss=False,
-        broker_connection_retry_on_startup=True,
-        broker_connection_retry=True,
-        broker_connection_max_retries=None,
-        broker_transport_options=transport,
-        # Storing an outcome rides out a Redis restart (reconnect, AOF loading) for
-        # about 90 s instead of turning a finished job into a Redis error.
-        result_backend_transport_options={
-            "retry_policy": {"max_retries": 90, "interval_start": 0, "interval_step": 1, "interval_max": 1},
-            "health_check_interval": 10,
-        },
-        visibility_timeout=settings.lease_seconds,
-        task_default_queue="default",
-        task_create_missing_queues=True,
-        task_track_started=True,
-        task_send_sent_event=True,
-        worker_send_task_events=True,
-        result_extended=True,
-        result_expires=7 * 24 * 3600,
-        worker_hijack_root_logger=False,
-        broker_heartbeat=0,
-    )
-    security.apply(celery_app, settings)
-    celery_app.jobyard_settings = settings
-    return celery_app
 
 
 class JobAMQP(AMQP):
