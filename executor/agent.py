@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,8 +33,9 @@ from .container import DEFAULT_MAX_JOB_FILE, LABEL_AGENT, ContainerLauncher, Job
 from .errors import DockerUnavailable
 from .credentials import DockerConfig
 from .gate import IntakeGate
+from .host_images import JobImages
 from .image_cache import ImageCache
-from .messages import HeldMessages
+from .messages import HeldMessages, TaskIds
 from .placement import DEFAULT_MAX_WAIT, FleetView, Placement
 from .policy import HostPolicy
 from .pulls import ImageObserver, PullCoordinator, combined, engine_id
@@ -92,51 +92,6 @@ class AgentObserver:
 
     def state_published(self, agent: "Agent", state: AgentState) -> None:
         """The agent published ``state`` (see :meth:`Agent.state`)."""
-
-
-class TaskIds:
-    """A thread-safe set of task ids."""
-
-    def __init__(self) -> None:
-        self._ids: set[str] = set()
-        self._lock = threading.Lock()
-
-    def add(self, task_id: str) -> None:
-        """Add ``task_id``."""
-        with self._lock:
-            self._ids.add(task_id)
-
-    def discard(self, task_id: str) -> None:
-        """Remove ``task_id`` if present."""
-        with self._lock:
-            self._ids.discard(task_id)
-
-    def __contains__(self, task_id: object) -> bool:
-        with self._lock:
-            return task_id in self._ids
-
-
-class JobImages:
-    """Thread-safe map of task id to the normalised image its job uses."""
-
-    def __init__(self) -> None:
-        self._images: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def add(self, task_id: str, ref: str) -> None:
-        """Note that ``task_id``'s job uses ``ref``."""
-        with self._lock:
-            self._images[task_id] = ref
-
-    def discard(self, task_id: str) -> None:
-        """Forget ``task_id``'s job."""
-        with self._lock:
-            self._images.pop(task_id, None)
-
-    def refs(self) -> set[str]:
-        """The images of every job noted now."""
-        with self._lock:
-            return set(self._images.values())
 
 
 class Agent:

@@ -21,21 +21,17 @@ from celery import Task
 from celery.exceptions import Ignore, Reject
 from celery.states import STARTED
 
-from tasks import keys
-from tasks.errors import BackendError, HostLost, ImageNotFound, ImagePullFailed, InvalidJobSpec, JobError, Revoked
+from tasks.errors import BackendError, HostLost, InvalidJobSpec, JobError, Revoked
 from tasks.images import parse_image_ref
 from tasks.names import SPEC_HEADER
-from tasks.records import JobFacts
 from tasks.spec import JobSpec
 
-from . import messages
+from . import host_images, job_facts, messages
 from .bounds import ERROR_BYTES, head
 from .container import JobCall, Outcome
-from .credentials import CredentialsError
 from .deadletter import DeadLetters
 from .errors import EngineUnavailable
 from .placement import HandBack
-from .pulls import local_digest
 from .retry import MEMORY_SCALE_HEADER, decide
 from .verdict import verdict
 
@@ -93,7 +89,7 @@ def execute(agent: "Agent", call: JobCall) -> Any:
     agent.config.policy.check(call.spec)
     agent.job_images.add(call.task_id, parse_image_ref(call.spec.image).normalised)
     try:
-        _ensure_image(agent, call)
+        host_images.ensure_image(agent, call)
         _admit(agent, call)
     except BaseException:
         agent.job_images.discard(call.task_id)
@@ -102,13 +98,13 @@ def execute(agent: "Agent", call: JobCall) -> Any:
         agent.gate.refresh()
     outcome: list[Outcome] = []
     try:
-        _record(agent, call, state="running")
+        job_facts.record(agent, call, state="running")
         return _launch_and_judge(agent, call, outcome)
     except JobError as exc:
         if isinstance(exc, BackendError):
             agent.check_engine()
         if not outcome:  # ended before its container produced an outcome
-            _write_facts(agent, call.task_id, {"state": exc.reason})
+            job_facts.write_facts(agent, call.task_id, {"state": exc.reason})
             agent.notify("job_finished", call, exc.reason, None)
         raise
     finally:
@@ -119,76 +115,9 @@ def execute(agent: "Agent", call: JobCall) -> Any:
         agent.publish(wake=True)
 
 
-def _ensure_image(agent: "Agent", call: JobCall) -> None:
-    """Bring the job's image onto the engine before admission: a pulling job reserves nothing.
-
-    Its pull time is not charged to its timeout (that starts with its container).
-    Sets ``call.image_digest``; a failure is the job's, recorded in its facts.
-    """
-    pulled: list[str] = []
-
-    def progress(line: str) -> None:
-        pulled.append(line)
-        log.info("job %s[%s]: %s", call.spec.name, call.task_id, line)
-        _write_facts(agent, call.task_id, {"state": "pulling", "pull": line})
-
-    # Only a job that will pull counts as pulling: one whose image is here goes straight
-    # on to admission and must keep holding the intake's one spare message meanwhile.
-    pulling = _needs_pull(agent, call)
-    if pulling:
-        agent.placement.pull_started(call.task_id)
-    try:
-        call.image_digest = agent.pulls.ensure(call.spec.image, call.spec.pull, progress)
-    except CredentialsError as exc:
-        raise _failed_pull(agent, call, ImagePullFailed(
-            f"image pull failed (auth): {call.spec.image}: {exc}", {"image": call.spec.image},
-            reason="auth", registry=parse_image_ref(call.spec.image).registry)) from None
-    except (ImagePullFailed, ImageNotFound) as exc:
-        raise _failed_pull(agent, call, exc)
-    except BackendError as exc:
-        if agent.check_engine():
-            raise
-        log.warning("%s; handing %s back and pausing intake", exc, call.task_id)
-        raise HandBack() from exc
-    finally:
-        if pulling:
-            agent.placement.pull_ended(call.task_id)
-    if pulled:
-        _write_facts(agent, call.task_id, {"pull": f"pulled {call.image_digest}"})
-        _evict_images(agent)
-
-
-def _needs_pull(agent: "Agent", call: JobCall) -> bool:
-    if call.spec.pull != "missing":
-        return call.spec.pull == "always"
-    try:
-        return local_digest(agent.docker, parse_image_ref(call.spec.image)) is None
-    except Exception:  # noqa: BLE001 - the ensure that follows reports the engine's failure
-        return False
-
-
-def _failed_pull(agent: "Agent", call: JobCall, exc: JobError) -> JobError:
-    """Record a job whose image could not be had; the facts' state is a fixed kind, not ``.reason``."""
-    state = "image_pull_failed" if isinstance(exc, ImagePullFailed) else exc.reason
-    _write_facts(agent, call.task_id, {"name": call.spec.name, "host": agent.name, "image": call.spec.image,
-                                       "state": state, "attempt": call.attempt, "queue": call.spec.queue})
-    agent.notify("job_finished", call, state, None)
-    return exc
-
-
-def _evict_images(agent: "Agent") -> None:
-    if agent.image_cache is None:
-        return
-    try:
-        for gone in agent.image_cache.evict():
-            log.info("image cache: removed %s (%d bytes)", ", ".join(gone.refs), gone.size)
-    except Exception as exc:  # noqa: BLE001 - a full cache must not fail the job that pulled
-        log.warning("image cache eviction failed: %s", exc)
-
-
 def _admit(agent: "Agent", call: JobCall) -> None:
     waited = agent.placement.admit(call, lambda: call.task_id in agent.stopping)
-    call.attempt = _count_attempt(agent, call)
+    call.attempt = job_facts.count_attempt(agent, call)
     agent.notify("job_admitted", call, waited)
     agent.publish()
 
@@ -198,7 +127,7 @@ def _launch_and_judge(agent: "Agent", call: JobCall, outcome: list[Outcome]) -> 
     launched = time.monotonic()
 
     def started(result: Outcome) -> None:
-        _record(agent, call, result, state="running")
+        job_facts.record(agent, call, result, state="running")
         agent.notify("job_started", call, time.monotonic() - launched)
 
     try:
@@ -207,14 +136,14 @@ def _launch_and_judge(agent: "Agent", call: JobCall, outcome: list[Outcome]) -> 
     except EngineUnavailable as exc:
         log.warning("%s; handing %s back and pausing intake", exc, call.task_id)
         agent.engine_lost()
-        _uncount_attempt(agent, call)
+        job_facts.uncount_attempt(agent, call)
         raise HandBack() from exc
     try:
         value = verdict(call, outcome[0], agent.name)
     except JobError as exc:
-        _finish(agent, call, outcome[0], exc.reason)
+        job_facts.finish(agent, call, outcome[0], exc.reason)
         raise
-    _finish(agent, call, outcome[0], "succeeded")
+    job_facts.finish(agent, call, outcome[0], "succeeded")
     return value
 
 
@@ -298,60 +227,3 @@ def _memory_scale(request: Any) -> float:
         return 1.0
 
 
-def _count_attempt(agent: "Agent", call: JobCall) -> int:
-    """Count this start in Redis: the attempt number survives redeliveries."""
-    try:
-        key = keys.attempts(call.task_id)
-        pipe = agent.redis.pipeline()
-        pipe.incr(key)
-        pipe.expire(key, keys.JOB_TTL)
-        return max(int(pipe.execute()[0]), call.attempt)
-    except Exception as exc:  # noqa: BLE001 - fall back to Celery's own count
-        log.warning("could not count attempt of %s: %s", call.task_id, exc)
-        return call.attempt
-
-
-def _uncount_attempt(agent: "Agent", call: JobCall) -> None:
-    try:
-        agent.redis.decr(keys.attempts(call.task_id))
-    except Exception as exc:  # noqa: BLE001 - only the attempt number is off by one
-        log.warning("could not uncount attempt of %s: %s", call.task_id, exc)
-
-
-def _record(agent: "Agent", call: JobCall, outcome: Outcome | None = None, state: str = "running") -> None:
-    spec = call.spec
-    facts: dict[str, Any] = {
-        "name": spec.name, "host": agent.name, "image": spec.image, "state": state,
-        "attempt": call.attempt, "cpus": spec.cpus, "cpus_limit": spec.effective_cpus_limit,
-        "memory": spec.memory, "memory_limit": spec.effective_memory_limit, "pids": spec.pids,
-        "timeout": spec.timeout, "queue": spec.queue, "image_digest": call.image_digest,
-    }
-    if outcome is not None:
-        facts.update(container_id=outcome.container_id, started_at=outcome.started_at)
-        outcome.facts.update(container_id=outcome.container_id, image=spec.image,
-                             memory_limit=spec.effective_memory_limit,
-                             cpus_limit=spec.effective_cpus_limit, attempt=call.attempt)
-    _write_facts(agent, call.task_id, facts)
-
-
-def _finish(agent: "Agent", call: JobCall, outcome: Outcome, state: str) -> None:
-    facts = {"state": state, "exit_code": outcome.exit_code, "oom_killed": outcome.oom_killed,
-             "peak_memory": outcome.peak_memory, "finished_at": outcome.finished_at,
-             "container_id": outcome.container_id}
-    _write_facts(agent, call.task_id, facts)
-    agent.notify("job_finished", call, state, outcome)
-    try:
-        agent.redis.set(keys.job_logs(call.task_id), outcome.logs, ex=keys.JOB_TTL)
-    except Exception as exc:  # noqa: BLE001 - facts are best effort; the result is not
-        log.warning("could not store logs of %s: %s", call.task_id, exc)
-
-
-def _write_facts(agent: "Agent", task_id: str, facts: dict[str, Any]) -> None:
-    key = keys.job_facts(task_id)
-    try:
-        pipe = agent.redis.pipeline()
-        pipe.hset(key, mapping=JobFacts.from_json(facts).to_redis())
-        pipe.expire(key, keys.JOB_TTL)
-        pipe.execute()
-    except Exception as exc:  # noqa: BLE001
-        log.warning("could not store facts of %s: %s", task_id, exc)

@@ -21,6 +21,28 @@ from celery.states import READY_STATES
 from tasks import keys, transport
 
 
+class TaskIds:
+    """A thread-safe set of task ids."""
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, task_id: str) -> None:
+        """Add ``task_id``."""
+        with self._lock:
+            self._ids.add(task_id)
+
+    def discard(self, task_id: str) -> None:
+        """Remove ``task_id`` if present."""
+        with self._lock:
+            self._ids.discard(task_id)
+
+    def __contains__(self, task_id: object) -> bool:
+        with self._lock:
+            return task_id in self._ids
+
+
 class HeldMessages:
     """Task id -> the kombu message this agent holds (received, not yet settled). Thread-safe.
 

@@ -1,0 +1,117 @@
+"""A job's image on this host: pulled before admission, so a pulling job reserves nothing.
+
+:func:`ensure_image` brings the image onto the engine through the agent's
+:class:`executor.pulls.PullCoordinator` (one pull per image per engine) and, with an
+``--image-cache`` budget, lets the cache evict what no job uses. :class:`JobImages`
+is what the cache must keep: the images of the jobs this agent holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from tasks.errors import BackendError, ImageNotFound, ImagePullFailed, JobError
+from tasks.images import parse_image_ref
+
+from . import job_facts
+from .container import JobCall
+from .credentials import CredentialsError
+from .placement import HandBack
+from .pulls import local_digest
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+log = logging.getLogger(__name__)
+
+
+class JobImages:
+    """Thread-safe map of task id to the normalised image its job uses."""
+
+    def __init__(self) -> None:
+        self._images: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def add(self, task_id: str, ref: str) -> None:
+        """Note that ``task_id``'s job uses ``ref``."""
+        with self._lock:
+            self._images[task_id] = ref
+
+    def discard(self, task_id: str) -> None:
+        """Forget ``task_id``'s job."""
+        with self._lock:
+            self._images.pop(task_id, None)
+
+    def refs(self) -> set[str]:
+        """The images of every job noted now."""
+        with self._lock:
+            return set(self._images.values())
+
+
+def ensure_image(agent: "Agent", call: JobCall) -> None:
+    """Bring the job's image onto the engine before admission: a pulling job reserves nothing.
+
+    Its pull time is not charged to its timeout (that starts with its container).
+    Sets ``call.image_digest``; a failure is the job's, recorded in its facts.
+    """
+    pulled: list[str] = []
+
+    def progress(line: str) -> None:
+        pulled.append(line)
+        log.info("job %s[%s]: %s", call.spec.name, call.task_id, line)
+        job_facts.write_facts(agent, call.task_id, {"state": "pulling", "pull": line})
+
+    # Only a job that will pull counts as pulling: one whose image is here goes straight
+    # on to admission and must keep holding the intake's one spare message meanwhile.
+    pulling = needs_pull(agent, call)
+    if pulling:
+        agent.placement.pull_started(call.task_id)
+    try:
+        call.image_digest = agent.pulls.ensure(call.spec.image, call.spec.pull, progress)
+    except CredentialsError as exc:
+        raise failed_pull(agent, call, ImagePullFailed(
+            f"image pull failed (auth): {call.spec.image}: {exc}", {"image": call.spec.image},
+            reason="auth", registry=parse_image_ref(call.spec.image).registry)) from None
+    except (ImagePullFailed, ImageNotFound) as exc:
+        raise failed_pull(agent, call, exc)
+    except BackendError as exc:
+        if agent.check_engine():
+            raise
+        log.warning("%s; handing %s back and pausing intake", exc, call.task_id)
+        raise HandBack() from exc
+    finally:
+        if pulling:
+            agent.placement.pull_ended(call.task_id)
+    if pulled:
+        job_facts.write_facts(agent, call.task_id, {"pull": f"pulled {call.image_digest}"})
+        evict_images(agent)
+
+
+def needs_pull(agent: "Agent", call: JobCall) -> bool:
+    if call.spec.pull != "missing":
+        return call.spec.pull == "always"
+    try:
+        return local_digest(agent.docker, parse_image_ref(call.spec.image)) is None
+    except Exception:  # noqa: BLE001 - the ensure that follows reports the engine's failure
+        return False
+
+
+def failed_pull(agent: "Agent", call: JobCall, exc: JobError) -> JobError:
+    """Record a job whose image could not be had; the facts' state is a fixed kind, not ``.reason``."""
+    state = "image_pull_failed" if isinstance(exc, ImagePullFailed) else exc.reason
+    job_facts.write_facts(agent, call.task_id, {"name": call.spec.name, "host": agent.name, "image": call.spec.image,
+                                       "state": state, "attempt": call.attempt, "queue": call.spec.queue})
+    agent.notify("job_finished", call, state, None)
+    return exc
+
+
+def evict_images(agent: "Agent") -> None:
+    if agent.image_cache is None:
+        return
+    try:
+        for gone in agent.image_cache.evict():
+            log.info("image cache: removed %s (%d bytes)", ", ".join(gone.refs), gone.size)
+    except Exception as exc:  # noqa: BLE001 - a full cache must not fail the job that pulled
+        log.warning("image cache eviction failed: %s", exc)
