@@ -4,8 +4,8 @@
 instead of kombu's BRPOP, with the consumer's :class:`~executor.take.TakeLimits`;
 after an empty take it waits on its queues' doorbells, after a take that found
 nothing fitting on its own (see :mod:`executor.take`). :class:`TakingQoS` does not
-record again what the take recorded. :mod:`executor.intake` extends the channel
-with its screening.
+record again what the take recorded, and takes nothing while the consumer's gate
+says zero (``may_take``). :mod:`executor.intake` extends the channel with its screening.
 """
 
 from __future__ import annotations
@@ -56,6 +56,20 @@ class TakingQoS(kombu_redis.QoS):
         if not self._closed(delivery_tag, "rejecting"):
             super().reject(delivery_tag, requeue)
 
+    def can_consume(self):
+        """Whether to take (or read a take's reply): never while the channel's gate says zero.
+
+        A take already sent is always read: its message is recorded, and a reply left
+        unread would hold it unleased until the lease sweep requeues it, then deliver
+        it a second time. What arrives when it should not is handed back by admission.
+        """
+        channel = self.channel
+        if channel._in_poll and channel._pending is None:
+            return True
+        if channel.may_take is not None and not channel.may_take():
+            return False
+        return super().can_consume()
+
     def append(self, message, delivery_tag):
         if delivery_tag in self.channel.taken:
             self.channel.taken.discard(delivery_tag)
@@ -68,10 +82,12 @@ class TakingChannel(transport.Channel):
 
     QoS = TakingQoS
     from_transport_options = transport.Channel.from_transport_options + (
-        "take_limits", "wake_key", "max_message", "intake_host")
+        "take_limits", "wake_key", "may_take", "max_message", "intake_host")
     #: ``take_limits(queues) -> TakeLimits | None``: with limits, a consumer takes the
     #: oldest message that fits them (within :data:`LOOK_AHEAD`); without, the oldest.
     take_limits: Callable[[list[str]], TakeLimits | None] | None = None
+    #: ``may_take() -> bool``: False while the consumer must take nothing (its gate says zero).
+    may_take: Callable[[], bool] | None = None
     #: The consumer's own doorbell: ring it (:func:`tasks.transport.ring_key`) when its capacity frees.
     wake_key: str | None = None
     #: Header names :data:`TAKE` sizes a message by (set by consumers that size jobs).
@@ -107,6 +123,8 @@ class TakingChannel(transport.Channel):
             command = ["BRPOP", *bells, *own, timeout or 0]
         elif self._next_wait == "own":
             command = ["BRPOP", *own, NOTHING_FITS_WAIT]
+        elif self.may_take is not None and not self.may_take():
+            return  # the gate closed since kombu looked: take nothing
         else:
             command = self._take_command(queues, bells, prefix)
         self._pending, self._next_wait = self._next_wait, None

@@ -218,7 +218,8 @@ class IntakeConsumer(Consumer):
         options = {"max_message": message_cap(self.app), "intake_host": self.hostname}
         agent = self.jobyard_agent
         if agent is not None:  # take only jobs that fit, and wake when capacity frees
-            options.update(take_limits=agent.placement.take_limits, wake_key=keys.wake(agent.name))
+            options.update(take_limits=agent.placement.take_limits, wake_key=keys.wake(agent.name),
+                           may_take=agent.gate.may_take)
         transport = TRANSPORTS[urlsplit(self.app.conf.broker_url).scheme]
         return self.ensure_connected(self.app.connection_for_read(
             heartbeat=heartbeat, transport=transport, transport_options=options))
