@@ -70,11 +70,39 @@ class TakingQoS(kombu_redis.QoS):
             return False
         return super().can_consume()
 
+    def restore_visible(self, start=0, num=10, interval=10):
+        """kombu's lease sweep, with its cutoff from the server's clock.
+
+        kombu takes the cutoff from this host's clock, but the take and the renewals
+        score leases by the server's (:func:`server_time`): an agent whose clock ran
+        behind would requeue every healthy job, one ahead would never requeue a dead
+        host's.
+        """
+        self._vrestore_count += 1
+        if (self._vrestore_count - 1) % (interval or 1):
+            return
+        with self.channel.conn_or_acquire() as client:
+            cutoff = server_time(client) - self.visibility_timeout
+            try:
+                with kombu_redis.Mutex(client, self.unacked_mutex_key, self.unacked_mutex_expire):
+                    expired = client.zrange(self.unacked_index_key, cutoff, 0, desc=True, byscore=True,
+                                            offset=num and start, num=num, withscores=True)
+                    for tag, _ in expired or []:
+                        self.restore_by_tag(tag, client)
+            except kombu_redis.MutexHeld:
+                pass
+
     def append(self, message, delivery_tag):
         if delivery_tag in self.channel.taken:
             self.channel.taken.discard(delivery_tag)
             return virtual.QoS.append(self, message, delivery_tag)
         return super().append(message, delivery_tag)
+
+
+def server_time(client) -> float:
+    """The Redis server's clock (TIME), in seconds: the one clock every lease is scored and swept by."""
+    seconds, micros = client.time()
+    return seconds + micros / 1e6
 
 
 class TakingChannel(transport.Channel):

@@ -12,7 +12,8 @@ while it is at it:
 
 * **Taking** is one Lua script (:data:`TAKE`): it removes a message from the
   consumer's queue lists, in kombu's order (priority, then queue, oldest first), and
-  records it in kombu's unacked hash and index in the same atomic step. Whatever
+  records it in kombu's unacked hash and index in the same atomic step, scored by the
+  server's clock (as renewals and the sweep are, :mod:`executor.channel`). Whatever
   happens to the reply, the job is either still queued or recorded, and an
   unrenewed record is requeued by kombu's visibility sweep (the lease, tasks.app).
 * **Only what fits.** A consumer that passes :class:`TakeLimits` (an agent's free
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from time import time
 
 from tasks import keys
 from tasks.records.messages import SAMPLE_BYTES
@@ -100,7 +100,7 @@ def take_arguments(fixed: list[str], lists: list[tuple[str, str]], reservations:
     aside = {"cap": int(max_message), "host": host, "kept": keys.REJECTED_KEPT, "ttl": keys.REJECTED_TTL,
              "sample": SAMPLE_BYTES}
     script_keys = [*fixed, *(key for _, key in lists), *reservations, *bells]
-    return script_keys, [time(), len(lists), *sizing, json.dumps(per_list), json.dumps(aside)]
+    return script_keys, [len(lists), *sizing, json.dumps(per_list), json.dumps(aside)]
 
 
 def _largest(host: tuple[float, int], reserving: int) -> dict:

@@ -10,22 +10,21 @@
 --                                  delivery tag -> "<holder> <when the holder last saw it>"
 -- KEYS[5 + 2 * lists ..]           the consumer's queues' doorbells (jobyard:bell:<queue>)
 --
--- ARGV[1]   now: kombu scores the unacked index with the consumer's clock
--- ARGV[2]   lists: how many queue lists KEYS holds
--- ARGV[3]   look-ahead: messages looked at per list, oldest first (0: take the oldest, unsized)
--- ARGV[4]   free cpus of this host
--- ARGV[5]   free memory of this host (bytes)
--- ARGV[6]   this host's cpus
--- ARGV[7]   this host's memory (bytes)
--- ARGV[8]   the backfill bound: seconds a message may be passed over before a host reserves for it
--- ARGV[9]   the header holding a message's spec ({cpus, memory, retry_memory_max, ...})
--- ARGV[10]  the header holding a retry's memory scale factor
--- ARGV[11]  this consumer's host name: who holds the reservations it makes
--- ARGV[12]  the agent state key prefix: a holder is alive while <prefix><holder> exists
--- ARGV[13]  how long a reservation lives without its holder seeing the message (seconds)
--- ARGV[14]  JSON array, one entry per list: {"cpus", "memory"} of the largest host serving its
+-- ARGV[1]   lists: how many queue lists KEYS holds
+-- ARGV[2]   look-ahead: messages looked at per list, oldest first (0: take the oldest, unsized)
+-- ARGV[3]   free cpus of this host
+-- ARGV[4]   free memory of this host (bytes)
+-- ARGV[5]   this host's cpus
+-- ARGV[6]   this host's memory (bytes)
+-- ARGV[7]   the backfill bound: seconds a message may be passed over before a host reserves for it
+-- ARGV[8]   the header holding a message's spec ({cpus, memory, retry_memory_max, ...})
+-- ARGV[9]   the header holding a retry's memory scale factor
+-- ARGV[10]  this consumer's host name: who holds the reservations it makes
+-- ARGV[11]  the agent state key prefix: a holder is alive while <prefix><holder> exists
+-- ARGV[12]  how long a reservation lives without its holder seeing the message (seconds)
+-- ARGV[13]  JSON array, one entry per list: {"cpus", "memory"} of the largest host serving its
 --           queue, "reserving", how many hosts may hold a reservation in it at once, and "queue"
--- ARGV[15]  JSON object, how to set aside what is not a message (tasks.records.RejectedMessage):
+-- ARGV[14]  JSON object, how to set aside what is not a message (tasks.records.RejectedMessage):
 --           {"cap": largest item taken (bytes), "host": who sets aside (or null), "kept": entries
 --           the rejected list keeps, "ttl": its TTL (seconds), "sample": bytes of an item kept}
 --
@@ -52,24 +51,27 @@ local unacked_key = KEYS[1]
 local unacked_index_key = KEYS[2]
 local skipped_key = KEYS[3]
 local rejected_key = KEYS[4]
-local now = tonumber(ARGV[1])
-local lists = tonumber(ARGV[2])
-local depth = tonumber(ARGV[3])
-local free_cpus = tonumber(ARGV[4])
-local free_memory = tonumber(ARGV[5])
-local host_cpus = tonumber(ARGV[6])
-local host_memory = tonumber(ARGV[7])
-local bound = tonumber(ARGV[8])
-local spec_header = ARGV[9]
-local scale_header = ARGV[10]
-local me = ARGV[11]
-local agents = ARGV[12]
-local lifetime = tonumber(ARGV[13])
-local per_list = cjson.decode(ARGV[14])
-local aside = cjson.decode(ARGV[15])
+local lists = tonumber(ARGV[1])
+local depth = tonumber(ARGV[2])
+local free_cpus = tonumber(ARGV[3])
+local free_memory = tonumber(ARGV[4])
+local host_cpus = tonumber(ARGV[5])
+local host_memory = tonumber(ARGV[6])
+local bound = tonumber(ARGV[7])
+local spec_header = ARGV[8]
+local scale_header = ARGV[9]
+local me = ARGV[10]
+local agents = ARGV[11]
+local lifetime = tonumber(ARGV[12])
+local per_list = cjson.decode(ARGV[13])
+local aside = cjson.decode(ARGV[14])
 local list_keys = {unpack(KEYS, 5, 4 + lists)}
 local reservation_keys = {unpack(KEYS, 5 + lists, 4 + 2 * lists)}
 local bell_keys = {unpack(KEYS, 5 + 2 * lists)}
+-- The server's clock, not the consumer's: lease scores (the unacked index), first-skipped
+-- times and reservations are compared with other hosts' (executor.channel.TakingQoS).
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
 local REPLACEMENT = '\239\191\189'  -- U+FFFD in UTF-8
 
 local function remove(i, index)
@@ -179,9 +181,8 @@ local function set_aside(i, index, item, reason)
   local sample = string.sub(item, 1, aside.sample)
   local encoding, shown = 'utf-8', sample
   if not is_utf8(sample) then encoding, shown = 'base64', base64(sample) end
-  local clock = redis.call('TIME')
   redis.call('LPUSH', rejected_key, cjson.encode({
-    reason = reason, queue = per_list[i].queue, host = aside.host, at = clock[1] + clock[2] / 1e6,
+    reason = reason, queue = per_list[i].queue, host = aside.host, at = now,
     size = #item, truncated = #item > aside.sample, raw_encoding = encoding, raw = shown}))
   redis.call('LTRIM', rejected_key, 0, aside.kept - 1)
   redis.call('EXPIRE', rejected_key, aside.ttl)
