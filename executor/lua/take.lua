@@ -2,7 +2,8 @@
 -- in one atomic step (executor/take.py, TAKE).
 --
 -- KEYS[1]                          kombu's unacked hash: delivery tag -> [payload, exchange, routing key]
--- KEYS[2]                          kombu's unacked index (zset): delivery tag -> lease (taken at)
+-- KEYS[2]                          kombu's unacked index (zset): delivery tag -> lease (taken at,
+--                                  by the server's clock, as renewals and the sweep are)
 -- KEYS[3]                          jobyard:skipped (zset): delivery tag -> when it was first passed over
 -- KEYS[4]                          jobyard:rejected (capped list): what the take set aside, newest first
 -- KEYS[5 .. 4 + lists]             the queue lists, in the order to look at them (priority, then queue)
@@ -28,18 +29,21 @@
 --           {"cap": largest item taken (bytes), "host": who sets aside (or null), "kept": entries
 --           the rejected list keeps, "ttl": its TTL (seconds), "sample": bytes of an item kept}
 --
--- Returns {list key, raw item, delivery tag} for a message taken (always recorded);
--- {list key, false, false, reason, size} for an item set aside: oversized, not JSON, or not
+-- Returns {list key, raw item, delivery tag} for a message taken (always recorded); {list
+-- key, false, false, reason, size} for an item set aside: oversized, not JSON, or not
 -- kombu's envelope (a delivery tag and delivery info), removed from its list and pushed to
--- the rejected list in this same script; false (nil)
--- when every list is empty, after deleting the queues' doorbells; 0 when nothing within
--- the look-ahead fits the free capacity; 1 when this host is reserved for a message that
--- could run here and has been passed over for longer than the bound, so it takes nothing
--- until that one fits. Taken, in this order: a message the script cannot size (the
--- consumer screens it), one larger than every host (the consumer rejects it), one that
--- fits the free capacity. The record is kombu's own [payload, exchange, routing_key] with
--- the payload's text kept byte for byte, written before the removal: Redis does not roll a
--- failed script back, and on a full noeviction server the record is what fails.
+-- the rejected list in this same script; false (nil) when every list is empty, after
+-- deleting the queues' doorbells; 0 when nothing within the look-ahead fits the free
+-- capacity; 1 when this host is reserved for a message that could run here and has been
+-- passed over for longer than the bound, so it takes nothing until that one fits. Taken or
+-- set aside, in this order: an item that is not a message (set aside), a message the script
+-- cannot size (the consumer screens it), one larger than every host (the consumer rejects
+-- it), one that fits the free capacity. cjson refuses a lone surrogate escape (\ud800) that
+-- Python's JSON reads: such a message is read from a copy with the escape replaced, and
+-- recorded as its original text. The record is kombu's own [payload, exchange, routing_key]
+-- with the payload's text kept byte for byte, written before the removal (as a set-aside
+-- entry is): Redis does not roll a failed script back, and on a full noeviction server the
+-- record is what fails.
 --
 -- Reservations: a passed-over message past the bound is reserved by the first host that
 -- could run it and looks at it then, unless that host already holds a reservation in the
