@@ -29,6 +29,7 @@ from tasks.records import AgentState, HeldJob, Resources
 from tasks.state import state_client
 
 from .capacity import Capacity, Ledger
+from .channel import server_time
 from .container import DEFAULT_MAX_JOB_FILE, LABEL_AGENT, ContainerLauncher, JobCall, Outcome
 from .errors import DockerUnavailable
 from .credentials import DockerConfig
@@ -249,9 +250,9 @@ class Agent:
             log.debug("cannot release reservations: %s", exc)
 
     def renew_leases(self) -> None:
-        """Renew the lease of every message this agent holds."""
+        """Renew the lease of every message this agent holds, scored by the server's clock."""
         try:
-            self.held.renew(self.redis, time.time())
+            self.held.renew(self.redis, server_time(self.redis))
         except Exception as exc:  # noqa: BLE001 - next beat retries; the lease has slack
             log.warning("lease renewal failed: %s", exc)
 

@@ -4,8 +4,8 @@
 instead of kombu's BRPOP, with the consumer's :class:`~executor.take.TakeLimits`;
 after an empty take it waits on its queues' doorbells, after a take that found
 nothing fitting on its own (see :mod:`executor.take`). :class:`TakingQoS` does not
-record again what the take recorded. :mod:`executor.intake` extends the channel
-with its screening.
+record again what the take recorded, and takes nothing while the consumer's gate
+says zero (``may_take``). :mod:`executor.intake` extends the channel with its screening.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from redis.exceptions import ResponseError
 from tasks import keys, transport
 from tasks.transport import queue_of
 
-from .take import NOTHING_FITS_WAIT, TAKE, TakeLimits, take_arguments
+from .take import DEFAULT_MAX_MESSAGE, LOOK_AHEAD, NOTHING_FITS_WAIT, TAKE, TakeLimits, take_arguments
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,42 @@ class TakingQoS(kombu_redis.QoS):
         """Free the delivery's prefetch slot, leaving its record in ``unacked`` for the lease sweep."""
         virtual.QoS.ack(self, delivery_tag)
 
+    def can_consume(self):
+        """Whether to take (or read a take's reply): never while the channel's gate says zero.
+
+        A take already sent is always read: its message is recorded, and a reply left
+        unread would hold it unleased until the lease sweep requeues it, then deliver
+        it a second time. What arrives when it should not is handed back by admission.
+        """
+        channel = self.channel
+        if channel._in_poll and channel._pending is None:
+            return True
+        if channel.may_take is not None and not channel.may_take():
+            return False
+        return super().can_consume()
+
+    def restore_visible(self, start=0, num=10, interval=10):
+        """kombu's lease sweep, with its cutoff from the server's clock.
+
+        kombu takes the cutoff from this host's clock, but the take and the renewals
+        score leases by the server's (:func:`server_time`): an agent whose clock ran
+        behind would requeue every healthy job, one ahead would never requeue a dead
+        host's.
+        """
+        self._vrestore_count += 1
+        if (self._vrestore_count - 1) % (interval or 1):
+            return
+        with self.channel.conn_or_acquire() as client:
+            cutoff = server_time(client) - self.visibility_timeout
+            try:
+                with kombu_redis.Mutex(client, self.unacked_mutex_key, self.unacked_mutex_expire):
+                    expired = client.zrange(self.unacked_index_key, cutoff, 0, desc=True, byscore=True,
+                                            offset=num and start, num=num, withscores=True)
+                    for tag, _ in expired or []:
+                        self.restore_by_tag(tag, client)
+            except kombu_redis.MutexHeld:
+                pass
+
     def append(self, message, delivery_tag):
         if delivery_tag in self.channel.taken:
             self.channel.taken.discard(delivery_tag)
@@ -67,19 +103,32 @@ class TakingQoS(kombu_redis.QoS):
         return super().append(message, delivery_tag)
 
 
+def server_time(client) -> float:
+    """The Redis server's clock (TIME), in seconds: the one clock every lease is scored and swept by."""
+    seconds, micros = client.time()
+    return seconds + micros / 1e6
+
+
 class TakingChannel(transport.Channel):
     """jobyard's Redis channel whose consumers take atomically, and only what fits."""
 
     QoS = TakingQoS
-    from_transport_options = transport.Channel.from_transport_options + ("take_limits", "wake_key")
+    from_transport_options = transport.Channel.from_transport_options + (
+        "take_limits", "wake_key", "may_take", "max_message", "intake_host")
     #: ``take_limits(queues) -> TakeLimits | None``: with limits, a consumer takes the
     #: oldest message that fits them (within :data:`LOOK_AHEAD`); without, the oldest.
     take_limits: Callable[[list[str]], TakeLimits | None] | None = None
+    #: ``may_take() -> bool``: False while the consumer must take nothing (its gate says zero).
+    may_take: Callable[[], bool] | None = None
     #: The consumer's own doorbell: ring it (:func:`tasks.transport.ring_key`) when its capacity frees.
     wake_key: str | None = None
     #: Header names :data:`TAKE` sizes a message by (set by consumers that size jobs).
     spec_header: str | None = None
     scale_header: str | None = None
+    #: The largest raw item the take accepts; larger ones it sets aside (bytes).
+    max_message = DEFAULT_MAX_MESSAGE
+    #: Who the take names as having set an item aside (the worker's node name).
+    intake_host = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -106,6 +155,8 @@ class TakingChannel(transport.Channel):
             command = ["BRPOP", *bells, *own, timeout or 0]
         elif self._next_wait == "own":
             command = ["BRPOP", *own, NOTHING_FITS_WAIT]
+        elif self.may_take is not None and not self.may_take():
+            return  # the gate closed since kombu looked: take nothing
         else:
             command = self._take_command(queues, bells, prefix)
         self._pending, self._next_wait = self._next_wait, None
@@ -113,15 +164,37 @@ class TakingChannel(transport.Channel):
         self._brpop_sent_at = monotonic()
         self.client.connection.send_command(*command)
 
-    def _take_command(self, queues: list[str], bells: list[str], prefix: str) -> list:
+    def _take_command(self, queues: list[str], bells: list[str], prefix: str, sized: bool = True) -> list:
         pairs = [(queue, prefix + self._q_for_pri(queue, priority))
                  for priority in self.priority_steps for queue in queues]
-        limits = self.take_limits(queues) if self.take_limits and self.spec_header else None
-        fixed = [prefix + self.unacked_key, prefix + self.unacked_index_key, prefix + keys.SKIPPED]
+        limits = self.take_limits(queues) if sized and self.take_limits and self.spec_header else None
+        fixed = [prefix + self.unacked_key, prefix + self.unacked_index_key, prefix + keys.SKIPPED,
+                 prefix + keys.rejected()]
         reservations = [prefix + keys.reservations(queue) for queue, _ in pairs]
         script_keys, argv = take_arguments(fixed, pairs, reservations, bells, limits, self.spec_header,
-                                           self.scale_header)
+                                           self.scale_header, int(self.max_message), self.intake_host)
         return ["EVAL", TAKE, len(script_keys), *script_keys, *argv]
+
+    def basic_get(self, queue, no_ack=False, **kwargs):
+        """Take the oldest message of ``queue`` through :data:`TAKE`, recorded in the same step; or None."""
+        command = self._take_command([queue], [], self.global_keyprefix or "", sized=False)
+        for _ in range(LOOK_AHEAD):  # past items the take set aside, bounded
+            with self.conn_or_acquire() as client:
+                reply = client.execute_command(*command)
+            if reply is None:
+                return None
+            try:
+                payload, _, tag = self._claim(*reply)
+            except Empty:
+                continue
+            message = self.Message(payload, channel=self)
+            if no_ack:
+                self.qos._remove_from_indices(tag).execute()
+            else:
+                self.taken.add(tag)
+                self.qos.append(message, tag)
+            return message
+        return None
 
     def _brpop_read(self, **options):
         pending, self._pending = self._pending, None
@@ -150,20 +223,12 @@ class TakingChannel(transport.Channel):
             self._in_poll = None
             self._flush_brpop_reauth()
 
-    def _took(self, list_key, item, tag) -> bool:
-        list_key = bytes_to_str(list_key)[len(self.global_keyprefix or ""):]
-        queue = queue_of(list_key)
+    def _took(self, list_key, item, tag, *aside) -> bool:
+        payload, queue, tag = self._claim(list_key, item, tag, *aside)
         self._queue_cycle.rotate(queue)
-        raw = item if isinstance(item, bytes) else str(item).encode()
-        tag = bytes_to_str(tag) if tag else None
-        if not self.accept(raw, queue):
-            if tag:
-                self.qos._remove_from_indices(tag).execute()
-            raise Empty()
-        if tag:
-            self.taken.add(tag)
+        self.taken.add(tag)
         try:
-            self.connection._deliver(loads(bytes_to_str(raw)), queue)
+            self.connection._deliver(payload, queue)
         finally:
             if tag in self.taken:
                 self.taken.discard(tag)
@@ -171,8 +236,23 @@ class TakingChannel(transport.Channel):
                 self.qos._remove_from_indices(tag).execute()
         return True
 
-    def accept(self, raw: bytes, queue: str) -> bool:
-        """Whether to deliver a taken item; subclasses screen it (``executor.intake``)."""
+    def _claim(self, list_key, item, tag, *aside) -> tuple[dict, str, str]:
+        """The payload, queue and tag of one take's reply; Empty if the item was set aside."""
+        queue = queue_of(bytes_to_str(list_key)[len(self.global_keyprefix or ""):])
+        if item is None:  # the take set it aside itself
+            reason, size = bytes_to_str(aside[0]), int(aside[1])
+            log.warning("refused a message from queue %s (%d bytes): %s; set aside in %s",
+                        queue, size, reason, keys.rejected())
+            raise Empty()
+        raw = item if isinstance(item, bytes) else str(item).encode()
+        tag = bytes_to_str(tag)
+        if not self.accept(raw, queue, tag):
+            raise Empty()
+        return loads(bytes_to_str(raw)), queue, tag
+
+    def accept(self, raw: bytes, queue: str, tag: str) -> bool:
+        """Whether to deliver a taken item recorded as ``tag``; subclasses screen it
+        (``executor.intake``) and remove the record of what they refuse."""
         return True
 
 

@@ -3,7 +3,10 @@
 Celery's consumer holds at most ``prefetch_count`` unacknowledged messages. The gate
 sets that limit from the placement's allowance — (jobs held here) + 0 or 1 — and
 wakes the worker's event loop through a pipe, so a freed slot is used at once
-instead of at the loop's next one-second tick.
+instead of at the loop's next one-second tick. kombu reads a prefetch count of 0 as
+"no limit", so a limit of zero (nothing held, nothing to take: draining, stopping,
+engine down) is said by :meth:`IntakeGate.may_take`, which the channel's QoS
+consults before every take (:class:`executor.channel.TakingQoS`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ class IntakeGate:
         self.compute_limit = compute_limit
         self._qos = None
         self._wake_w: int | None = None
+        self._limit: int | None = None
         self._lock = threading.Lock()
 
     def attach(self, qos, hub) -> None:
@@ -35,19 +39,25 @@ class IntakeGate:
             self._qos, self._wake_w = qos, write_fd
         self.refresh()
 
+    def may_take(self) -> bool:
+        """Whether the consumer may take a message at all (False: the limit is zero)."""
+        return self._limit != 0
+
     def refresh(self) -> None:
         """Recompute the limit and apply it if it changed."""
         with self._lock:
             qos = self._qos
             if qos is None:
                 return
-            limit = max(1, int(self.compute_limit()))
+            limit = max(0, int(self.compute_limit()))
+            changed, self._limit = limit != self._limit, limit
+            prefetch = max(1, limit)  # 0 would mean no limit to kombu: may_take says zero
             with qos._mutex:  # kombu's QoS guards value with this lock
-                if qos.value == limit and qos.prev == limit:
-                    return
-                qos.value = limit
-                qos.set(limit)
-            if self._wake_w is not None:
+                if qos.value != prefetch or qos.prev != prefetch:
+                    qos.value = prefetch
+                    qos.set(prefetch)
+                    changed = True
+            if changed and self._wake_w is not None:
                 try:
                     os.write(self._wake_w, b"x")
                 except BlockingIOError:  # the loop has plenty of wake-ups queued

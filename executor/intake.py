@@ -156,9 +156,6 @@ def rejection(raw: bytes, reason: str, queue: str | None, host: str | None) -> s
 class IntakeChannel(TakingChannel):
     """jobyard's Redis channel, refusing taken items that are not messages kombu can take."""
 
-    from_transport_options = TakingChannel.from_transport_options + ("max_message", "intake_host")
-    max_message = 4 * 1024 * 1024
-    intake_host = None
     spec_header = SPEC_HEADER
     scale_header = MEMORY_SCALE_HEADER
     # Never restore this channel's unacked messages when it closes: after a broker
@@ -166,24 +163,29 @@ class IntakeChannel(TakingChannel):
     # a dead agent held; a warm shutdown hands unstarted jobs back itself.
     do_restore = False
 
-    def accept(self, raw: bytes, queue: str) -> bool:
+    def accept(self, raw: bytes, queue: str, tag: str) -> bool:
         # The last point before kombu's json.loads and envelope code, either of
-        # which would raise inside the worker's event loop.
+        # which would raise inside the worker's event loop. The take already set
+        # aside what is not JSON or not an envelope; this is the rest of the screen.
         problem = raw_problem(raw, int(self.max_message))
         if problem is None:
             return True
-        self.set_aside(raw, problem, queue)
+        self.set_aside(raw, problem, queue, tag)
         return False
 
-    def set_aside(self, raw: bytes, reason: str, queue: str | None) -> None:
-        """Log a refused message once and keep it, with ``reason``, in the rejected list."""
+    def set_aside(self, raw: bytes, reason: str, queue: str | None, tag: str | None = None) -> None:
+        """Log a refused message once and keep it, with ``reason``, in the rejected list;
+        with ``tag``, remove the take's record of it in the same transaction."""
         log.warning("refused a message from queue %s (%d bytes): %s; set aside in %s",
                     queue, len(raw), reason, keys.rejected())
         try:
             with self.conn_or_acquire() as client:
-                client.pipeline().lpush(keys.rejected(), rejection(raw, reason, queue, self.intake_host)) \
+                pipe = client.pipeline().lpush(keys.rejected(), rejection(raw, reason, queue, self.intake_host)) \
                     .ltrim(keys.rejected(), 0, keys.REJECTED_KEPT - 1) \
-                    .expire(keys.rejected(), keys.REJECTED_TTL).execute()
+                    .expire(keys.rejected(), keys.REJECTED_TTL)
+                if tag:
+                    self.qos._remove_from_indices(tag, pipe)
+                pipe.execute()
         except self.connection_errors as exc:
             log.warning("could not set the refused message aside: %s", exc)
 
@@ -216,7 +218,8 @@ class IntakeConsumer(Consumer):
         options = {"max_message": message_cap(self.app), "intake_host": self.hostname}
         agent = self.jobyard_agent
         if agent is not None:  # take only jobs that fit, and wake when capacity frees
-            options.update(take_limits=agent.placement.take_limits, wake_key=keys.wake(agent.name))
+            options.update(take_limits=agent.placement.take_limits, wake_key=keys.wake(agent.name),
+                           may_take=agent.gate.may_take)
         transport = TRANSPORTS[urlsplit(self.app.conf.broker_url).scheme]
         return self.ensure_connected(self.app.connection_for_read(
             heartbeat=heartbeat, transport=transport, transport_options=options))

@@ -29,7 +29,9 @@ size. Rules, in order, for a job this agent has received:
 
 The intake gate keeps the worker from taking messages at all without free capacity:
 the consumer's prefetch limit is kept at (jobs held here) + 1 while there is free
-capacity and room for a waiter, and at (jobs held here) otherwise.
+capacity and room for a waiter, and at (jobs held here) otherwise, which is zero for
+an idle agent that is draining, stopping or without its engine. A job that reaches
+such an agent anyway (taken just before) is handed back, never started.
 """
 
 from __future__ import annotations
@@ -114,6 +116,8 @@ class Placement:
         now) or Revoked (terminated while waiting).
         """
         self._reject_if_impossible(call)
+        if self.refusing():
+            raise HandBack()
         if self.ledger.sizes_jobs and not self.ledger.capacity.holds(call.spec):
             self._park(call, stop_requested)
         started = time.monotonic()
@@ -175,7 +179,7 @@ class Placement:
                 self.ledger.changed.wait(timeout=0.25)
             if stop_requested():
                 raise Revoked(f"{call.spec.name} was revoked while waiting for capacity")
-            if self.stopping:
+            if self.refusing():
                 raise HandBack()
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + RECHECK_SECONDS
@@ -238,9 +242,13 @@ class Placement:
         timer.daemon = True
         timer.start()
 
+    def refusing(self) -> bool:
+        """Whether this agent starts no new job: it is draining, stopping or its engine is down."""
+        return self.draining or self.stopping or self.engine_down
+
     def allowance(self) -> int:
         """How many more messages the worker should take now: 0 or 1."""
-        if self.draining or self.stopping or self.engine_down or time.monotonic() < self._paused_until:
+        if self.refusing() or time.monotonic() < self._paused_until:
             return 0
         with self.ledger.changed:
             held = len(self.ledger.running()) + len(self.waiters) + len(self.parked)

@@ -12,7 +12,8 @@ while it is at it:
 
 * **Taking** is one Lua script (:data:`TAKE`): it removes a message from the
   consumer's queue lists, in kombu's order (priority, then queue, oldest first), and
-  records it in kombu's unacked hash and index in the same atomic step. Whatever
+  records it in kombu's unacked hash and index in the same atomic step, scored by the
+  server's clock (as renewals and the sweep are, :mod:`executor.channel`). Whatever
   happens to the reply, the job is either still queued or recorded, and an
   unrenewed record is requeued by kombu's visibility sweep (the lease, tasks.app).
 * **Only what fits.** A consumer that passes :class:`TakeLimits` (an agent's free
@@ -37,9 +38,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from time import time
 
 from tasks import keys
+from tasks.records.messages import SAMPLE_BYTES
 from tasks.transport import RESERVATION_LIFETIME, lua_script, reservation
 
 #: Messages a consumer looks at, oldest first, per queue list, for one that fits.
@@ -73,12 +74,18 @@ class TakeLimits:
     reserving: dict[str, int] = field(default_factory=dict)
 
 
+#: The largest raw item a take accepts when its consumer names no cap (bytes).
+DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
+
+
 def take_arguments(fixed: list[str], lists: list[tuple[str, str]], reservations: list[str], bells: list[str],
                    limits: TakeLimits | None, spec_header: str | None = None,
-                   scale_header: str | None = None) -> tuple[list, list]:
-    """KEYS and ARGV of :data:`TAKE`: ``fixed`` is [unacked, unacked index, skipped];
+                   scale_header: str | None = None, max_message: int = DEFAULT_MAX_MESSAGE,
+                   host: str | None = None) -> tuple[list, list]:
+    """KEYS and ARGV of :data:`TAKE`: ``fixed`` is [unacked, unacked index, skipped, rejected];
     ``lists`` pairs each queue with its list key, in the order to look at them;
-    ``reservations`` is each list's queue's reservations hash, in the same order."""
+    ``reservations`` is each list's queue's reservations hash, in the same order. Items over
+    ``max_message`` bytes or not messages are set aside in the rejected list, by ``host``."""
     if limits is None or not spec_header:
         sizing = [0, 0, 0, 0, 0, 0, "", "", "", "", 0]
         per_list = [{"cpus": 0, "memory": 0, "reserving": 0} for _ in lists]
@@ -88,8 +95,12 @@ def take_arguments(fixed: list[str], lists: list[tuple[str, str]], reservations:
                   RESERVATION_LIFETIME]
         own = (limits.host_cpus, limits.host_memory)
         per_list = [_largest(limits.largest.get(queue, own), limits.reserving.get(queue, 1)) for queue, _ in lists]
+    for entry, (queue, _) in zip(per_list, lists):
+        entry["queue"] = queue
+    aside = {"cap": int(max_message), "host": host, "kept": keys.REJECTED_KEPT, "ttl": keys.REJECTED_TTL,
+             "sample": SAMPLE_BYTES}
     script_keys = [*fixed, *(key for _, key in lists), *reservations, *bells]
-    return script_keys, [time(), len(lists), *sizing, json.dumps(per_list)]
+    return script_keys, [len(lists), *sizing, json.dumps(per_list), json.dumps(aside)]
 
 
 def _largest(host: tuple[float, int], reserving: int) -> dict:

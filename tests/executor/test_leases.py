@@ -107,3 +107,27 @@ def test_expired_deliveries_leave_nothing_held(agents, redis_server):
              message="every expired job revoked without running")
     # A held message's lease is renewed every heartbeat (2 s): none may be renewed now.
     assert _lease_renewals(redis_server, 2.5) == 0, "revoked deliveries are still held"
+
+@pytest.fixture
+def slow_clock():
+    """A directory for PYTHONPATH whose sitecustomize sets the process's wall clock 30 s back."""
+    path = temp_dir("jobyard-skew-")
+    with open(os.path.join(path, "sitecustomize.py"), "w") as handle:
+        handle.write("import time\n_real = time.time\ntime.time = lambda: _real() - 30\n")
+    return path
+
+
+def test_a_job_held_by_an_agent_with_a_skewed_clock_runs_once(agents, redis_client, slow_clock):
+    from sample_jobs import sleep_for
+
+    lease = 3
+    env = {"JOBYARD_LEASE_SECONDS": str(lease)}
+    skewed = agents.start("skewed", "--cpus", "1", "--memory", "512Mi", "--queues", "skew",
+                          env={**env, "PYTHONPATH": os.pathsep.join([slow_clock, os.environ.get("PYTHONPATH", "")])})
+    result = sleep_for.apply_async((3 * lease,), queue="skew")
+    wait_for(lambda: _running_on(result, skewed.hostname), timeout=30, message="job running on the skewed host")
+    sweeper = agents.start("sweeper", "--cpus", "1", "--memory", "512Mi", "--queues", "skew", env=env)
+    assert result.get(timeout=60) == 3 * lease
+    assert redis_client.get(keys.attempts(result.id)) == "1", "a healthy job was started again"
+    assert skewed.log().count(f"[{result.id}] received") == 1
+    assert f"[{result.id}] received" not in sweeper.log()

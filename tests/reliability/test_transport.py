@@ -69,7 +69,7 @@ def envelope(queue: str, body: str = "x") -> dict:
 def take(client, lists: list[str], queues: list[str], limits: TakeLimits | None = None):
     """Run the take script over ``lists`` as a consumer of ``queues`` would."""
     pairs = [(queue_of(key), key) for key in lists]
-    script_keys, argv = take_arguments(["unacked", "unacked_index", keys.SKIPPED], pairs,
+    script_keys, argv = take_arguments(["unacked", "unacked_index", keys.SKIPPED, keys.rejected()], pairs,
                                                  [keys.reservations(q) for q, _ in pairs],
                                                  [keys.bell(q) for q in queues], limits, SPEC_HEADER, SCALE_HEADER)
     return client.eval(TAKE, len(script_keys), *script_keys, *argv)
@@ -84,19 +84,19 @@ def test_a_taken_message_is_recorded_before_its_reply_leaves_redis(client):
     assert client.llen("q") == 0
     record = json.loads(client.hget("unacked", tag))
     assert record == [payload, "q", "q"] and json.loads(item) == payload
-    assert client.zscore("unacked_index", tag) == pytest.approx(time.time(), abs=5)
+    assert client.zscore("unacked_index", tag) == pytest.approx(time.time(), abs=5)  # the server's clock
 
 
-def test_take_keeps_kombus_order_and_refuses_to_record_what_is_not_an_envelope(client):
+def test_take_keeps_kombus_order_and_sets_aside_what_is_not_an_envelope(client):
     client.lpush("q", json.dumps(envelope("q", "later")), json.dumps(envelope("q", "first")))
     client.lpush("q\x06\x163", json.dumps(envelope("q", "low priority")))
     client.lpush("other", "not json")
     order = ["q", "other", "q\x06\x163"]
     assert json.loads(take(client, order, ["q", "other"])[1])["body"] == "later"  # FIFO: first pushed
     assert json.loads(take(client, order, ["q", "other"])[1])["body"] == "first"
-    assert take(client, order, ["q", "other"]) == ["other", "not json", None]  # returned unrecorded
+    assert take(client, order, ["q", "other"])[:3] == ["other", None, None]  # set aside, not returned
     assert json.loads(take(client, order, ["q", "other"])[1])["body"] == "low priority"
-    assert client.hlen("unacked") == 3
+    assert client.hlen("unacked") == 3 and client.llen(keys.rejected()) == 1
 
 
 def test_an_empty_take_silences_its_queues_doorbells_only(client):
@@ -344,3 +344,64 @@ def test_a_sized_take_reserves_after_the_server_lost_its_script_cache(client, se
         queued(client, big)
         assert received(sized, "q", 1.5) == []  # 900Mi does not fit 512Mi free: this host reserves for it
     assert client.hget(keys.reservations("q"), big["properties"]["delivery_tag"]).startswith("a ")
+
+
+def test_a_spec_with_a_lone_surrogate_escape_is_recorded_by_the_script_that_took_it(client):
+    # Python's JSON reads a lone surrogate escape; Redis' cjson refuses it.
+    payload = job("q", 0.25, 64)
+    payload["headers"][SPEC_HEADER]["name"] = "\ud800"
+    raw = json.dumps(payload)
+    assert "\\ud800" in raw
+    client.lpush("q", raw)
+    tag = payload["properties"]["delivery_tag"]
+    for sizing in (None, limits()):
+        key, item, taken = take(client, ["q"], ["q"], sizing)
+        # The script's reply is its one round trip: what it left in Redis is all a lost reply leaves.
+        assert (key, item, taken) == ("q", raw, tag)
+        assert client.llen("q") == 0 and json.loads(client.hget("unacked", tag))[0] == payload
+        assert client.zscore("unacked_index", tag) is not None
+        client.delete("unacked", "unacked_index")
+        client.lpush("q", raw)
+
+
+def test_basic_get_takes_through_the_script_so_a_refused_record_loses_nothing(client, connection):
+    payload = deliverable(envelope("got"))
+    client.lpush("got", json.dumps(payload))
+    client.set("ballast", "x" * 2_000_000)
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", 1_000_000)
+    channel = connection.default_channel
+    with pytest.raises(redis.ResponseError, match="maxmemory"):
+        channel.basic_get("got")
+    client.config_set("maxmemory", 0)
+    assert json.loads(client.lindex("got", 0)) == payload, "popped but never recorded: the job is lost"
+    message = channel.basic_get("got")
+    assert message.delivery_tag == payload["properties"]["delivery_tag"]
+    assert client.llen("got") == 0 and client.hlen("unacked") == 1 and client.zcard("unacked_index") == 1
+    message.ack()
+    assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+
+
+GARBAGE = {
+    "not JSON": (b"not json at all", "not JSON"),
+    "not UTF-8": (b"\x00\xff\xfe garbage", "not UTF-8"),
+    "JSON array": (b'["a", 1]', "not an object"),
+    "no properties": (b'{"body": "e30="}', "no properties"),
+    "no delivery tag": (b'{"properties": {"delivery_info": {}}}', "no delivery_tag"),
+}
+
+
+@pytest.mark.parametrize("case", list(GARBAGE))
+def test_garbage_is_set_aside_by_the_take_script_itself(case, server):
+    raw, reason = GARBAGE[case]
+    client = redis.Redis(port=server.port)
+    client.flushdb()
+    client.lpush("q", raw)
+    take(client, ["q"], ["q"])
+    assert client.llen("q") == 0 and client.hlen("unacked") == 0
+    refusal = json.loads(client.lindex(keys.rejected(), 0))
+    assert reason in refusal["reason"] and refusal["queue"] == "q" and refusal["size"] == len(raw)
+    shown = raw.decode() if refusal["raw_encoding"] == "utf-8" else base64.b64decode(refusal["raw"])
+    assert shown == (raw.decode() if refusal["raw_encoding"] == "utf-8" else raw)
+    assert 0 < client.ttl(keys.rejected()) <= keys.REJECTED_TTL
+    client.close()
