@@ -77,9 +77,10 @@ def ensure_image(agent: "Agent", call: JobCall) -> None:
     except (ImagePullFailed, ImageNotFound) as exc:
         raise failed_pull(agent, call, exc)
     except BackendError as exc:
-        if agent.check_engine():
-            raise
-        log.warning("%s; handing %s back and pausing intake", exc, call.task_id)
+        # The engine or Redis could not be reached: the job never ran, so it goes back
+        # without using an attempt, as at launch; intake pauses while the engine is down.
+        agent.check_engine()
+        log.warning("%s; handing %s back", exc, call.task_id)
         raise HandBack() from exc
     finally:
         if pulling:

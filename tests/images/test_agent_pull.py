@@ -300,6 +300,10 @@ def test_the_cache_budget_evicts_the_unused_pulled_image_and_metrics_count_it(ag
         assert registry.password not in scrape
     finally:
         variants.cleanup()
+        from executor.pulls import engine_id
+        from tasks import keys
+
+        redis_client.delete(keys.images(engine_id(docker_client)))  # this agent's record of what it pulled
 
 
 @pytest.mark.pure

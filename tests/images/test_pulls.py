@@ -87,8 +87,10 @@ def variants(docker_client, registry):
 
 @pytest.fixture
 def engine(docker_client, redis_client):
-    """The engine's id; the image record and pull keys this test leaves are deleted."""
+    """The engine's id, with an empty image record: what other tests' agents recorded on this
+    engine is not this test's (their images are still there); what this test leaves is deleted."""
     found = engine_id(docker_client)
+    redis_client.delete(keys.images(found))
     yield found
     redis_client.delete(keys.images(found))
     for key in redis_client.scan_iter(keys.pull_lock(found, "*")):
