@@ -15,6 +15,8 @@ import pytest
 from executor import take
 from tasks import transport
 
+pytestmark = pytest.mark.pure
+
 ANY_ENTRY = re.compile(r"\b(?:KEYS|ARGV)\b")
 ONE_ENTRY = re.compile(r"\b(KEYS|ARGV)\[(\d+)\]")
 RANGE = re.compile(r"\bunpack\((KEYS|ARGV), ([^,()]+?)(?:, ([^,()]+?))?\)")
