@@ -70,7 +70,10 @@ class TakingQoS(kombu_redis.QoS):
         channel = self.channel
         if channel._in_poll and channel._pending is None:
             return True
-        if channel.may_take is not None and not channel.may_take():
+        # Only a channel that takes jobs obeys the gate. The remote-control channel
+        # (Celery's pidbox: fanout queues only) must keep answering, since a draining
+        # agent is asked what it still holds before its host is removed.
+        if channel.may_take is not None and channel.active_queues and not channel.may_take():
             return False
         return super().can_consume()
 

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from tasks import keys
+from tasks.names import node_name
 from tests.conftest import wait_for
 from tests.support.dockerproxy import DockerSocketProxy
 from tests.support.services import temp_dir
@@ -19,7 +20,7 @@ def _unacked_on(redis_client, queue: str) -> list:
     return [e for e in map(json.loads, redis_client.hvals("unacked")) if e[2] == queue]
 
 
-def test_a_draining_agent_with_an_idle_slot_takes_nothing(agents, redis_client):
+def test_a_draining_agent_with_an_idle_slot_takes_nothing(agents, redis_client, celery_app):
     from sample_jobs import add
 
     queue = "gate-drain"
@@ -33,6 +34,9 @@ def test_a_draining_agent_with_an_idle_slot_takes_nothing(agents, redis_client):
         assert redis_client.llen(queue) == 1, "a draining agent took a message"
         assert not _unacked_on(redis_client, queue)
         assert f"[{result.id}] received" not in drained.log()
+        # Taking no job must not mean deaf: the autoscaler's drain asks it what it holds.
+        replies = celery_app.control.inspect(destination=[node_name(drained.hostname)], timeout=2).active()
+        assert replies == {node_name(drained.hostname): []}, "a draining agent must still answer remote control"
     finally:
         redis_client.zrem(keys.DRAINING, drained.hostname)
     assert result.get(timeout=30) == 5  # no longer draining: it takes the job
