@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-from tests.support.services import free_port, temp_dir
+from tests.support.services import free_port, stop_process, temp_dir
 
 _CONFIG = """\
 version: 0.1
@@ -102,13 +102,7 @@ class Registry:
 
     def stop(self) -> None:
         """Stop the registry process (by its pid); its storage stays until :meth:`remove`."""
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def remove(self) -> None:
         """Stop, then delete the storage, config and htpasswd file."""
