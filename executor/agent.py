@@ -34,9 +34,8 @@ from .container import DEFAULT_MAX_JOB_FILE, LABEL_AGENT, ContainerLauncher, Job
 from .errors import DockerUnavailable
 from .credentials import DockerConfig
 from .gate import IntakeGate
-from .host_images import JobImages
 from .image_cache import ImageCache
-from .messages import HeldMessages, TaskIds
+from .messages import HeldMessages, JobImages, TaskIds
 from .placement import DEFAULT_MAX_WAIT, FleetView, Placement
 from .policy import HostPolicy
 from .pulls import ImageObserver, PullCoordinator, combined, engine_id

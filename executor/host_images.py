@@ -2,14 +2,13 @@
 
 :func:`ensure_image` brings the image onto the engine through the agent's
 :class:`executor.pulls.PullCoordinator` (one pull per image per engine) and, with an
-``--image-cache`` budget, lets the cache evict what no job uses. :class:`JobImages`
+``--image-cache`` budget, lets the cache evict what no job uses. :class:`executor.messages.JobImages`
 is what the cache must keep: the images of the jobs this agent holds.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from typing import TYPE_CHECKING
 
 from tasks.errors import BackendError, ImageNotFound, ImagePullFailed, JobError
@@ -25,29 +24,6 @@ if TYPE_CHECKING:
     from .agent import Agent
 
 log = logging.getLogger(__name__)
-
-
-class JobImages:
-    """Thread-safe map of task id to the normalised image its job uses."""
-
-    def __init__(self) -> None:
-        self._images: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def add(self, task_id: str, ref: str) -> None:
-        """Note that ``task_id``'s job uses ``ref``."""
-        with self._lock:
-            self._images[task_id] = ref
-
-    def discard(self, task_id: str) -> None:
-        """Forget ``task_id``'s job."""
-        with self._lock:
-            self._images.pop(task_id, None)
-
-    def refs(self) -> set[str]:
-        """The images of every job noted now."""
-        with self._lock:
-            return set(self._images.values())
 
 
 def ensure_image(agent: "Agent", call: JobCall) -> None:
