@@ -1,7 +1,8 @@
 """``jobyard demo``: a batch with one memory blow-up, on a real agent, as a table.
 
-Uses the configured Redis (``JOBYARD_BROKER_URL``) if it answers, else starts an
-embedded redis-server on a free port; builds the demo image from local files;
+Uses the configured Redis when ``JOBYARD_BROKER_URL`` (or ``JOBYARD_BROKER_URL_FILE``)
+is set, else starts an embedded redis-server on a free port: a demo never writes to a
+Redis that merely happens to listen on localhost; builds the demo image from local files;
 starts an agent; submits the batch; prints each outcome; cleans up what it started.
 """
 
@@ -21,7 +22,7 @@ import redis
 
 from tasks import keys
 from tasks.app import app, configure
-from tasks.config import Settings
+from tasks.config import Settings, redact
 from tasks.errors import JobError
 from tasks.units import format_memory
 
@@ -43,13 +44,14 @@ def run_demo(echo: Echo, jobs: int = 6) -> int:
 
 
 def _broker(stack: ExitStack, echo: Echo) -> Settings:
-    settings = Settings.from_env()
-    try:
-        redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2).ping()
-        echo(f"using Redis at {settings.broker_url.split('@')[-1]}")
+    if os.environ.get("JOBYARD_BROKER_URL") or os.environ.get("JOBYARD_BROKER_URL_FILE"):
+        settings = Settings.from_env()
+        try:
+            redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2).ping()
+        except redis.exceptions.RedisError as exc:
+            raise SystemExit(f"the configured Redis ({redact(settings.broker_url)}) does not answer: {exc}")
+        echo(f"using the configured Redis at {redact(settings.broker_url)}")
         return settings
-    except redis.exceptions.RedisError:
-        pass
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("no Redis answers and redis-server is not installed (bash deploy/setup.sh install)")
