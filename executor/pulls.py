@@ -32,6 +32,7 @@ from tasks import keys
 from tasks.errors import PULL_REASONS, BackendError, ImageNotFound, ImagePullFailed, InvalidJobSpec
 from tasks.images import ImageRef, parse_image_ref
 
+from .credentials import CredentialsError
 from .pull import pull_image
 
 PULL_POLICIES = ("missing", "always", "never")
@@ -192,12 +193,16 @@ class PullCoordinator:
             return set(self.flights)
 
     def ensure(self, ref: ImageRef | str, pull: str = "missing",
-               on_progress: Callable[[str], None] | None = None) -> str:
+               on_progress: Callable[[str], None] | None = None,
+               on_pull: Callable[[], None] | None = None) -> str:
         """Make ``ref`` present on the engine under the policy ``pull`` and return its digest.
 
         ``missing`` pulls only when the image is absent, ``always`` asks the registry
-        every time, ``never`` raises :class:`ImageNotFound` when it is absent. Raises
-        :class:`ImagePullFailed`, or :class:`BackendError` when the engine or Redis is down.
+        every time, ``never`` raises :class:`ImageNotFound` when it is absent. ``on_pull``
+        is called once, before this call waits on a pull (its own or a shared one): an
+        image that is present costs one inspect and nothing in Redis but the cache's
+        use mark. Raises :class:`ImagePullFailed`, or :class:`BackendError` when the
+        engine or Redis is down.
         """
         ref = parse_image_ref(ref) if isinstance(ref, str) else ref
         check_policy(pull)
@@ -209,6 +214,8 @@ class PullCoordinator:
             if pull == "never":
                 raise ImageNotFound(f"image {ref.normalised} is not on this host and its pull policy is never",
                                     {"image": ref.normalised})
+        if on_pull is not None:
+            on_pull()
         return self._join(ref, pull, on_progress)
 
     def _present(self, ref: ImageRef) -> str | None:
@@ -295,7 +302,7 @@ class PullCoordinator:
                 digest = self._present(ref) if pull == "missing" else None
                 if digest is None:
                     with self.slots:
-                        digest = self._pull(ref, on_progress)
+                        digest = self._pull(ref, on_progress, absent=pull == "missing")
                 outcome = {"state": "done", "digest": digest}
                 return digest
             except ImagePullFailed as exc:
@@ -304,10 +311,10 @@ class PullCoordinator:
             finally:
                 self.redis.eval(_SWAP, 1, key, mine, json.dumps(outcome), keys.PULL_RESULT_TTL * 1000)
 
-    def _pull(self, ref: ImageRef, on_progress: Callable[[str], None]) -> str:
-        recorded = self.cache is not None and self.cache.recorded(ref)
-        absent_before = self._present(ref) is None
-        auth = self.credentials.auth_config(ref.registry) if self.credentials is not None else {}
+    def _pull(self, ref: ImageRef, on_progress: Callable[[str], None], absent: bool = False) -> str:
+        """Pull ``ref``; ``absent``: the caller just saw it absent (no need to look again)."""
+        absent_before = absent or self.cache is None or self._present(ref) is None
+        auth = self._auth(ref)
         self.observer.pull_started(ref.normalised)
         started = time.monotonic()
         result = "unreachable"
@@ -320,9 +327,21 @@ class PullCoordinator:
         finally:
             self.observer.pull_finished(ref.normalised, time.monotonic() - started, result)
         # An image the operator had before an 'always' pull stays theirs: never ours to evict.
-        if self.cache is not None and (absent_before or recorded):
+        if self.cache is not None and (absent_before or self.cache.recorded(ref)):
             self.cache.record(ref)
         return digest
+
+
+    def _auth(self, ref: ImageRef) -> dict:
+        """The credentials for ``ref``'s registry; a broken config or helper is an ``auth`` failure,
+        published as such to every agent waiting on the pull."""
+        if self.credentials is None:
+            return {}
+        try:
+            return self.credentials.auth_config(ref.registry)
+        except CredentialsError as exc:
+            raise ImagePullFailed(f"image pull failed (auth): {ref.name}: {exc}", {"image": ref.normalised},
+                                  reason="auth", registry=ref.registry, repository=ref.repository) from None
 
 
 def combined(*sources: Callable[[], Iterable[str]]) -> Callable[[], set[str]]:

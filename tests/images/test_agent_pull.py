@@ -228,12 +228,18 @@ def test_always_runs_the_new_digest_after_a_push_of_the_same_tag(main_agent, doc
         variants.cleanup()
 
 
-def test_a_job_waiting_on_a_pull_holds_no_capacity(main_agent, pushed, proxy, docker_client):
+def test_a_job_waiting_on_a_pull_holds_no_capacity_and_is_published_as_waiting(main_agent, pushed, proxy,
+                                                                                docker_client, redis_client):
     slow_image = f"127.0.0.1:{proxy.port}/{pushed.repository}:{pushed.tag}"
     try:
         slow = command_job("pulls.slow", image=slow_image, command=["echo", "slow"], cpus=1, memory="16Mi",
                            queue="pull").delay()
         wait_for(lambda: proxy.connections > 0, timeout=20, message="the pull to reach the proxy")
+        # Published as waiting for its image: the autoscaler's drain and `jobyard status` see it.
+        waiting = wait_for(lambda: [job for job in (main_agent.state(redis_client) or {}).get("waiting", [])
+                                    if job["task_id"] == slow.id], timeout=10,
+                           message="the pulling job in the agent's published waiting list")
+        assert waiting[0]["pulling"] is True and waiting[0]["cpus"] == 1
         fast = command_job("pulls.fast", image=BUSYBOX_IMAGE, command=["echo", "fast"], cpus=1, memory="16Mi",
                            queue="pull").delay()
         assert fast.get(timeout=30)["exit_code"] == 0

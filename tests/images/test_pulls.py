@@ -245,3 +245,17 @@ def test_a_dead_agents_pull_is_taken_over_and_a_failure_is_shared(docker_client,
     assert len(results) == 1 and isinstance(results[0], ImagePullFailed), results
     assert (results[0].reason, results[0].message) == ("auth", failure["message"])
     assert pull_events(docker_client, reference, since) == []
+
+
+def test_a_credentials_error_is_an_auth_failure_for_every_agent_waiting_on_the_pull(docker_client, redis_client,
+                                                                                   variants, engine):
+    reference, _ = variants.push("badhelper")
+    registry = parse_image_ref(reference).registry
+    broken = DockerConfig({"credHelpers": {registry: "jobyard-no-such-helper"}})
+    coordinator = PullCoordinator(docker_client, redis_client, engine, credentials=broken)
+    with pytest.raises(ImagePullFailed) as caught:
+        coordinator.ensure(reference)
+    assert (caught.value.reason, caught.value.registry) == ("auth", registry)
+    # What the agents waiting on this pull read, from the engine's shared record of it.
+    shared = json.loads(redis_client.get(keys.pull_lock(engine, ref_hash(parse_image_ref(reference)))))
+    assert (shared["state"], shared["reason"]) == ("failed", "auth"), shared
