@@ -44,6 +44,19 @@ _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpi
 # KEYS[1] = the pull key; ARGV[1] = the value expected there; ARGV[2] = the new value; ARGV[3] = its TTL in ms.
 _SWAP = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
            "return redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) end return 0")
+# KEYS[1] = the engine's pull slots; ARGV[1] = our token; ARGV[2] = the most pulls at once
+# (0: only renew a slot we hold); ARGV[3] = a slot's TTL in ms. 1 when the token holds a slot.
+_SLOT = """
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('zremrangebyscore', KEYS[1], '-inf', now)
+if not redis.call('zscore', KEYS[1], ARGV[1]) and redis.call('zcard', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('zadd', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('pexpire', KEYS[1], ARGV[3])
+return 1
+"""
 _ENGINE_DOWN = (requests.exceptions.RequestException, docker.errors.DockerException)
 
 
@@ -138,17 +151,17 @@ class _Flight:
 
 
 class _Renewal:
-    """Keeps our pull key alive while we pull, from a daemon thread."""
+    """Calls ``renew`` every ``period`` seconds from a daemon thread while in its block."""
 
-    def __init__(self, redis, key: str, value: str, ttl: float):
-        self.redis, self.key, self.value, self.ttl = redis, key, value, ttl
+    def __init__(self, renew: Callable[[], object], period: float):
+        self.renew, self.period = renew, period
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name="pull-lock-renewal", daemon=True)
 
     def _run(self) -> None:
-        while not self.stopped.wait(self.ttl / 3):
+        while not self.stopped.wait(self.period):
             try:
-                self.redis.eval(_RENEW, 1, self.key, self.value, int(self.ttl * 1000))
+                self.renew()
             except redis.exceptions.RedisError:
                 pass  # the next renewal tries again; the key outlives two misses
 
@@ -159,6 +172,36 @@ class _Renewal:
     def __exit__(self, *exc) -> None:
         self.stopped.set()
         self.thread.join()
+
+
+class _EngineSlot:
+    """One of the engine's pull slots (:func:`tasks.keys.pull_slots`), held while we pull.
+
+    The agents of one engine share them: a pull starts only while fewer than
+    ``max_pulls`` unlapsed pulls are recorded; a dead agent's slot lapses after ``ttl``.
+    """
+
+    def __init__(self, redis, key: str, ref: ImageRef, max_pulls: int, ttl: float, poll_interval: float,
+                 timeout: float):
+        self.redis, self.key, self.ref, self.max_pulls = redis, key, ref, max_pulls
+        self.ttl_ms, self.poll_interval, self.timeout = int(ttl * 1000), poll_interval, timeout
+        self.token = secrets.token_hex(8)
+        self.renewal = _Renewal(lambda: self.redis.eval(_SLOT, 1, self.key, self.token, 0, self.ttl_ms), ttl / 3)
+
+    def __enter__(self) -> "_EngineSlot":
+        deadline = time.monotonic() + self.timeout
+        while not self.redis.eval(_SLOT, 1, self.key, self.token, self.max_pulls, self.ttl_ms):
+            if time.monotonic() > deadline:
+                raise ImagePullFailed(f"image pull failed (timeout): {self.ref.name}: no pull slot on the engine "
+                                      f"within {self.timeout:g}s", {"image": self.ref.normalised}, reason="timeout",
+                                      registry=self.ref.registry, repository=self.ref.repository)
+            time.sleep(self.poll_interval)
+        self.renewal.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.renewal.__exit__(*exc)
+        self.redis.zrem(self.key, self.token)
 
 
 class PullCoordinator:
@@ -206,7 +249,9 @@ class PullCoordinator:
         """
         ref = parse_image_ref(ref) if isinstance(ref, str) else ref
         check_policy(pull)
+        looked = None
         if pull != "always":
+            looked = time.monotonic()
             digest = self._present(ref)
             if digest is not None:
                 self._touch(ref)
@@ -216,7 +261,7 @@ class PullCoordinator:
                                     {"image": ref.normalised})
         if on_pull is not None:
             on_pull()
-        return self._join(ref, pull, on_progress)
+        return self._join(ref, pull, on_progress, looked)
 
     def _present(self, ref: ImageRef) -> str | None:
         try:
@@ -229,7 +274,11 @@ class PullCoordinator:
         if self.cache is not None:
             self.cache.touch(ref)
 
-    def _join(self, ref: ImageRef, pull: str, on_progress: Callable[[str], None] | None) -> str:
+    def _join(self, ref: ImageRef, pull: str, on_progress: Callable[[str], None] | None,
+              looked: float | None = None) -> str:
+        """Pull ``ref``, or wait for the pull of it this process or another agent runs.
+
+        ``looked``: when (monotonic) the caller saw the image absent, if it did."""
         with self.guard:
             flight = self.flights.get(ref.normalised)
             leader = flight is None
@@ -240,7 +289,7 @@ class PullCoordinator:
         if not leader:
             return flight.result()
         try:
-            flight.digest = self._across_agents(ref, pull, flight.progress)
+            flight.digest = self._across_agents(ref, pull, flight.progress, looked)
         except BaseException as exc:
             flight.error = exc
         finally:
@@ -249,7 +298,8 @@ class PullCoordinator:
             flight.done.set()
         return flight.result()
 
-    def _across_agents(self, ref: ImageRef, pull: str, on_progress: Callable[[str], None]) -> str:
+    def _across_agents(self, ref: ImageRef, pull: str, on_progress: Callable[[str], None],
+                       looked: float | None) -> str:
         key = keys.pull_lock(self.engine, ref_hash(ref))
         mine = json.dumps({"state": "pulling", "token": secrets.token_hex(8)})
         ttl = int(self.lock_ttl * 1000)
@@ -258,7 +308,10 @@ class PullCoordinator:
         try:
             while True:
                 if self.redis.set(key, mine, nx=True, px=ttl):
-                    return self._lead(ref, pull, key, mine, on_progress)
+                    # A pull another agent finished after our look would still hold its key
+                    # (its outcome lives PULL_RESULT_TTL s): taken at once, it needs no second look.
+                    fresh = not waited and looked is not None and time.monotonic() - looked < keys.PULL_RESULT_TTL / 2
+                    return self._lead(ref, pull, key, mine, on_progress, recheck=not fresh)
                 raw = self.redis.get(key)
                 outcome = _parse(raw)
                 if raw is not None and (outcome is None or outcome.get("state") != "pulling"):
@@ -294,14 +347,16 @@ class PullCoordinator:
         self._touch(ref)
         return digest
 
-    def _lead(self, ref: ImageRef, pull: str, key: str, mine: str, on_progress: Callable[[str], None]) -> str:
+    def _lead(self, ref: ImageRef, pull: str, key: str, mine: str, on_progress: Callable[[str], None],
+              recheck: bool = True) -> str:
         outcome: dict = {"state": "failed", "reason": "unreachable", "message": f"pull of {ref.name} stopped"}
-        with _Renewal(self.redis, key, mine, self.lock_ttl):
+        renew = lambda: self.redis.eval(_RENEW, 1, key, mine, int(self.lock_ttl * 1000))  # noqa: E731
+        with _Renewal(renew, self.lock_ttl / 3):
             try:
                 # Another agent may have pulled it between our look and our lock.
-                digest = self._present(ref) if pull == "missing" else None
+                digest = self._present(ref) if pull == "missing" and recheck else None
                 if digest is None:
-                    with self.slots:
+                    with self.slots, self._engine_slot(ref):
                         digest = self._pull(ref, on_progress, absent=pull == "missing")
                 outcome = {"state": "done", "digest": digest}
                 return digest
@@ -310,6 +365,11 @@ class PullCoordinator:
                 raise
             finally:
                 self.redis.eval(_SWAP, 1, key, mine, json.dumps(outcome), keys.PULL_RESULT_TTL * 1000)
+
+    def _engine_slot(self, ref: ImageRef) -> _EngineSlot:
+        """One of the engine's ``max_pulls`` slots, shared with the other agents on it."""
+        return _EngineSlot(self.redis, keys.pull_slots(self.engine), ref, self.max_pulls, self.lock_ttl,
+                           self.poll_interval, self.pull_timeout)
 
     def _pull(self, ref: ImageRef, on_progress: Callable[[str], None], absent: bool = False) -> str:
         """Pull ``ref``; ``absent``: the caller just saw it absent (no need to look again)."""

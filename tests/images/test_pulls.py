@@ -259,3 +259,17 @@ def test_a_credentials_error_is_an_auth_failure_for_every_agent_waiting_on_the_p
     # What the agents waiting on this pull read, from the engine's shared record of it.
     shared = json.loads(redis_client.get(keys.pull_lock(engine, ref_hash(parse_image_ref(reference)))))
     assert (shared["state"], shared["reason"]) == ("failed", "auth"), shared
+
+
+def test_max_pulls_is_shared_by_the_agents_of_one_engine(docker_client, redis_server, redis_client, registry,
+                                                         variants, engine):
+    timeline = Timeline()
+    other_redis = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    agents = [PullCoordinator(docker.from_env(), client, engine, max_pulls=1, credentials=credentials_for(registry),
+                              observer=timeline) for client in (redis_client, other_redis)]
+    (one, first), (two, second) = variants.push("host-a"), variants.push("host-b")
+    results = _run_together([lambda: agents[0].ensure(one), lambda: agents[1].ensure(two)])
+    assert results == [first, second]
+    (_, start_a, end_a, _), (_, start_b, end_b, _) = sorted(timeline.spans, key=lambda s: s[1])
+    assert end_a <= start_b, f"two agents of one engine pulled at once under --max-pulls 1: {timeline.spans}"
+    assert redis_client.zcard(keys.pull_slots(engine)) == 0
