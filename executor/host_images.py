@@ -2,8 +2,8 @@
 
 :func:`ensure_image` brings the image onto the engine through the agent's
 :class:`executor.pulls.PullCoordinator` (one pull per image per engine) and, with an
-``--image-cache`` budget, lets the cache evict what no job uses. :class:`executor.messages.JobImages`
-is what the cache must keep: the images of the jobs this agent holds.
+``--image-cache`` budget, lets the cache evict what no job uses. :class:`executor.image_cache.ImagesInUse`
+is what the caches of the engine must keep: the images of the jobs its agents hold.
 """
 
 from __future__ import annotations

@@ -341,3 +341,34 @@ def test_no_credential_shows_in_logs_facts_or_status(main_agent, helper_agent, r
     for text in outputs:
         for secret in secrets:
             assert secret not in text
+
+
+def test_the_cache_never_removes_the_image_of_a_job_another_agent_on_the_engine_holds(agents, docker_client,
+                                                                                       registry, redis_client):
+    from executor.pulls import engine_id
+    from tasks import keys
+    from tests.support.dockerproxy import DockerSocketProxy
+
+    config = _write_config({"auths": {registry.host: _auth(registry.username, registry.password)}})
+    proxy = DockerSocketProxy(os.path.join(temp_dir("jobyard-held-proxy-"), "docker.sock")).start()
+    agents.start("evicting", "--cpus", "1", "--memory", "1Gi", "--queues", "evicting", "--image-cache", "1",
+                 "--registry-config", config)
+    agents.start("holding", "--cpus", "1", "--memory", "1Gi", "--queues", "holding", "--registry-config", config,
+                 env={"DOCKER_HOST": proxy.url})
+    variants = Variants(docker_client, registry)
+    variant = ("/bin/busybox", "true")
+    try:
+        first, _ = variants.push("held-a")
+        second, _ = variants.push("held-b")
+        _job(first, queue="evicting", command=variant).delay().get(timeout=60)  # pulled and recorded by the cache
+        # The holding agent admits a job of that image; its container create is held at the engine's door.
+        proxy.stall(10, after="/containers/create")
+        held = _job(first, queue="holding", command=variant).delay()
+        wait_for(lambda: proxy.seen("/containers/create"), timeout=20, message="the held job's create")
+        _job(second, queue="evicting", command=variant).delay().get(timeout=60)  # a pull, then an eviction pass
+        docker_client.api.inspect_image(first)  # another agent's admitted job uses it: never evicted
+        assert held.get(timeout=30)["exit_code"] == 0
+    finally:
+        proxy.stop()
+        variants.cleanup()
+        redis_client.delete(keys.images(engine_id(docker_client)))
