@@ -425,13 +425,15 @@ def test_the_cache_never_removes_the_image_of_a_job_another_agent_on_the_engine_
         second, _ = variants.push("held-b")
         _job(first, queue="evicting", command=variant).delay().get(timeout=60)  # pulled and recorded by the cache
         # The holding agent admits a job of that image; its container create is held at the engine's door.
-        proxy.stall(10, after="/containers/create")
+        proxy.stall(60, after="/containers/create")
         held = _job(first, queue="holding", command=variant).delay()
         wait_for(lambda: proxy.seen("/containers/create"), timeout=20, message="the held job's create")
         _job(second, queue="evicting", command=variant).delay().get(timeout=60)  # a pull, then an eviction pass
         docker_client.api.inspect_image(first)  # another agent's admitted job uses it: never evicted
+        proxy.release()
         assert held.get(timeout=30)["exit_code"] == 0
     finally:
+        proxy.release()
         proxy.stop()
         variants.cleanup()
         redis_client.delete(keys.images(engine_id(docker_client)))
