@@ -4,8 +4,9 @@
 for the same normalised reference share one pull: inside a process through one
 :class:`_Flight` per reference, and across agents on one engine through a Redis key
 per engine and reference (:func:`tasks.keys.pull_lock`): the agent that sets it
-pulls and renews it, the others poll it and then use the image the engine now holds,
-or raise the puller's own typed failure. A dead puller's key expires and a waiter
+pulls and renews it, the others wait for it (woken by the puller's publish on a
+channel named after the key, or at the latest by their poll) and then use the image
+the engine now holds, or raise the puller's own typed failure. A dead puller's key expires and a waiter
 takes over. Pull time is bounded by ``pull_timeout`` and is the caller's to charge.
 
 The digest :meth:`PullCoordinator.ensure` returns (the job's ``image_digest`` fact) is
@@ -57,6 +58,10 @@ redis.call('zadd', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('pexpire', KEYS[1], ARGV[3])
 return 1
 """
+# As _SWAP, for our own pull's end; it also wakes the agents waiting for it (channel = the key).
+_FINISH = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+           "redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) redis.call('publish', KEYS[1], '1') return 1 end "
+           "return 0")
 _ENGINE_DOWN = (requests.exceptions.RequestException, docker.errors.DockerException)
 
 
@@ -305,6 +310,7 @@ class PullCoordinator:
         ttl = int(self.lock_ttl * 1000)
         deadline = time.monotonic() + 3 * self.pull_timeout + self.lock_ttl
         waited = False
+        waiting = None  # once another agent's pull is seen: our subscription to its end
         try:
             while True:
                 if self.redis.set(key, mine, nx=True, px=ttl):
@@ -326,10 +332,19 @@ class PullCoordinator:
                     raise ImagePullFailed(f"image pull failed (timeout): {ref.name}: another agent's pull "
                                           f"did not finish", {"image": ref.normalised}, reason="timeout",
                                           registry=ref.registry, repository=ref.repository)
-                time.sleep(self.poll_interval)
+                if waiting is None:
+                    # Subscribed before the next look, so the end of the pull wakes us at once;
+                    # the poll interval stays as the bound (a dead puller's key just expires).
+                    waiting = self.redis.pubsub(ignore_subscribe_messages=True)
+                    waiting.subscribe(key)
+                    continue
+                waiting.get_message(timeout=self.poll_interval)
         except redis.exceptions.RedisError as exc:
             raise BackendError(f"cannot reach Redis to coordinate the pull of {ref.name}: {type(exc).__name__}",
                                {"image": ref.normalised}) from exc
+        finally:
+            if waiting is not None:
+                waiting.close()
 
     def _followed(self, ref: ImageRef, outcome: dict) -> str:
         """Another agent's finished pull: its image, now on the engine, or its failure."""
@@ -364,7 +379,7 @@ class PullCoordinator:
                 outcome = {"state": "failed", "reason": exc.reason, "message": exc.message}
                 raise
             finally:
-                self.redis.eval(_SWAP, 1, key, mine, json.dumps(outcome), keys.PULL_RESULT_TTL * 1000)
+                self.redis.eval(_FINISH, 1, key, mine, json.dumps(outcome), keys.PULL_RESULT_TTL * 1000)
 
     def _engine_slot(self, ref: ImageRef) -> _EngineSlot:
         """One of the engine's ``max_pulls`` slots, shared with the other agents on it."""
