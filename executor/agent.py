@@ -34,8 +34,8 @@ from .container import DEFAULT_MAX_JOB_FILE, LABEL_AGENT, ContainerLauncher, Job
 from .errors import DockerUnavailable
 from .credentials import DockerConfig
 from .gate import IntakeGate
-from .image_cache import ImageCache
-from .messages import HeldMessages, JobImages, TaskIds
+from .image_cache import ImageCache, ImagesInUse
+from .messages import HeldMessages, TaskIds
 from .placement import DEFAULT_MAX_WAIT, FleetView, Placement
 from .policy import HostPolicy
 from .pulls import ImageObserver, PullCoordinator, combined, engine_id
@@ -121,17 +121,19 @@ class Agent:
         self.unstored = TaskIds()
         #: Seconds between heartbeats (never more than a quarter of the lease).
         self.beat_seconds = min(HEARTBEAT_SECONDS, self.app.jobyard_settings.lease_seconds / 4)
-        #: Normalised image references of the jobs this agent holds (pulling, waiting, running).
-        self.job_images = JobImages()
-        self.pulls, self.image_cache = self.make_pulls(config)
-
-    def make_pulls(self, config: AgentConfig) -> tuple[PullCoordinator, ImageCache | None]:
-        """The engine's pull coordinator and, with a budget, its image cache."""
         engine = engine_id(self.housekeeping_docker)
+        #: Normalised image references of the jobs this agent holds (pulling, waiting, running),
+        #: shared with the caches of the other agents on the engine.
+        self.job_images = ImagesInUse(self.redis, engine, self.name)
+        self.pulls, self.image_cache = self.make_pulls(config, engine)
+
+    def make_pulls(self, config: AgentConfig, engine: str) -> tuple[PullCoordinator, ImageCache | None]:
+        """The engine's pull coordinator and, with a budget, its image cache."""
         cache = None
         if config.image_cache is not None:
             cache = ImageCache(self.docker, self.redis, engine, config.image_cache,
-                               in_use=combined(self.job_images.refs, lambda: self.pulls.pulling()))
+                               in_use=combined(self.job_images.refs, self.job_images.shared,
+                                               lambda: self.pulls.pulling()))
         pulls = PullCoordinator(self.docker, self.redis, engine, max_pulls=config.max_pulls,
                                 pull_timeout=config.pull_timeout, credentials=config.registry_config, cache=cache)
         return pulls, cache
@@ -217,6 +219,7 @@ class Agent:
             pipe = self.redis.pipeline()
             pipe.set(keys.agent(self.name), state.to_json(), ex=keys.AGENT_STATE_TTL)
             pipe.zadd(keys.AGENTS, {self.name: state.heartbeat})
+            self.job_images.renew(pipe)
             self._sweep_shared(pipe, state.heartbeat)
             if wake:
                 transport.ring_key(pipe, keys.wake(self.name))

@@ -2,8 +2,8 @@
 
 :func:`ensure_image` brings the image onto the engine through the agent's
 :class:`executor.pulls.PullCoordinator` (one pull per image per engine) and, with an
-``--image-cache`` budget, lets the cache evict what no job uses. :class:`executor.messages.JobImages`
-is what the cache must keep: the images of the jobs this agent holds.
+``--image-cache`` budget, lets the cache evict what no job uses. :class:`executor.image_cache.ImagesInUse`
+is what the caches of the engine must keep: the images of the jobs its agents hold.
 """
 
 from __future__ import annotations
@@ -12,13 +12,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from tasks.errors import BackendError, ImageNotFound, ImagePullFailed, JobError
-from tasks.images import parse_image_ref
 
 from . import job_facts
 from .container import JobCall
-from .credentials import CredentialsError
 from .placement import HandBack
-from .pulls import local_digest
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -32,24 +29,20 @@ def ensure_image(agent: "Agent", call: JobCall) -> None:
     Its pull time is not charged to its timeout (that starts with its container).
     Sets ``call.image_digest``; a failure is the job's, recorded in its facts.
     """
-    pulled: list[str] = []
+    pulling: list[bool] = []
 
     def progress(line: str) -> None:
-        pulled.append(line)
         log.info("job %s[%s]: %s", call.spec.name, call.task_id, line)
         job_facts.write_facts(agent, call.task_id, {"state": "pulling", "pull": line})
 
-    # Only a job that will pull counts as pulling: one whose image is here goes straight
-    # on to admission and must keep holding the intake's one spare message meanwhile.
-    pulling = needs_pull(agent, call)
-    if pulling:
-        agent.placement.pull_started(call.task_id)
+    def pull_started() -> None:
+        # Only a job that will wait on a pull counts as pulling: one whose image is here goes
+        # straight on to admission and must keep holding the intake's one spare message meanwhile.
+        pulling.append(True)
+        agent.placement.pull_started(call)
+
     try:
-        call.image_digest = agent.pulls.ensure(call.spec.image, call.spec.pull, progress)
-    except CredentialsError as exc:
-        raise failed_pull(agent, call, ImagePullFailed(
-            f"image pull failed (auth): {call.spec.image}: {exc}", {"image": call.spec.image},
-            reason="auth", registry=parse_image_ref(call.spec.image).registry)) from None
+        call.image_digest = agent.pulls.ensure(call.spec.image, call.spec.pull, progress, on_pull=pull_started)
     except (ImagePullFailed, ImageNotFound) as exc:
         raise failed_pull(agent, call, exc)
     except BackendError as exc:
@@ -61,18 +54,9 @@ def ensure_image(agent: "Agent", call: JobCall) -> None:
     finally:
         if pulling:
             agent.placement.pull_ended(call.task_id)
-    if pulled:
+    if pulling:
         job_facts.write_facts(agent, call.task_id, {"pull": f"pulled {call.image_digest}"})
         evict_images(agent)
-
-
-def needs_pull(agent: "Agent", call: JobCall) -> bool:
-    if call.spec.pull != "missing":
-        return call.spec.pull == "always"
-    try:
-        return local_digest(agent.docker, parse_image_ref(call.spec.image)) is None
-    except Exception:  # noqa: BLE001 - the ensure that follows reports the engine's failure
-        return False
 
 
 def failed_pull(agent: "Agent", call: JobCall, exc: JobError) -> JobError:

@@ -4,7 +4,8 @@ The record is a Redis sorted set per engine (:func:`tasks.keys.images`): normali
 reference -> last use, shared by every agent on that engine and kept across agent
 restarts. Only references in it are ever removed, and never one in use: what the
 ``in_use`` callable names (references or image ids of running, admitted and pulling
-jobs) and every image a container on the engine was created from.
+jobs), what :class:`ImagesInUse` records for the jobs every agent on the engine holds,
+and every image a container on the engine was created from.
 
 Sizes are the engine's ``Size`` of each image, so layers that images share are
 counted once per image: the total is an upper bound of the disk they take.
@@ -14,7 +15,9 @@ is neither counted nor removed.
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -27,6 +30,8 @@ from tasks.images import ImageRef, parse_image_ref
 from tasks.units import parse_memory
 
 from .pulls import ImageObserver, check_engine_id
+
+log = logging.getLogger(__name__)
 
 _IMAGE_ID = re.compile(r"(?:sha256:)?([a-f0-9]{64})")
 
@@ -47,6 +52,75 @@ class _Image:
     tags: frozenset[str]
     refs: list[str]
     last_used: float
+
+
+class ImagesInUse:
+    """The images of the jobs this agent holds, in memory and in the engine's shared record.
+
+    The record (:func:`tasks.keys.images_in_use`) is what the caches of the other
+    agents on the engine keep: an entry is written when a job is taken on (before its
+    image is looked at), renewed by :meth:`renew` with every heartbeat, and removed
+    with the heartbeat that follows the job's end (or lapses with a dead agent).
+    Thread-safe; a Redis failure only loses the other agents' view, never this one's.
+    """
+
+    def __init__(self, redis, engine: str, agent: str, now: Callable[[], float] = time.time):
+        self.redis, self.agent, self.now = redis, agent, now
+        self.key = keys.images_in_use(check_engine_id(engine))
+        self._images: dict[str, str] = {}
+        self._ended: list[str] = []
+        self._lock = threading.Lock()
+
+    def _member(self, task_id: str, ref: str) -> str:
+        return f"{task_id} {ref} {self.agent}"
+
+    def add(self, task_id: str, ref: str) -> None:
+        """Note that ``task_id``'s job uses ``ref`` (normalised), here and in the shared record."""
+        with self._lock:
+            self._images[task_id] = ref
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zadd(self.key, {self._member(task_id, ref): self.now() + keys.IMAGES_IN_USE_TTL})
+            pipe.expire(self.key, keys.IMAGES_IN_USE_TTL)
+            pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - this agent's own cache still sees it
+            log.warning("could not record the image of %s as in use: %s", task_id, exc)
+
+    def discard(self, task_id: str) -> None:
+        """Forget ``task_id``'s job; the shared record drops it with the next :meth:`renew`."""
+        with self._lock:
+            ref = self._images.pop(task_id, None)
+            if ref is not None:
+                self._ended.append(self._member(task_id, ref))
+
+    def refs(self) -> set[str]:
+        """The images of the jobs this agent holds now."""
+        with self._lock:
+            return set(self._images.values())
+
+    def renew(self, pipe) -> None:
+        """Queue on ``pipe`` the renewal of this agent's entries and the removal of ended ones."""
+        with self._lock:
+            held = {self._member(task, ref): self.now() + keys.IMAGES_IN_USE_TTL for task, ref in self._images.items()}
+            ended, self._ended = self._ended, []
+        if ended:
+            pipe.zrem(self.key, *ended)
+        if held:
+            pipe.zadd(self.key, held)
+            pipe.expire(self.key, keys.IMAGES_IN_USE_TTL)
+
+    def shared(self) -> set[str]:
+        """The images the jobs held by every agent on the engine use (unlapsed entries)."""
+        now = self.now()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(self.key, "-inf", now)
+        pipe.zrangebyscore(self.key, now, "+inf")
+        found = set()
+        for member in pipe.execute()[1]:
+            parts = member.split(" ")
+            if len(parts) == 3:
+                found.add(parts[1])
+        return found
 
 
 def parse_budget(value: int | str) -> int:

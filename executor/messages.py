@@ -43,29 +43,6 @@ class TaskIds:
             return task_id in self._ids
 
 
-class JobImages:
-    """Thread-safe map of task id to the normalised image its job uses."""
-
-    def __init__(self) -> None:
-        self._images: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def add(self, task_id: str, ref: str) -> None:
-        """Note that ``task_id``'s job uses ``ref``."""
-        with self._lock:
-            self._images[task_id] = ref
-
-    def discard(self, task_id: str) -> None:
-        """Forget ``task_id``'s job."""
-        with self._lock:
-            self._images.pop(task_id, None)
-
-    def refs(self) -> set[str]:
-        """The images of every job noted now."""
-        with self._lock:
-            return set(self._images.values())
-
-
 class HeldMessages:
     """Task id -> the kombu message this agent holds (received, not yet settled). Thread-safe.
 

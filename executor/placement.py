@@ -100,8 +100,8 @@ class Placement:
         self.max_jobs = max_jobs
         self.waiters: dict[str, Waiter] = {}
         self.parked: dict[str, JobCall] = {}
-        #: Jobs held here while their image pulls: no reservation, no --max-jobs slot.
-        self.pulling: set[str] = set()
+        #: Jobs held here while their image pulls (task id -> waiter): no reservation, no --max-jobs slot.
+        self.pulling: dict[str, Waiter] = {}
         self.draining = False
         self.stopping = False
         #: Set while the container engine is unreachable: take no new work.
@@ -137,16 +137,17 @@ class Placement:
                 self.waiters.pop(call.task_id, None)
             self.on_change()
 
-    def pull_started(self, task_id: str) -> None:
-        """``task_id``'s image is being pulled: it is held, but reserves nothing yet."""
+    def pull_started(self, call: JobCall) -> None:
+        """``call``'s image is being pulled: it is held, published as waiting for its image,
+        but reserves nothing yet."""
         with self.ledger.changed:
-            self.pulling.add(task_id)
+            self.pulling[call.task_id] = Waiter(call, time.monotonic())
         self.on_change()
 
     def pull_ended(self, task_id: str) -> None:
         """``task_id``'s pull ended (it goes on to admission, or fails)."""
         with self.ledger.changed:
-            self.pulling.discard(task_id)
+            self.pulling.pop(task_id, None)
         self.on_change()
 
     def _park(self, call: JobCall, stop_requested: Callable[[], bool]) -> None:
@@ -290,11 +291,13 @@ class Placement:
         return [job.to_dict() for job in self.waiting_jobs()]
 
     def waiting_jobs(self) -> list[HeldJob]:
-        """The waiting jobs as the agent's state records them."""
+        """The waiting jobs as the agent's state records them: for capacity, then for their image."""
         with self.ledger.changed:
-            return [HeldJob(w.call.task_id, w.call.spec.cpus, w.call.spec.memory,
-                            time.time() - (time.monotonic() - w.since), w.call.spec.timeout, w.call.spec.name)
-                    for w in self.waiters.values()]
+            held = [(w, False) for w in self.waiters.values()] + [(w, True) for w in self.pulling.values()]
+        return [HeldJob(w.call.task_id, w.call.spec.cpus, w.call.spec.memory,
+                        time.time() - (time.monotonic() - w.since), w.call.spec.timeout, w.call.spec.name,
+                        pulling=pulling)
+                for w, pulling in held]
 
 
 class FleetView:

@@ -2,7 +2,8 @@
 
 Every failure leaves here once, as :class:`tasks.errors.ImagePullFailed` with a
 ``reason`` (``auth``, ``not_found``, ``timeout``, ``unreachable``) that names the
-registry and repository, never the credentials. The engine itself being unreachable
+registry and repository, never the credentials. A registry lost mid-pull is
+``unreachable`` at the engine's first layer retry, not after its 75 s of retries. The engine itself being unreachable
 is not a pull failure: that is :class:`tasks.errors.BackendError`.
 """
 
@@ -28,6 +29,8 @@ _REASON_WORDS = (
     ("timeout", ("deadline exceeded", "timeout", "timed out")),
 )
 _DONE = ("Pull complete", "Already exists")
+#: The engine's status for a layer download it restarts after losing the registry.
+_RETRYING = "Retrying in "
 PROGRESS_INTERVAL = 1.0
 
 
@@ -117,6 +120,11 @@ class _Pull:
             for line in self.stream:
                 if "error" in line:
                     raise _failed(self.ref, classify(str(line["error"])), str(line["error"]))
+                if str(line.get("status", "")).startswith(_RETRYING):
+                    # The engine lost the registry mid-layer and would retry for up to 75 s
+                    # (5 + 10 + ... + 25): end the pull now; the job's retry policy decides.
+                    _close(self.stream)
+                    raise _failed(self.ref, "unreachable", "the registry connection broke mid-pull")
                 self.progress.feed(line)
         except BaseException as exc:  # handed to the waiting caller, which raises it
             self.error = exc

@@ -186,6 +186,27 @@ def pull_lock(engine_id: str, ref_hash: str) -> str:
     return f"{PREFIX}:pull:{engine_id}:{ref_hash}"
 
 
+def pull_slots(engine_id: str) -> str:
+    """Sorted set of the pulls running on one Docker engine (executor.pulls): a token per
+    pull -> when it lapses (Redis server time, ms) unless its puller renews it, every
+    :data:`PULL_LOCK_TTL` / 3 s. An agent starts a pull only while fewer than its
+    ``--max-pulls`` unlapsed tokens are here, so the agents of one engine share the bound.
+    The key's TTL is :data:`PULL_LOCK_TTL`, renewed with every token."""
+    return f"{PREFIX}:pull-slots:{engine_id}"
+
+
+def images_in_use(engine_id: str) -> str:
+    """Sorted set of the images the jobs held by the agents of one Docker engine use
+    (executor.image_cache): ``"<task id> <normalised reference>"`` -> when it lapses
+    (unix time) unless its agent renews it with its heartbeat. The cache of any agent
+    on the engine never removes an image named here. TTL :data:`IMAGES_IN_USE_TTL`,
+    renewed with every entry."""
+    return f"{PREFIX}:images-in-use:{engine_id}"
+
+
+#: Seconds an entry of :func:`images_in_use` lives unless its agent renews it.
+IMAGES_IN_USE_TTL = 60
+
 #: Seconds the record of the images jobyard pulled outlives its last use (30 days).
 IMAGES_TTL = 30 * 24 * 3600
 

@@ -11,10 +11,12 @@ from .resources import CPU_EPSILON, Resources
 
 @dataclass(frozen=True)
 class HeldJob(Record):
-    """A job an agent holds: admitted (running) or waiting for capacity.
+    """A job an agent holds: admitted (running) or waiting for capacity or, with
+    ``pulling``, for its image.
 
-    JSON ``{"task_id", "name", "cpus", "memory", "started", "timeout"}``; ``started``
-    is unix time (for a waiting job: when it began waiting).
+    JSON ``{"task_id", "name", "cpus", "memory", "started", "timeout"}``, plus
+    ``"pulling": true`` for a job waiting on its image's pull; ``started`` is unix
+    time (for a waiting job: when it began waiting).
     """
 
     task_id: str
@@ -23,6 +25,7 @@ class HeldJob(Record):
     started: float
     timeout: float
     name: str = ""
+    pulling: bool = False
 
     @property
     def ends_by(self) -> float:
@@ -31,14 +34,18 @@ class HeldJob(Record):
 
     def to_dict(self) -> dict[str, Any]:
         """The published form of one held job."""
-        return {"task_id": self.task_id, "name": self.name, "cpus": self.cpus, "memory": self.memory,
+        held = {"task_id": self.task_id, "name": self.name, "cpus": self.cpus, "memory": self.memory,
                 "started": self.started, "timeout": self.timeout}
+        if self.pulling:
+            held["pulling"] = True
+        return held
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "HeldJob":
         """Read one held job; only ``task_id`` is required."""
         return cls(text(data["task_id"]), number(data.get("cpus", 0)), whole(data.get("memory", 0)),
-                   number(data.get("started", 0)), number(data.get("timeout", 0)), str(data.get("name") or ""))
+                   number(data.get("started", 0)), number(data.get("timeout", 0)), str(data.get("name") or ""),
+                   data.get("pulling") is True)
 
 
 @dataclass(frozen=True)

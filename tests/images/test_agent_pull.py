@@ -38,16 +38,20 @@ def _write_config(content: dict) -> str:
 
 
 class PausingProxy:
-    """A TCP proxy of our own on loopback that holds every connection until released."""
+    """A TCP proxy of our own on loopback that holds every connection until released,
+    then relays at most ``rate`` bytes a second from the target (None: unthrottled)."""
 
-    def __init__(self, target_port: int):
+    def __init__(self, target_port: int, rate: int | None = None):
         self.target_port = target_port
+        self.rate = rate
         self.server = socket.socket()
         self.server.bind(("127.0.0.1", 0))
         self.server.listen(32)
         self.port = self.server.getsockname()[1]
         self.released = threading.Event()
         self.connections = 0
+        #: Bytes relayed from the target so far.
+        self.relayed = 0
         threading.Thread(target=self._accept, name="pausing-proxy", daemon=True).start()
 
     def _accept(self) -> None:
@@ -61,15 +65,21 @@ class PausingProxy:
 
     def _serve(self, client: socket.socket) -> None:
         self.released.wait(60)
-        upstream = socket.create_connection(("127.0.0.1", self.target_port))
-        for source, sink in ((client, upstream), (upstream, client)):
-            threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
         try:
-            while data := source.recv(65536):
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:  # the target is down: so is the connection
+            client.close()
+            return
+        for source, sink, rate in ((client, upstream, None), (upstream, client, self.rate)):
+            threading.Thread(target=self._pipe, args=(source, sink, rate), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, rate: int | None) -> None:
+        try:
+            while data := source.recv(65536 if rate is None else max(1024, rate // 20)):
                 sink.sendall(data)
+                if rate is not None:
+                    self.relayed += len(data)
+                    time.sleep(len(data) / rate)
         except OSError:
             pass
         finally:
@@ -198,6 +208,59 @@ def test_a_registry_that_is_down_is_unreachable_and_the_retry_policy_applies(mai
     assert job_facts(result.id, redis_client)["attempt"] == 2
 
 
+def _large_image(client) -> str:
+    """A local image with a 24 MiB layer of random bytes (incompressible), for pulls that take a while."""
+    import io
+    import shutil
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(shutil.which("busybox") or "/bin/busybox", arcname="bin/busybox")
+        data = os.urandom(24 << 20)
+        info = tarfile.TarInfo("blob")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    reference = f"jobyard-test/large:{os.environ.get('JOBYARD_TEST_IMAGE_TAG', 'latest')}-{os.urandom(3).hex()}"
+    repository, tag = reference.split(":")
+    client.api.import_image_from_data(buffer.getvalue(), repository=repository, tag=tag)
+    return reference
+
+
+def test_the_registry_stopped_mid_pull_is_unreachable_at_once_and_the_retry_policy_applies(agents, docker_client,
+                                                                                            redis_client):
+    from tests.support.registry import Registry
+
+    own = Registry().start()
+    local = _large_image(docker_client)
+    throttle = PausingProxy(own.port, rate=4 << 20)  # 24 MiB take ~6 s: the registry is stopped well within
+    throttle.released.set()
+    reference = f"127.0.0.1:{throttle.port}/team/large:v1"
+    try:
+        own.push(docker_client, local, "team/large", "v1")
+        own.untag(docker_client, f"{own.host}/team/large:v1")
+        docker_client.api.remove_image(local)
+        agents.start("midpull", "--cpus", "1", "--memory", "1Gi", "--queues", "midpull", "--pull-timeout", "60",
+                     "--registry-config", _write_config({"auths": {
+                         f"127.0.0.1:{throttle.port}": _auth(own.username, own.password)}}))
+        result = _job(reference, queue="midpull", retries=1, retry_delay=0.1).delay()
+        wait_for(lambda: throttle.relayed > 2 << 20, timeout=30, interval=0.05, message="the layer to be downloading")
+        stopped = time.monotonic()
+        own.stop()
+        with pytest.raises(ImagePullFailed) as info:
+            result.get(timeout=60)
+        # The engine would retry the layer for 75 s; the agent ends the pull and the job's policy retries.
+        assert info.value.reason == "unreachable", info.value
+        assert time.monotonic() - stopped < 20
+        facts = job_facts(result.id, redis_client)
+        assert (facts["attempt"], facts["state"]) == (2, "image_pull_failed")
+    finally:
+        throttle.close()
+        own.remove()
+        _remove(docker_client, reference)
+        _remove(docker_client, local)
+
+
 def test_never_with_an_absent_image_stays_image_not_found(main_agent, absent):
     with pytest.raises(ImageNotFound):
         _job(absent.reference, pull="never").delay().get(timeout=30)
@@ -228,12 +291,18 @@ def test_always_runs_the_new_digest_after_a_push_of_the_same_tag(main_agent, doc
         variants.cleanup()
 
 
-def test_a_job_waiting_on_a_pull_holds_no_capacity(main_agent, pushed, proxy, docker_client):
+def test_a_job_waiting_on_a_pull_holds_no_capacity_and_is_published_as_waiting(main_agent, pushed, proxy,
+                                                                                docker_client, redis_client):
     slow_image = f"127.0.0.1:{proxy.port}/{pushed.repository}:{pushed.tag}"
     try:
         slow = command_job("pulls.slow", image=slow_image, command=["echo", "slow"], cpus=1, memory="16Mi",
                            queue="pull").delay()
         wait_for(lambda: proxy.connections > 0, timeout=20, message="the pull to reach the proxy")
+        # Published as waiting for its image: the autoscaler's drain and `jobyard status` see it.
+        waiting = wait_for(lambda: [job for job in (main_agent.state(redis_client) or {}).get("waiting", [])
+                                    if job["task_id"] == slow.id], timeout=10,
+                           message="the pulling job in the agent's published waiting list")
+        assert waiting[0]["pulling"] is True and waiting[0]["cpus"] == 1
         fast = command_job("pulls.fast", image=BUSYBOX_IMAGE, command=["echo", "fast"], cpus=1, memory="16Mi",
                            queue="pull").delay()
         assert fast.get(timeout=30)["exit_code"] == 0
@@ -335,3 +404,36 @@ def test_no_credential_shows_in_logs_facts_or_status(main_agent, helper_agent, r
     for text in outputs:
         for secret in secrets:
             assert secret not in text
+
+
+def test_the_cache_never_removes_the_image_of_a_job_another_agent_on_the_engine_holds(agents, docker_client,
+                                                                                       registry, redis_client):
+    from executor.pulls import engine_id
+    from tasks import keys
+    from tests.support.dockerproxy import DockerSocketProxy
+
+    config = _write_config({"auths": {registry.host: _auth(registry.username, registry.password)}})
+    proxy = DockerSocketProxy(os.path.join(temp_dir("jobyard-held-proxy-"), "docker.sock")).start()
+    agents.start("evicting", "--cpus", "1", "--memory", "1Gi", "--queues", "evicting", "--image-cache", "1",
+                 "--registry-config", config)
+    agents.start("holding", "--cpus", "1", "--memory", "1Gi", "--queues", "holding", "--registry-config", config,
+                 env={"DOCKER_HOST": proxy.url})
+    variants = Variants(docker_client, registry)
+    variant = ("/bin/busybox", "true")
+    try:
+        first, _ = variants.push("held-a")
+        second, _ = variants.push("held-b")
+        _job(first, queue="evicting", command=variant).delay().get(timeout=60)  # pulled and recorded by the cache
+        # The holding agent admits a job of that image; its container create is held at the engine's door.
+        proxy.stall(60, after="/containers/create")
+        held = _job(first, queue="holding", command=variant).delay()
+        wait_for(lambda: proxy.seen("/containers/create"), timeout=20, message="the held job's create")
+        _job(second, queue="evicting", command=variant).delay().get(timeout=60)  # a pull, then an eviction pass
+        docker_client.api.inspect_image(first)  # another agent's admitted job uses it: never evicted
+        proxy.release()
+        assert held.get(timeout=30)["exit_code"] == 0
+    finally:
+        proxy.release()
+        proxy.stop()
+        variants.cleanup()
+        redis_client.delete(keys.images(engine_id(docker_client)))

@@ -231,6 +231,55 @@ def test_the_runner_runs_under_old_pythons(version, tmp_path):
     assert result["ok"] and result["value"] == '[1, "x"]'
 
 
+_CODEC_CHECK = r"""
+import sys
+before = set(sys.modules)  # a site hook of the interpreter's own may have imported re already
+namespace = {"__name__": "runner"}
+exec(compile(open(sys.argv[1]).read(), sys.argv[1], "exec"), namespace)
+assert not {"json", "re"} & (set(sys.modules) - before), "the runner imported json or re"
+loads, dumps = namespace["_loads"], namespace["_dumps"]
+import json, math
+values = [None, True, 0, -7, 2 ** 70, 1.5, 1e-300, float("inf"), "", "caf\u00e9 \u2603 \"q\" \\n", [1, [2, {}]],
+          {"a": [1.25, None], "b": {"c": "d"}, 3: "int key", None: 0}, list(range(50))]
+for value in values:
+    assert dumps(value) == json.dumps(value), (value, dumps(value))
+    assert loads(dumps(value)) == json.loads(json.dumps(value))
+assert math.isnan(loads(dumps(float("nan"))))
+assert loads(' \n {"x": [1, 2.5e3, "\\u00e9"]} \n') == {"x": [1, 2500.0, "\u00e9"]}
+for bad in ({1, 2}, object(), {(1, 2): 3}):
+    try:
+        dumps(bad)
+    except TypeError as exc:
+        try:
+            json.dumps(bad)
+        except TypeError as expected:
+            assert str(exc) == str(expected).replace("'", ""), (str(exc), str(expected))  # 3.6 quoted the type
+    else:
+        raise AssertionError("encoded %r" % (bad,))
+circular = []
+circular.append(circular)
+for call in (lambda: dumps(circular), lambda: loads("[1] 2"), lambda: loads("")):
+    try:
+        call()
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("no ValueError")
+assert dumps([1]) == "[1]"  # an encoder that failed leaves no markers behind
+"""
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("version", (*OLD_PYTHONS, "3.11", "3.12", "3.13"))
+def test_the_runner_encodes_as_json_does_without_importing_it(version):
+    python = _installed_python(version)
+    if python is None:
+        pytest.skip(f"python{version} is not installed here")
+    done = subprocess.run([python, "-I", "-c", _CODEC_CHECK, os.path.join(ROOT, "executor", "runner.py")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.pure
 def test_a_cached_pyc_is_reused_only_while_its_source_hash_matches(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

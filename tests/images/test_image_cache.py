@@ -85,3 +85,26 @@ def test_budget_and_in_use_entries_are_validated(docker_client, redis_client, en
     redis_client.zadd(cache.key, {"garbage ref": 1})
     assert cache.entries() == [("garbage ref", 1.0)]
     assert cache.evict() == [] and cache.entries() == []
+
+
+def test_images_in_use_are_shared_renewed_dropped_after_the_job_and_lapse(redis_client, engine):
+    from executor.image_cache import ImagesInUse
+
+    clock = [1_000_000.0]
+    mine = ImagesInUse(redis_client, engine, f"{SESSION}-mine", now=lambda: clock[0])
+    other = ImagesInUse(redis_client, engine, f"{SESSION}-other", now=lambda: clock[0])
+    try:
+        mine.add("task-a", "docker.io/team/a:v1")
+        other.add("task-b", "docker.io/team/b:v1")
+        assert mine.shared() == other.shared() == {"docker.io/team/a:v1", "docker.io/team/b:v1"}
+        assert mine.refs() == {"docker.io/team/a:v1"}
+        mine.discard("task-a")
+        assert mine.refs() == set() and "docker.io/team/a:v1" in other.shared()  # until the next heartbeat
+        pipe = redis_client.pipeline()
+        mine.renew(pipe)
+        pipe.execute()
+        assert other.shared() == {"docker.io/team/b:v1"}
+        clock[0] += keys.IMAGES_IN_USE_TTL + 1  # the other agent died: its entry lapses
+        assert mine.shared() == set() and redis_client.zcard(mine.key) == 0
+    finally:
+        redis_client.delete(mine.key)

@@ -20,7 +20,7 @@ from executor.pulls import ImageObserver, PullCoordinator, engine_id, ref_hash
 from tasks import keys
 from tasks.errors import ImageNotFound, ImagePullFailed, InvalidJobSpec
 from tasks.images import parse_image_ref
-from tests.conftest import BUSYBOX_IMAGE
+from tests.conftest import BUSYBOX_IMAGE, wait_for
 
 _TAG = os.environ.get("JOBYARD_TEST_IMAGE_TAG", "latest")
 
@@ -245,3 +245,68 @@ def test_a_dead_agents_pull_is_taken_over_and_a_failure_is_shared(docker_client,
     assert len(results) == 1 and isinstance(results[0], ImagePullFailed), results
     assert (results[0].reason, results[0].message) == ("auth", failure["message"])
     assert pull_events(docker_client, reference, since) == []
+
+
+def test_a_credentials_error_is_an_auth_failure_for_every_agent_waiting_on_the_pull(docker_client, redis_client,
+                                                                                   variants, engine):
+    reference, _ = variants.push("badhelper")
+    registry = parse_image_ref(reference).registry
+    broken = DockerConfig({"credHelpers": {registry: "jobyard-no-such-helper"}})
+    coordinator = PullCoordinator(docker_client, redis_client, engine, credentials=broken)
+    with pytest.raises(ImagePullFailed) as caught:
+        coordinator.ensure(reference)
+    assert (caught.value.reason, caught.value.registry) == ("auth", registry)
+    # What the agents waiting on this pull read, from the engine's shared record of it.
+    shared = json.loads(redis_client.get(keys.pull_lock(engine, ref_hash(parse_image_ref(reference)))))
+    assert (shared["state"], shared["reason"]) == ("failed", "auth"), shared
+
+
+def test_max_pulls_is_shared_by_the_agents_of_one_engine(docker_client, redis_server, redis_client, registry,
+                                                         variants, engine):
+    timeline = Timeline()
+    other_redis = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    agents = [PullCoordinator(docker.from_env(), client, engine, max_pulls=1, credentials=credentials_for(registry),
+                              observer=timeline) for client in (redis_client, other_redis)]
+    (one, first), (two, second) = variants.push("host-a"), variants.push("host-b")
+    results = _run_together([lambda: agents[0].ensure(one), lambda: agents[1].ensure(two)])
+    assert results == [first, second]
+    (_, start_a, end_a, _), (_, start_b, end_b, _) = sorted(timeline.spans, key=lambda s: s[1])
+    assert end_a <= start_b, f"two agents of one engine pulled at once under --max-pulls 1: {timeline.spans}"
+    assert redis_client.zcard(keys.pull_slots(engine)) == 0
+
+
+def test_an_agent_waiting_on_another_agents_pull_is_woken_when_it_ends(docker_client, redis_server, redis_client,
+                                                                       registry, pushed, engine):
+    from tests.images.test_agent_pull import PausingProxy
+
+    proxy = PausingProxy(registry.port)  # holds the leader's pull until released
+    reference = f"127.0.0.1:{proxy.port}/{pushed.repository}:{pushed.tag}"
+    config = DockerConfig({"auths": {f"127.0.0.1:{proxy.port}": registry.auth_config}})
+    leader = PullCoordinator(docker.from_env(), redis_client, engine, credentials=config)
+    # A poll this long would leave the follower waiting long after the pull ended.
+    follower = PullCoordinator(docker.from_env(), redis.Redis.from_url(redis_server.url, decode_responses=True),
+                               engine, credentials=config, poll_interval=60)
+    ended: dict[str, float] = {}
+
+    def run(name, coordinator):
+        ended[name] = (coordinator.ensure(reference), time.monotonic())
+
+    try:
+        threads = [threading.Thread(target=run, args=("leader", leader))]
+        threads[0].start()
+        wait_for(lambda: proxy.connections > 0, timeout=20, message="the leader's pull to reach the proxy")
+        threads.append(threading.Thread(target=run, args=("follower", follower)))
+        threads[1].start()
+        time.sleep(0.5)  # the follower sees the pull and waits for it
+        proxy.released.set()
+        for thread in threads:
+            thread.join(10)
+        assert "follower" in ended, "the follower slept through the end of the pull"
+        assert ended["leader"][0] == ended["follower"][0] == pushed.digest
+        assert ended["follower"][1] - ended["leader"][1] < 3, "the follower slept through the end of the pull"
+    finally:
+        proxy.close()
+        try:
+            docker_client.api.remove_image(reference)
+        except docker.errors.NotFound:
+            pass

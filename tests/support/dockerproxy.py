@@ -60,6 +60,12 @@ class DockerSocketProxy:
             else:
                 self._armed = (after, seconds, responses)
 
+    def release(self) -> None:
+        """End the stall now (and drop an armed one): held bytes flow on."""
+        with self._lock:
+            self._until = 0.0
+            self._armed = None
+
     def stalling(self) -> bool:
         """Whether a stall is on right now."""
         with self._lock:
