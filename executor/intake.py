@@ -239,8 +239,8 @@ class IntakeConsumer(Consumer):
         super().on_close()
         agent = self.jobyard_agent
         for request in dropped if agent is not None else ():
-            if agent.held.get(request.id) is request.message:
-                agent.held.let_go(request.id)
+            if agent.held.get(request.id, request.message.delivery_tag) is request.message:
+                agent.held.let_go(request.id, request.message.delivery_tag)
                 log.warning("job %s waited for its eta when the broker connection closed: its lease brings it back",
                             request.id)
 
