@@ -258,29 +258,29 @@ class Agent:
         except Exception as exc:  # noqa: BLE001 - next beat retries; the lease has slack
             log.warning("lease renewal failed: %s", exc)
 
-    def settle(self, task_id: str) -> None:
-        """After a job's outcome is stored: drop its message from the broker's unacked set."""
+    def settle(self, task_id: str, tag: str | None = None) -> None:
+        """After a job's outcome is stored: drop its message (delivery ``tag``) from the broker's unacked set."""
         try:
-            self.held.settle(task_id, self.redis)
+            self.held.settle(task_id, self.redis, tag)
         except Exception as exc:  # noqa: BLE001 - Celery's own ack still applies
             log.warning("could not settle %s: %s", task_id, exc)
 
-    def outcome_not_stored(self, task_id: str) -> None:
+    def outcome_not_stored(self, task_id: str, tag: str | None = None) -> None:
         """Celery could not store the outcome of ``task_id``: leave its message for the lease.
 
         Its record stays in ``unacked`` and is no longer renewed, so the lease sweep
         delivers it again; its prefetch slot is freed for the next job.
         """
         self.unstored.add(task_id)
-        self.held.let_go(task_id)
+        self.held.let_go(task_id, tag)
         log.warning("the outcome of %s was not stored: its message stays for the lease to bring back", task_id)
 
-    def finish_delivery(self, task_id: str) -> bool:
+    def finish_delivery(self, task_id: str, tag: str | None = None) -> bool:
         """When Celery acknowledges a delivery: settle it unless its outcome was not stored; True if settled."""
         if task_id in self.unstored:
             self.unstored.discard(task_id)
             return False
-        self.settle(task_id)
+        self.settle(task_id, tag)
         return True
 
     def stop(self) -> None:

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 from celery.exceptions import NotRegistered
 from celery.utils.collections import AttributeDict
 from celery.worker.consumer import Consumer
+from celery.worker.state import active_requests, reserved_requests, scheduled_requests
 from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.transport import TRANSPORT_ALIASES
 from vine import promise
@@ -223,6 +224,25 @@ class IntakeConsumer(Consumer):
         transport = TRANSPORTS[urlsplit(self.app.conf.broker_url).scheme]
         return self.ensure_connected(self.app.connection_for_read(
             heartbeat=heartbeat, transport=transport, transport_options=options))
+
+    def on_close(self):
+        """Celery's clean-up of a lost connection; the agent lets go of the requests it drops.
+
+        Celery cancels the timers of requests waiting for their eta (a countdown or a
+        retry's delay) and forgets them, expecting the broker to deliver them again.
+        Their messages are held by this agent, which would renew their leases for
+        ever: the job would never run while the agent lives. Let go, the lease sweep
+        brings them back.
+        """
+        dropped = [request for request in scheduled_requests
+                   if request not in active_requests and request not in reserved_requests]
+        super().on_close()
+        agent = self.jobyard_agent
+        for request in dropped if agent is not None else ():
+            if agent.held.get(request.id, request.message.delivery_tag) is request.message:
+                agent.held.let_go(request.id, request.message.delivery_tag)
+                log.warning("job %s waited for its eta when the broker connection closed: its lease brings it back",
+                            request.id)
 
     def on_decode_error(self, message, exc):
         self.refuse(message, f"undecodable body: {exc}")

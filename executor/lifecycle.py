@@ -153,7 +153,7 @@ def _screen_delivery(agent: "Agent", task: Task, call: JobCall) -> None:
            or messages.ended(task.backend, call.task_id))
     if why:
         log.warning("job %s[%s]: %s", call.spec.name, call.task_id, why)
-        agent.settle(call.task_id)
+        agent.settle(call.task_id, messages.delivery_tag(task.request))  # this delivery, not one running
         raise Ignore()
     if not (getattr(task.request, "delivery_info", None) or {}).get("redelivered"):
         return

@@ -20,6 +20,9 @@ from celery.states import READY_STATES
 
 from tasks import keys, transport
 
+#: The field of a task's request holding the delivery tag of its message.
+DELIVERY_TAG = "jobyard_delivery_tag"
+
 
 class TaskIds:
     """A thread-safe set of task ids."""
@@ -44,29 +47,45 @@ class TaskIds:
 
 
 class HeldMessages:
-    """Task id -> the kombu message this agent holds (received, not yet settled). Thread-safe.
+    """Task id -> the kombu messages this agent holds (received, not yet settled), by delivery tag. Thread-safe.
 
-    Every message here has its lease renewed by the agent's heartbeat.
+    Every message here has its lease renewed by the agent's heartbeat. One job can
+    have two deliveries here at once (a stale first delivery, back from its lease,
+    beside the retry running): each transition names the delivery it ends by its
+    tag; without a tag it means the job's latest delivery.
     """
 
     def __init__(self) -> None:
-        self._items: dict[str, Any] = {}
+        self._items: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
     def add(self, task_id: str, message: Any) -> None:
-        """Hold ``message``, the delivery of ``task_id``."""
+        """Hold ``message``, a delivery of ``task_id``."""
         with self._lock:
-            self._items[task_id] = message
+            self._items.setdefault(task_id, {})[message.delivery_tag] = message
 
-    def discard(self, task_id: str) -> None:
-        """Stop holding ``task_id``'s message without settling it: its lease lapses."""
-        with self._lock:
-            self._items.pop(task_id, None)
+    def _pop(self, task_id: str, tag: str | None) -> Any:
+        """Remove and return a delivery of ``task_id`` (``tag``, or the latest); the lock is held."""
+        deliveries = self._items.get(task_id)
+        if not deliveries:
+            return None
+        message = deliveries.pop(next(reversed(deliveries)) if tag is None else tag, None)
+        if not deliveries:
+            del self._items[task_id]
+        return message
 
-    def get(self, task_id: str) -> Any:
-        """The message held for ``task_id``, or None."""
+    def discard(self, task_id: str, tag: str | None = None) -> None:
+        """Stop holding a delivery of ``task_id`` without settling it: its lease lapses."""
         with self._lock:
-            return self._items.get(task_id)
+            self._pop(task_id, tag)
+
+    def get(self, task_id: str, tag: str | None = None) -> Any:
+        """The message held for ``task_id`` (delivery ``tag``, or the latest), or None."""
+        with self._lock:
+            deliveries = self._items.get(task_id) or {}
+            if tag is not None:
+                return deliveries.get(tag)
+            return deliveries[next(reversed(deliveries))] if deliveries else None
 
     def task_ids(self) -> set[str]:
         """The task ids held now."""
@@ -81,7 +100,7 @@ class HeldMessages:
         that was acknowledged meanwhile.
         """
         with self._lock:
-            held = list(self._items.values())
+            held = [message for deliveries in self._items.values() for message in deliveries.values()]
         if not held:
             return 0
         pipe = client.pipeline(transaction=False)
@@ -92,15 +111,15 @@ class HeldMessages:
         pipe.execute()
         return len(held)
 
-    def settle(self, task_id: str, client) -> None:
-        """Forget the message and remove it from kombu's unacked set ourselves.
+    def settle(self, task_id: str, client, tag: str | None = None) -> None:
+        """Forget a delivery of ``task_id`` and remove it from kombu's unacked set ourselves.
 
         Called after the task's outcome is stored. Celery acks too, but through the
         consumer's channel, which may be a dead connection after a broker restart;
         a message left in ``unacked`` would be requeued and run again.
         """
         with self._lock:
-            message = self._items.pop(task_id, None)
+            message = self._pop(task_id, tag)
         if message is None or not hasattr(message.channel, "unacked_key"):
             return
         pipe = client.pipeline()
@@ -108,13 +127,13 @@ class HeldMessages:
         pipe.hdel(message.channel.unacked_key, message.delivery_tag)
         pipe.execute()
 
-    def let_go(self, task_id: str) -> None:
-        """Stop holding ``task_id``'s message and free its prefetch slot; its record stays in ``unacked``.
+    def let_go(self, task_id: str, tag: str | None = None) -> None:
+        """Stop holding a delivery of ``task_id`` and free its prefetch slot; its record stays in ``unacked``.
 
         The lease sweep then delivers it again (:meth:`executor.channel.TakingQoS.release`).
         """
         with self._lock:
-            message = self._items.pop(task_id, None)
+            message = self._pop(task_id, tag)
         if message is not None:
             free_slot(message)
 
@@ -156,6 +175,11 @@ class HeldMessages:
         kept = {k: v for k, v in headers.items() if k.startswith("jobyard_") and k != "jobyard_seal"}
         kept[scale_header] = memory_scale
         return kept
+
+
+def delivery_tag(request: Any) -> str | None:
+    """The delivery tag of the message a task request came in (:class:`executor.request.ContainerRequest`)."""
+    return getattr(request, DELIVERY_TAG, None)
 
 
 def free_slot(message) -> None:

@@ -17,7 +17,7 @@ from celery.worker.request import Request
 
 from tasks.failure import failure_text
 
-from .messages import free_slot
+from .messages import DELIVERY_TAG, free_slot
 
 
 class ContainerRequest(Request):
@@ -27,6 +27,7 @@ class ContainerRequest(Request):
         # Celery's strategy subclasses this class and replaces execute_using_pool,
         # so the message is recorded here.
         super().__init__(message, *args, **kwargs)
+        self._request_dict[DELIVERY_TAG] = message.delivery_tag  # which delivery the task body runs
         self.task.agent.held.add(self.id, message)
         self.task.agent.unstored.discard(self.id)  # a new delivery: nothing is known of it yet
 
@@ -39,13 +40,13 @@ class ContainerRequest(Request):
         try:
             super()._announce_revoked(reason, terminated, signum, expired)
         except BaseException:
-            self.task.agent.held.discard(self.id)  # REVOKED not stored: its record is the lease's
+            self.task.agent.held.discard(self.id, self.message.delivery_tag)  # REVOKED not stored: the lease's
             raise
-        self.task.agent.settle(self.id)
+        self.task.agent.settle(self.id, self.message.delivery_tag)
 
     def acknowledge(self):
         """Settle the message, unless its outcome was not stored: then the lease brings it back."""
-        if not self.acknowledged and not self.task.agent.finish_delivery(self.id):
+        if not self.acknowledged and not self.task.agent.finish_delivery(self.id, self.message.delivery_tag):
             free_slot(self.message)  # its record stays in unacked for the lease
             self.acknowledged = True
         super().acknowledge()

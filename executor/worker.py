@@ -9,6 +9,7 @@ from celery.signals import task_internal_error, worker_shutting_down
 from tasks.names import node_name
 
 from .agent import Agent
+from .messages import delivery_tag
 from .steps import AGENT_OPTION, add_steps
 from .task import register
 
@@ -28,7 +29,8 @@ def run_worker(agent: Agent, loglevel: str = "INFO") -> int:
     worker_shutting_down.connect(lambda **_: agent.placement.stop(), weak=False)
     # Raised outside the body: Celery could not store the outcome (or the retry). The
     # thread pool then often drops the request without acknowledging it at all.
-    task_internal_error.connect(lambda task_id=None, **_: agent.outcome_not_stored(task_id), weak=False)
+    task_internal_error.connect(lambda task_id=None, request=None, **_: agent.outcome_not_stored(
+        task_id, delivery_tag(request)), weak=False)
     worker = agent.app.Worker(
         hostname=node_name(agent.name),
         pool="threads",

@@ -151,11 +151,24 @@ class JobFailureText:
         return super().mark_as_failure(task_id, exc, failure_text(exc) or traceback, *args, **kwargs)
 
 
-class JobRedisBackend(JobFailureText, RedisBackend):
+class ReadsRideOutRestarts:
+    """Result-backend mixin: a read rides out a Redis restart as Celery's writes do.
+
+    Celery retries a backend write on connection errors (``retry_policy``, about 90 s
+    here) but not the read that comes first when it stores an outcome (it never
+    overwrites SUCCESS): a job that finished while Redis restarted raised
+    ConnectionError there, and Celery's tracer stored that error as the job's FAILURE.
+    """
+
+    def get(self, key):
+        return self.ensure(super().get, (key,))
+
+
+class JobRedisBackend(JobFailureText, ReadsRideOutRestarts, RedisBackend):
     """Celery's Redis result backend, storing jobs' own tracebacks."""
 
 
-class JobSentinelBackend(JobFailureText, SentinelBackend):
+class JobSentinelBackend(JobFailureText, ReadsRideOutRestarts, SentinelBackend):
     """Celery's Sentinel result backend, storing jobs' own tracebacks."""
 
 

@@ -174,3 +174,30 @@ def test_a_retry_the_broker_refuses_ends_typed_and_leaves_no_mark(retry_agent, r
         redis_client.delete("retry")
     assert redis_client.get(f"jobyard:retried:{result.id}") is None, "a retry mark without its message"
     assert result.id in _cli("dead", "list")
+
+
+def test_a_stale_delivery_dropped_beside_its_running_retry_leaves_the_retry_leased(retry_agent, redis_client):
+    # An agent killed between a retry's publish and its ack leaves the first delivery to
+    # its lease; it can come back to the agent running the retry. Dropping it must settle
+    # that delivery only: the running retry's lease must still be renewed, or the sweep
+    # delivers the retry again and it runs twice.
+    import uuid
+
+    from sample_jobs import sleep_for
+    from tasks import app
+    from tasks.names import RUN_TASK, SPEC_HEADER
+
+    task_id = str(uuid.uuid4())
+    spec = sleep_for.spec.with_overrides(queue="retry")
+
+    def publish(retries: int) -> None:
+        app.send_task(RUN_TASK, (20,), task_id=task_id, retries=retries, queue="retry", shadow=spec.name,
+                      headers={SPEC_HEADER: spec.to_dict()})
+
+    publish(1)  # the retry: it runs for 20 s
+    wait_for(lambda: job_facts(task_id).get("container_id"), timeout=30, message="the retry running")
+    publish(0)  # the first delivery, back from its lease
+    wait_for(lambda: f"{task_id}]: dropping a stale delivery" in retry_agent.log(), timeout=30,
+             message="the stale delivery dropped")
+    assert AsyncResult(task_id).get(timeout=40) == 20
+    assert redis_client.get(f"jobyard:attempts:{task_id}") == "1", "the running retry was delivered and run again"

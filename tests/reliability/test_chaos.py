@@ -172,6 +172,23 @@ def test_running_job_runs_once_across_a_broker_connection_blip(behind_proxy, red
 
 
 @pytest.mark.slow
+def test_a_job_waiting_for_its_eta_when_the_connection_drops_still_runs(behind_proxy, redis_client):
+    # Celery cancels the ETA timers of a consumer whose connection closed, expecting the
+    # broker to deliver those messages again; the agent held them and renewed their leases.
+    from sample_jobs import add
+
+    proxy, agent, queue = behind_proxy("eta", outage=0.0)
+    result = add.apply_async((2, 2), queue=queue, countdown=3)
+    wait_for(lambda: where_held(redis_client, result.id, queue) == ["hash unacked"] and "received" in agent.log(),
+             timeout=30, message="the agent holding the job until its eta")
+    proxy.cut()
+    # Lease (10 s) plus a sweep and a container start: the lease brings it back once let go.
+    ran = wait_for_result(result, timeout=30)
+    assert ran, f"job {result.id} never ran; Redis holds it in {where_held(redis_client, result.id, queue)}"
+    assert result.get(timeout=5) == 4
+
+
+@pytest.mark.slow
 def test_dead_hosts_job_comes_back_in_seconds_after_a_kill_inside_a_sweep(agents, redis_client, docker_client):
     from sample_jobs import sleep_for
 

@@ -55,3 +55,29 @@ def test_job_whose_outcome_was_not_stored_comes_back_with_the_lease(split_redis,
     assert first.get(timeout=30) == 5, "the job whose STARTED write failed was lost"
     # One job at a time: a slot the refused delivery kept would stop this one.
     assert add_here.delay(4, 4).get(timeout=30) == 8
+
+
+def test_an_outcome_stored_while_redis_restarts_is_stored_once_it_is_back():
+    # Celery reads the stored state before it writes an outcome (it never overwrites
+    # SUCCESS), and only the write retried: the read raised ConnectionError, and
+    # Celery's tracer then stored that error as the finished job's FAILURE.
+    import threading
+    import uuid
+
+    from celery.states import SUCCESS
+
+    root = temp_dir("jobyard-restarting-")
+    server = RedisServer(free_port(), root, ("--appendonly", "yes", "--appendfsync", "always")).start()
+    app = create_app(Settings.from_env({"JOBYARD_BROKER_URL": server.url}))
+    task_id = str(uuid.uuid4())
+    try:
+        app.backend.client.ping()
+        server.kill()
+        back = threading.Timer(1.5, server.start)
+        back.start()
+        app.backend.store_result(task_id, {"value": 5}, SUCCESS)
+        back.join()
+        meta = app.backend.get_task_meta(task_id)
+        assert (meta["status"], meta["result"]) == (SUCCESS, {"value": 5})
+    finally:
+        server.stop()
