@@ -22,7 +22,7 @@ import redis
 
 from tasks import keys
 from tasks.app import app, configure
-from tasks.config import Settings, redact
+from tasks.config import Settings, broker_configured, redact
 from tasks.errors import JobError
 from tasks.units import format_memory
 
@@ -44,7 +44,7 @@ def run_demo(echo: Echo, jobs: int = 6) -> int:
 
 
 def _broker(stack: ExitStack, echo: Echo) -> Settings:
-    if os.environ.get("JOBYARD_BROKER_URL") or os.environ.get("JOBYARD_BROKER_URL_FILE"):
+    if broker_configured():
         settings = Settings.from_env()
         try:
             redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2).ping()

@@ -101,6 +101,12 @@ class Settings:
         )
 
 
+def broker_configured(environ: dict[str, str] | None = None) -> bool:
+    """Whether ``environ`` names a broker (``JOBYARD_BROKER_URL`` or its ``_FILE``), not the default."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("JOBYARD_BROKER_URL") or env.get("JOBYARD_BROKER_URL_FILE"))
+
+
 def _integer(env, name: str, default: int) -> int:
     return int(env.get(name) or default)
 
