@@ -29,6 +29,12 @@ while it is at it:
   so popping one loses nothing. An empty take deletes its queues' doorbells, leaving
   none behind for jobs already taken; a take that found nothing fitting waits on its
   own doorbell only.
+* **Delayed jobs stay in Redis.** Each take first moves its lists' due messages from
+  their delayed sets (:func:`tasks.keys.delayed`) to the head of their lists, ringing
+  their doorbells, and moves an eta message it finds on a list whose eta is still to
+  come to its delayed set instead of taking it (``tasks/lua/delayed.lib.lua``); an
+  empty take says when the first delayed job is due, and the consumer's doorbell wait
+  ends then. No agent holds a job waiting its eta.
 * A message pushed without ringing (a plain kombu publisher, a hand-edited list)
   is still taken: a doorbell wait times out after ``brpop_timeout`` (1 s) and the
   consumer looks again.

@@ -90,18 +90,29 @@ def test_a_revoked_delayed_job_never_runs(delay_agent, redis_client):
     assert AsyncResult(result.id).state == "REVOKED" and redis_client.llen(QUEUE) == 0
 
 
-def test_an_eta_message_restored_to_its_list_goes_back_to_the_delayed_set_and_runs_when_due(
-        delay_agent, redis_client):
-    # What an agent of the previous release leaves behind: an eta job it held, put back
-    # on its list by the lease sweep (kombu's restore), with no doorbell rung.
-    result = echo.apply_async(countdown=4)
+def test_a_delayed_job_that_expires_before_it_is_due_never_runs(delay_agent, redis_client):
+    result = echo.apply_async(countdown=2, expires=1)
+    wait_for(lambda: AsyncResult(result.id).state == "REVOKED", timeout=10, message="the expiry to be stored")
+    assert attempts(redis_client, result.id) == 0 and not redis_client.exists(keys.job_facts(result.id))
+    assert delayed(redis_client) == [] and result.id not in held_ids(redis_client)
+
+
+def test_an_eta_job_an_agent_of_the_previous_release_held_runs_once_when_due(delay_agent, redis_client):
+    # What a stopped agent of the previous release leaves behind: an eta job it held,
+    # recorded as taken with a lease it no longer renews. The lease sweep puts it back
+    # on its list; the take moves it to its delayed set; it runs when due.
+    result = echo.apply_async(countdown=6)
     wait_for(lambda: delayed(redis_client), timeout=5, message="the job to wait in the delayed set")
     (raw, _), = redis_client.zpopmin(keys.delayed(QUEUE))
-    redis_client.lpush(QUEUE, raw)
-    wait_for(lambda: redis_client.llen(QUEUE) == 0, timeout=3, message="the agent to look at its list")
+    message = json.loads(raw)
+    tag, info = message["properties"]["delivery_tag"], message["properties"]["delivery_info"]
+    seconds, _ = redis_client.time()
+    redis_client.hset(keys.UNACKED, tag, json.dumps([message, info["exchange"], info["routing_key"]]))
+    redis_client.zadd(keys.UNACKED_INDEX, {tag: seconds - 60})
+    wait_for(lambda: not redis_client.hexists(keys.UNACKED, tag) and delayed(redis_client), timeout=5,
+             message="the lease sweep to requeue it and the take to defer it")
     assert [m["headers"]["id"] for m in delayed(redis_client)] == [result.id]
-    assert redis_client.zrange(keys.delayed(QUEUE), 0, -1) == [raw], "not moved byte for byte"
-    assert result.id not in held_ids(redis_client)
+    assert result.id not in held_ids(redis_client) and redis_client.llen(QUEUE) == 0
     assert result.get(timeout=20) is not None
     assert attempts(redis_client, result.id) == 1
 
