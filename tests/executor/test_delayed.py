@@ -15,7 +15,7 @@ import pytest
 from celery.result import AsyncResult
 
 from autoscaler.drain import Drainer
-from jobyard.status import collect
+from jobyard.status import collect, render
 from tasks import command_job, keys
 from tasks.errors import JobFailed
 from tasks.state import job_facts
@@ -55,8 +55,11 @@ def test_a_countdown_job_waits_in_redis_not_on_an_agent_and_runs_once_when_due(d
     assert [m["headers"]["id"] for m in delayed(redis_client)] == [result.id]
     assert result.id not in held_ids(redis_client)
     assert redis_client.llen(QUEUE) == 0 and delay_agent.state(redis_client)["running"] == []
-    row = next(q for q in collect(redis_client, "test", [QUEUE]).queues if q.queue == QUEUE)
+    status = collect(redis_client, "test", [QUEUE])
+    row = next(q for q in status.queues if q.queue == QUEUE)
     assert (row.delayed, row.ready, row.in_flight) == (1, 0, 0)
+    line = next(line for line in render(status).splitlines() if line.startswith(QUEUE + " "))
+    assert line.split()[1:4] == ["0", "1", "0"], "0 ready, 1 delayed, 0 in flight"
     assert result.get(timeout=20) is not None
     facts = job_facts(result.id)
     assert facts["started_at"] >= sent + 3 - 0.5, "ran before it was due"
