@@ -96,6 +96,11 @@ class Observation:
         return sum(q.in_flight for q in self.queues)
 
     @property
+    def delayed(self) -> int:
+        """Jobs of the watched queues waiting their eta in Redis."""
+        return sum(q.delayed for q in self.queues)
+
+    @property
     def running(self) -> int:
         """Jobs admitted on any agent."""
         return len(self.demand.running)
