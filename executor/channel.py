@@ -2,8 +2,9 @@
 
 :class:`TakingChannel` sends :data:`executor.take.TAKE` on the poll connection
 instead of kombu's BRPOP, with the consumer's :class:`~executor.take.TakeLimits`;
-after an empty take it waits on its queues' doorbells, after a take that found
-nothing fitting on its own (see :mod:`executor.take`). :class:`TakingQoS` does not
+after an empty take it waits on its queues' doorbells (no longer than until the
+first delayed job of its queues is due, which the empty take reports), after a take
+that found nothing fitting on its own (see :mod:`executor.take`). :class:`TakingQoS` does not
 record again what the take recorded, and takes nothing while the consumer's gate
 says zero (``may_take``). :mod:`executor.intake` extends the channel with its screening.
 """

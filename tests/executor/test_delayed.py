@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from celery.result import AsyncResult
 
 from autoscaler.drain import Drainer
+from executor.intake import ETA_SKEW, due_headers
 from jobyard.status import collect, render
 from tasks import command_job, keys
 from tasks.errors import JobFailed
@@ -135,3 +137,14 @@ def test_a_draining_agent_with_a_delayed_job_is_removed_and_the_job_runs_on_anot
     assert result.get(timeout=25) is not None
     assert job_facts(result.id)["host"] == second.hostname
     assert attempts(redis_client, result.id) == 1
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("ahead, kept", [(-5, False), (ETA_SKEW / 2, False), (ETA_SKEW * 2, True)])
+def test_an_agent_runs_a_delivered_eta_job_at_once_unless_far_ahead_of_its_clock(ahead, kept):
+    eta = (datetime.now(timezone.utc) + timedelta(seconds=ahead)).isoformat()
+    headers = {"id": "x", "eta": eta}
+    assert due_headers(headers)["eta"] == (eta if kept else None)
+    assert headers["eta"] == eta, "the message's own headers (sealed, copied by hand-backs) keep their eta"
+    assert due_headers({"id": "x", "eta": None})["eta"] is None
+    assert due_headers({"id": "x", "eta": "not a time"})["eta"] == "not a time"  # Celery refuses it
