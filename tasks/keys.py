@@ -93,8 +93,9 @@ def delayed(list_key: str) -> str:
     """Sorted set of one queue list's delayed messages (kombu's list key, with its priority
     suffix): the message's exact text -> when it is due (unix seconds, its ``eta``). Written
     by the publish (tasks.transport) and by the take (an eta message that reached a list);
-    emptied by the take, which moves due messages to the head of the list. No TTL: a
-    member leaves only by being moved (or revoked by hand), so it is in :data:`SWEPT`."""
+    emptied by the take, which moves due messages to the head of the list (a revoked
+    one is dropped by the agent that takes it). No TTL: a member leaves only by being
+    moved, so the set is in :data:`SWEPT`."""
     return f"{PREFIX}:delayed:{list_key}"
 
 
