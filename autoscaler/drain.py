@@ -85,13 +85,15 @@ class Drainer:
     def is_empty(self, hostname: str, state: AgentState | None) -> bool:
         """Whether the host holds no job: its published state and its worker agree.
 
-        A worker that does not answer is never taken as empty.
+        A worker that does not answer is never taken as empty, nor one Celery holds an eta
+        job for (``scheduled``: agents leave eta jobs in Redis, but an eta they cannot
+        read is Celery's to hold).
         """
         if state is not None and state.busy:
             return False
         worker = worker_name(hostname)
         inspector = self.app.control.inspect(destination=[worker], timeout=self.reply_timeout)
-        for held in (inspector.active(), inspector.reserved()):
+        for held in (inspector.active(), inspector.reserved(), inspector.scheduled()):
             if not held or worker not in held or held[worker]:
                 return False
         return True

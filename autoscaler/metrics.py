@@ -6,7 +6,11 @@ acknowledged message sits in the hash ``unacked`` (tag -> ``[message, exchange,
 routing_key]``). A job's spec rides in the message header ``jobyard_spec``. Running
 jobs and their requests come from the state each agent publishes
 (:class:`tasks.records.AgentState`). The layout is written once in :mod:`tasks.keys`.
-Only LLEN, LRANGE, HGETALL, ZRANGE and MGET are used; nothing is consumed.
+A job waiting its eta (a countdown, a retry's) sits in its list's delayed set
+(:func:`tasks.keys.delayed`): it is counted as *delayed*, and as waiting demand only
+once it is due within :data:`DUE_LOOK_AHEAD` seconds by the server's clock (a due
+one still in the set only waits for a taking agent, which there may be none of).
+Only TIME, LLEN, LRANGE, HGETALL, ZCARD, ZRANGE and MGET are used; nothing is consumed.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from .strategy import Demand
 #: for the mean of those read.
 MAX_SCAN = 10_000
 _DEFAULT = JobSpec.__dataclass_fields__
+#: Seconds ahead of the server's clock within which a delayed job counts as demand.
+DUE_LOOK_AHEAD = 10.0
 
 
 def default_request(task_id: str = "") -> Request:
@@ -59,6 +65,8 @@ class QueueDepth:
     ready: int = 0
     reserved: int = 0
     running: int = 0
+    #: Waiting their eta in the queue's delayed sets (not ready, held by no agent).
+    delayed: int = 0
 
     @property
     def in_flight(self) -> int:
@@ -88,6 +96,11 @@ class Observation:
         return sum(q.in_flight for q in self.queues)
 
     @property
+    def delayed(self) -> int:
+        """Jobs of the watched queues waiting their eta in Redis."""
+        return sum(q.delayed for q in self.queues)
+
+    @property
     def running(self) -> int:
         """Jobs admitted on any agent."""
         return len(self.demand.running)
@@ -96,9 +109,11 @@ class Observation:
 class BrokerMetrics:
     """Reads the full backlog signal: ready + reserved + running, and resource demand."""
 
-    def __init__(self, client: redis.Redis, queues: Iterable[str] = ("default",)):
+    def __init__(self, client: redis.Redis, queues: Iterable[str] = ("default",),
+                 due_look_ahead: float = DUE_LOOK_AHEAD):
         self.redis = client
         self.queues = tuple(queues)
+        self.due_look_ahead = due_look_ahead
 
     def read(self) -> Observation:
         """Take one observation; raise :class:`MetricError` if Redis cannot be read."""
@@ -110,30 +125,42 @@ class BrokerMetrics:
     def _read(self) -> Observation:
         registered, agents = read_agents(self.redis)
         running = {job.task_id: job for a in agents.values() for job in a.running}
-        ready, in_flight = self._snapshot()
+        ready, in_flight, delayed = self._snapshot()
         queues, waiting = [], [r for requests in ready.values() for r in requests]
         for queue in self.queues:
             held = in_flight.get(queue, [])
             running_here = sum(1 for r in held if r.task_id in running)
             waiting.extend(r for r in held if r.task_id not in running)
-            queues.append(QueueDepth(queue, len(ready[queue]), len(held) - running_here, running_here))
+            count, due = delayed[queue]
+            waiting.extend(due)
+            queues.append(QueueDepth(queue, len(ready[queue]), len(held) - running_here, running_here, count))
         running_requests = tuple(Request(j.task_id, j.cpus, j.memory) for j in running.values())
         return Observation(time.time(), tuple(queues), Demand(tuple(waiting), running_requests), agents, registered)
 
-    def _snapshot(self) -> tuple[dict[str, list[Request]], dict[str, list[Request]]]:
-        """Ready requests by queue and unacked requests by routing key, read atomically
-        (MULTI), so a message moving between a list and ``unacked`` is seen once."""
+    def _snapshot(self) -> tuple[dict[str, list[Request]], dict[str, list[Request]],
+                                 dict[str, tuple[int, list[Request]]]]:
+        """Ready requests by queue, unacked requests by routing key, and per queue the
+        delayed count and the requests of those due within the look-ahead, read atomically
+        (MULTI), so a message moving between a list, a delayed set and ``unacked`` is seen once."""
+        seconds, micros = self.redis.time()
+        horizon = seconds + micros / 1e6 + self.due_look_ahead
         pipe = self.redis.pipeline(transaction=True)
         lists = [(queue, key) for queue in self.queues for key in keys.priority_lists(queue)]
         for _queue, key in lists:
             pipe.llen(key)
             pipe.lrange(key, 0, MAX_SCAN - 1)
+        for _queue, key in lists:
+            pipe.zcard(keys.delayed(key))
+            pipe.zrange(keys.delayed(key), "-inf", horizon, byscore=True, offset=0, num=MAX_SCAN)
         pipe.hgetall(keys.UNACKED)
         replies = pipe.execute()
         ready: dict[str, list[Request]] = {queue: [] for queue in self.queues}
+        delayed: dict[str, tuple[int, list[Request]]] = {queue: (0, []) for queue in self.queues}
         for index, (queue, _key) in enumerate(lists):
             ready[queue].extend(_requests(replies[2 * index], replies[2 * index + 1]))
-        return ready, _unacked(replies[-1].values())
+            count, due = replies[2 * (len(lists) + index)], replies[2 * (len(lists) + index) + 1]
+            delayed[queue] = (delayed[queue][0] + count, delayed[queue][1] + [message_request(_load(m)) for m in due])
+        return ready, _unacked(replies[-1].values()), delayed
 
 
 def _requests(length: int, raws: list[str]) -> list[Request]:

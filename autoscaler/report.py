@@ -32,7 +32,8 @@ class DecisionLog:
     def observe(self, tick: Tick) -> None:
         """Log ``tick``'s decision with its backlog."""
         action = tick.action
-        summary = (f"ready={tick.observation.ready} in_flight={tick.observation.in_flight} "
+        summary = (f"ready={tick.observation.ready} delayed={tick.observation.delayed} "
+                   f"in_flight={tick.observation.in_flight} "
                    f"running={tick.observation.running} hosts={tick.current}/{tick.desired}")
         if tick.removed:
             self.logger.info("removed drained host(s) %s", ", ".join(tick.removed))

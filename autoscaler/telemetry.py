@@ -18,6 +18,9 @@ class Telemetry:
                            registry=self.registry)
         self.reserved = Gauge("jobyard_autoscaler_queue_reserved_jobs",
                               "Messages delivered to an agent but not running yet.", label, registry=self.registry)
+        self.delayed = Gauge("jobyard_autoscaler_queue_delayed_jobs",
+                             "Jobs waiting their countdown or eta in Redis (held by no agent).", label,
+                             registry=self.registry)
         self.running = Gauge("jobyard_autoscaler_queue_running_jobs", "Jobs of the queue running on agents.", label,
                              registry=self.registry)
         self.demand_cpus = Gauge("jobyard_autoscaler_demand_cpus", "Summed CPU requests of waiting jobs.",
@@ -41,6 +44,7 @@ class Telemetry:
         for depth in tick.observation.queues:
             self.ready.labels(depth.queue).set(depth.ready)
             self.reserved.labels(depth.queue).set(depth.reserved)
+            self.delayed.labels(depth.queue).set(depth.delayed)
             self.running.labels(depth.queue).set(depth.running)
         self.demand_cpus.set(tick.observation.demand.cpus)
         self.demand_memory.set(tick.observation.demand.memory)

@@ -2,8 +2,9 @@
 
 :class:`TakingChannel` sends :data:`executor.take.TAKE` on the poll connection
 instead of kombu's BRPOP, with the consumer's :class:`~executor.take.TakeLimits`;
-after an empty take it waits on its queues' doorbells, after a take that found
-nothing fitting on its own (see :mod:`executor.take`). :class:`TakingQoS` does not
+after an empty take it waits on its queues' doorbells (no longer than until the
+first delayed job of its queues is due, which the empty take reports), after a take
+that found nothing fitting on its own (see :mod:`executor.take`). :class:`TakingQoS` does not
 record again what the take recorded, and takes nothing while the consumer's gate
 says zero (``may_take``). :mod:`executor.intake` extends the channel with its screening.
 """
@@ -28,6 +29,9 @@ from tasks.transport import queue_of
 from .take import DEFAULT_MAX_MESSAGE, LOOK_AHEAD, NOTHING_FITS_WAIT, TAKE, TakeLimits, take_arguments
 
 log = logging.getLogger(__name__)
+
+#: Seconds a doorbell wait outlasts the first delayed job's due time, so the next take sees it due.
+DUE_MARGIN = 0.01
 
 
 class TakingQoS(kombu_redis.QoS):
@@ -142,6 +146,8 @@ class TakingChannel(transport.Channel):
         #: ("own", after a take that found nothing fitting).
         self._next_wait: str | None = None
         self._pending: str | None = None  # what the command in flight is
+        #: Seconds until the first delayed job of its lists is due, from the last empty take.
+        self._due_in: float | None = None
 
     # -- consuming ----------------------------------------------------------------
 
@@ -155,6 +161,9 @@ class TakingChannel(transport.Channel):
         bells = [prefix + keys.bell(queue) for queue in queues]
         own = [prefix + self.wake_key] if self.wake_key else []
         if self._next_wait == "bells" or (self._next_wait == "own" and not own):
+            if self._due_in is not None:  # wake when the first delayed job comes due
+                due = self._due_in + DUE_MARGIN
+                timeout = min(timeout, due) if timeout else due
             command = ["BRPOP", *bells, *own, timeout or 0]
         elif self._next_wait == "own":
             command = ["BRPOP", *own, NOTHING_FITS_WAIT]
@@ -162,7 +171,7 @@ class TakingChannel(transport.Channel):
             return  # the gate closed since kombu looked: take nothing
         else:
             command = self._take_command(queues, bells, prefix)
-        self._pending, self._next_wait = self._next_wait, None
+        self._pending, self._next_wait, self._due_in = self._next_wait, None, None
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
         self.client.connection.send_command(*command)
@@ -174,8 +183,10 @@ class TakingChannel(transport.Channel):
         fixed = [prefix + self.unacked_key, prefix + self.unacked_index_key, prefix + keys.SKIPPED,
                  prefix + keys.rejected()]
         reservations = [prefix + keys.reservations(queue) for queue, _ in pairs]
+        delayed = [prefix + keys.delayed(self._q_for_pri(queue, priority))
+                   for priority in self.priority_steps for queue in queues]
         script_keys, argv = take_arguments(fixed, pairs, reservations, bells, limits, self.spec_header,
-                                           self.scale_header, int(self.max_message), self.intake_host)
+                                           self.scale_header, int(self.max_message), self.intake_host, delayed)
         return ["EVAL", TAKE, len(script_keys), *script_keys, *argv]
 
     def basic_get(self, queue, no_ack=False, **kwargs):
@@ -184,7 +195,7 @@ class TakingChannel(transport.Channel):
         for _ in range(LOOK_AHEAD):  # past items the take set aside, bounded
             with self.conn_or_acquire() as client:
                 reply = client.execute_command(*command)
-            if reply is None:
+            if reply is None or isinstance(reply, (bytes, str)):  # empty (a delayed job may wait)
                 return None
             try:
                 payload, _, tag = self._claim(*reply)
@@ -215,8 +226,9 @@ class TakingChannel(transport.Channel):
                 raise Empty() from exc
             if pending is not None:  # a doorbell rang, or the wait timed out: look again
                 raise Empty()
-            if reply is None:
+            if reply is None or isinstance(reply, (bytes, str)):  # empty; text: seconds until one is due
                 self._next_wait = "bells"
+                self._due_in = float(reply) if reply is not None else None
                 raise Empty()
             if isinstance(reply, int):
                 self._next_wait = "own"

@@ -28,6 +28,8 @@ import base64
 import binascii
 import json
 import logging
+import time
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -147,6 +149,35 @@ def id_problem(headers: Any) -> str | None:
     if not isinstance(headers, dict) or not isinstance(headers.get("id"), str):
         return None
     return task_id_problem(headers["id"])
+
+
+#: Seconds an eta may lie ahead of this host's clock and still be run at once: the
+#: take hands over only jobs due by the server's clock, so only clock skew puts one ahead.
+ETA_SKEW = 60.0
+
+
+def due_headers(headers: dict) -> dict:
+    """``headers`` without their ``eta`` if it is due (within :data:`ETA_SKEW` of this host's clock).
+
+    The take delivers an eta message only once the server's clock reached it
+    (``tasks/lua/delayed.lib.lua``); Celery would still hold it on a timer until this
+    host's clock does, taking a prefetch slot. The message itself (``_raw``, which
+    hand-backs and dead letters copy, and the seal covers) keeps its eta. One further
+    ahead (an eta the take could not read) is left to Celery.
+    """
+    eta = headers.get("eta")
+    if not isinstance(eta, str):
+        return headers
+    try:
+        due = datetime.fromisoformat(eta)
+    except ValueError:
+        return headers  # Celery's request refuses it as an invalid ETA
+    if due.tzinfo is None:
+        due = due.replace(tzinfo=timezone.utc)
+    if due.timestamp() > time.time() + ETA_SKEW:
+        log.warning("task %s has an eta %s ahead of this host's clock: Celery holds it", headers.get("id"), eta)
+        return headers
+    return {**headers, "eta": None}
 
 
 def rejection(raw: bytes, reason: str, queue: str | None, host: str | None) -> str:
@@ -281,6 +312,7 @@ class IntakeConsumer(Consumer):
             problem = self._seal_problem(message)
             if problem:
                 return self.refuse(message, problem)
+            message.headers = due_headers(message.headers)
             try:
                 return handle(message)
             except self.connection_errors:

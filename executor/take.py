@@ -29,6 +29,12 @@ while it is at it:
   so popping one loses nothing. An empty take deletes its queues' doorbells, leaving
   none behind for jobs already taken; a take that found nothing fitting waits on its
   own doorbell only.
+* **Delayed jobs stay in Redis.** Each take first moves its lists' due messages from
+  their delayed sets (:func:`tasks.keys.delayed`) to the head of their lists, ringing
+  their doorbells, and moves an eta message it finds on a list whose eta is still to
+  come to its delayed set instead of taking it (``tasks/lua/delayed.lib.lua``); an
+  empty take says when the first delayed job is due, and the consumer's doorbell wait
+  ends then. No agent holds a job waiting its eta.
 * A message pushed without ringing (a plain kombu publisher, a hand-edited list)
   is still taken: a doorbell wait times out after ``brpop_timeout`` (1 s) and the
   consumer looks again.
@@ -41,7 +47,7 @@ from dataclasses import dataclass, field
 
 from tasks import keys
 from tasks.records.messages import SAMPLE_BYTES
-from tasks.transport import RESERVATION_LIFETIME, lua_script, reservation
+from tasks.transport import BELL_CAP, DELAYED_LIB, RESERVATION_LIFETIME, lua_script, reservation
 
 #: Messages a consumer looks at, oldest first, per queue list, for one that fits.
 LOOK_AHEAD = 32
@@ -52,7 +58,7 @@ NOTHING_FITS_WAIT = 0.5
 #: Take one message that fits and record it as unacknowledged in the same step. Its
 #: KEYS, ARGV, reply and the keys it touches are documented in ``executor/lua/take.lua``;
 #: :func:`take_arguments` builds them.
-TAKE = lua_script(__package__, "take.lua")
+TAKE = DELAYED_LIB + lua_script(__package__, "take.lua")
 
 
 @dataclass(frozen=True)
@@ -81,10 +87,11 @@ DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
 def take_arguments(fixed: list[str], lists: list[tuple[str, str]], reservations: list[str], bells: list[str],
                    limits: TakeLimits | None, spec_header: str | None = None,
                    scale_header: str | None = None, max_message: int = DEFAULT_MAX_MESSAGE,
-                   host: str | None = None) -> tuple[list, list]:
+                   host: str | None = None, delayed: list[str] | None = None) -> tuple[list, list]:
     """KEYS and ARGV of :data:`TAKE`: ``fixed`` is [unacked, unacked index, skipped, rejected];
     ``lists`` pairs each queue with its list key, in the order to look at them;
-    ``reservations`` is each list's queue's reservations hash, in the same order. Items over
+    ``reservations`` is each list's queue's reservations hash, in the same order, and
+    ``delayed`` its delayed set (default: :func:`tasks.keys.delayed` of the list key). Items over
     ``max_message`` bytes or not messages are set aside in the rejected list, by ``host``."""
     if limits is None or not spec_header:
         sizing = [0, 0, 0, 0, 0, 0, "", "", "", "", 0]
@@ -97,10 +104,13 @@ def take_arguments(fixed: list[str], lists: list[tuple[str, str]], reservations:
         per_list = [_largest(limits.largest.get(queue, own), limits.reserving.get(queue, 1)) for queue, _ in lists]
     for entry, (queue, _) in zip(per_list, lists):
         entry["queue"] = queue
+        entry["bell"] = next((n for n, key in enumerate(bells) if key.endswith(keys.bell(queue))), None)
+    if delayed is None:
+        delayed = [keys.delayed(key) for _, key in lists]
     aside = {"cap": int(max_message), "host": host, "kept": keys.REJECTED_KEPT, "ttl": keys.REJECTED_TTL,
              "sample": SAMPLE_BYTES}
-    script_keys = [*fixed, *(key for _, key in lists), *reservations, *bells]
-    return script_keys, [len(lists), *sizing, json.dumps(per_list), json.dumps(aside)]
+    script_keys = [*fixed, *(key for _, key in lists), *reservations, *delayed, *bells]
+    return script_keys, [len(lists), *sizing, json.dumps(per_list), json.dumps(aside), BELL_CAP]
 
 
 def _largest(host: tuple[float, int], reserving: int) -> dict:

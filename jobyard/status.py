@@ -29,7 +29,7 @@ DECISIONS_SHOWN = 10
 
 @dataclass
 class QueueRow:
-    """One queue's backlog: ready messages, delivered-not-acked ones, and their requests."""
+    """One queue's backlog: ready messages, delayed ones, delivered-not-acked ones, and their requests."""
 
     queue: str
     ready: int
@@ -38,6 +38,8 @@ class QueueRow:
     waiting: int
     demand_cpus: float
     demand_memory: int
+    #: Waiting their eta (countdowns, retry countdowns) in Redis, held by no agent.
+    delayed: int = 0
 
 
 @dataclass
@@ -111,7 +113,7 @@ def collect(client: redis.Redis, broker: str, queues: Iterable[str] = (),
         depth = observation.queues[0]
         demand = observation.demand
         status.queues.append(QueueRow(queue, depth.ready, depth.in_flight, depth.running, len(demand.waiting),
-                                      demand.cpus, demand.memory))
+                                      demand.cpus, demand.memory, depth.delayed))
         computed.extend(unfit_requests(queue, demand.waiting, hosts, shape))
     status.unfit = merge_unfit(read_recorded_unfit(client), computed)
     return status
@@ -225,8 +227,8 @@ def render(status: FleetStatus, now: float | None = None) -> str:
     sections = [
         f"broker {status.broker}",
         "QUEUES\n" + render_table(
-            ["queue", "ready", "in flight", "running", "waiting", "demand cpus", "demand memory"],
-            [(q.queue, q.ready, q.in_flight, q.running, q.waiting, f"{q.demand_cpus:g}",
+            ["queue", "ready", "delayed", "in flight", "running", "waiting", "demand cpus", "demand memory"],
+            [(q.queue, q.ready, q.delayed, q.in_flight, q.running, q.waiting, f"{q.demand_cpus:g}",
               format_memory(q.demand_memory)) for q in status.queues]),
         "HOSTS\n" + render_table(
             ["host", "queues", "cpus", "memory", "running", "waiting", "held free for", "draining",

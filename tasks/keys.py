@@ -89,6 +89,21 @@ def bell(queue: str) -> str:
     return f"{PREFIX}:bell:{queue}"
 
 
+def delayed(list_key: str) -> str:
+    """Sorted set of one queue list's delayed messages (kombu's list key, with its priority
+    suffix): the message's exact text -> when it is due (unix seconds, its ``eta``). Written
+    by the publish (tasks.transport) and by the take (an eta message that reached a list);
+    emptied by the take, which moves due messages to the head of the list (a revoked
+    one is dropped by the agent that takes it). No TTL: a member leaves only by being
+    moved, so the set is in :data:`SWEPT`."""
+    return f"{PREFIX}:delayed:{list_key}"
+
+
+def delayed_sets(queue: str) -> list[str]:
+    """The delayed sets of all of ``queue``'s priority lists, highest priority first."""
+    return [delayed(key) for key in priority_lists(queue)]
+
+
 #: Seconds a publish marker lives: a retried publish within it is a no-op.
 PUBLISHED_TTL = 600
 
@@ -221,8 +236,9 @@ def images(engine_id: str) -> str:
 
 #: Keys (glob patterns) that may lack a TTL for a while because a live process sweeps
 #: them: the draining set always; the take script creates the others without one,
-#: until the next heartbeat gives them one.
-SWEPT = (DRAINING, SKIPPED, reservations("*"), bell("*"))
+#: until the next heartbeat gives them one. Delayed sets never get one: a job waiting
+#: its countdown must not expire; the take empties them as their jobs come due.
+SWEPT = (DRAINING, SKIPPED, reservations("*"), bell("*"), delayed("*"))
 
 
 # kombu's Redis transport, written once: jobyard reads its lists and hashes directly

@@ -9,6 +9,12 @@ job's retry mark (:func:`tasks.keys.retried`) in the same step. A doorbell holds
 job: consumers wait on them instead of polling (the consumer's half, with its atomic capacity-aware take
 and reservations, is the agent's: :mod:`executor.take`, :mod:`executor.channel`).
 
+A message whose ``eta`` is still to come by the server's clock (a ``countdown=`` or
+``eta=`` call, a retry's countdown) goes, in the same step and byte for byte, to its
+list's delayed set (:func:`tasks.keys.delayed`) instead of the list, so no agent holds
+it while it waits; the take moves it to the head of its list once due
+(``tasks/lua/delayed.lib.lua``).
+
 Publishers that use :func:`tasks.create_app` ring doorbells; kombu's visibility
 sweep rings when it requeues; jobyard's own requeues call :func:`ring`.
 Reservations are written by the agents' take; :func:`reservation_holders` reads them
@@ -46,9 +52,12 @@ BELL_CAP = 256
 RESERVATION_LIFETIME = 30.0
 
 
-#: Queue a message and ring its doorbell, at most once per task id and retry number:
-#: see ``tasks/lua/publish.lua``.
-PUBLISH = lua_script(__package__, "publish.lua")
+#: Lua functions for delayed jobs (reading an eta, moving due messages to their list)
+#: that the publish and take scripts begin with: see ``tasks/lua/delayed.lib.lua``.
+DELAYED_LIB = lua_script(__package__, "delayed.lib.lua")
+#: Queue a message and ring its doorbell, at most once per task id and retry number; one
+#: whose eta is to come goes to its list's delayed set: see ``tasks/lua/publish.lua``.
+PUBLISH = DELAYED_LIB + lua_script(__package__, "publish.lua")
 
 
 def ring(pipe, queue: str) -> Any:
@@ -94,8 +103,10 @@ class Channel(kombu_redis.Channel):
     def _put(self, queue, message, **kwargs):
         priority = self._get_message_priority(message, reverse=False)
         prefix = self.global_keyprefix or ""
-        script_keys = [prefix + self._q_for_pri(queue, priority), prefix + keys.bell(queue)]
+        list_key = self._q_for_pri(queue, priority)
+        script_keys = [prefix + list_key, prefix + keys.bell(queue), prefix + keys.delayed(list_key)]
         headers = message.get("headers") or {}
+        eta = headers.get("eta") if isinstance(headers.get("eta"), str) else ""
         task_id, retries = headers.get("id"), headers.get("retries") or 0
         mark = []
         if isinstance(task_id, str):
@@ -105,7 +116,7 @@ class Channel(kombu_redis.Channel):
                 mark = [retries, keys.DELIVERY_TTL]
         with self.conn_or_acquire() as client:
             client.execute_command("EVAL", PUBLISH, len(script_keys), *script_keys, dumps(message), BELL_CAP,
-                                   keys.PUBLISHED_TTL, *mark)
+                                   keys.PUBLISHED_TTL, eta, *mark)
 
     def _do_restore_message(self, payload, exchange, routing_key, pipe, leftmost=False):
         super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)

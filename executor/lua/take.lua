@@ -1,5 +1,9 @@
 -- Take one message from a consumer's queue lists and record it as unacknowledged,
--- in one atomic step (executor/take.py, TAKE).
+-- in one atomic step (executor/take.py, TAKE, which begins with tasks/lua/delayed.lib.lua).
+-- First, each list's delayed messages that are due by the server's clock move to the head
+-- of the list, ringing its queue's doorbell; a message on a list whose eta is still to
+-- come (a plain kombu or older publisher, kombu's lease sweep) moves to the list's delayed
+-- set instead of being taken, byte for byte: no agent ever holds a job waiting its eta.
 --
 -- KEYS[1]                          kombu's unacked hash: delivery tag -> [payload, exchange, routing key]
 -- KEYS[2]                          kombu's unacked index (zset): delivery tag -> lease (taken at,
@@ -9,7 +13,9 @@
 -- KEYS[5 .. 4 + lists]             the queue lists, in the order to look at them (priority, then queue)
 -- KEYS[5 + lists .. 4 + 2 * lists] per list, its queue's reservations hash (jobyard:reserve:<queue>):
 --                                  delivery tag -> "<holder> <when the holder last saw it>"
--- KEYS[5 + 2 * lists ..]           the consumer's queues' doorbells (jobyard:bell:<queue>)
+-- KEYS[5 + 2 * lists .. 4 + 3 * lists] per list, its delayed set (jobyard:delayed:<list>):
+--                                  message -> due time (unix seconds)
+-- KEYS[5 + 3 * lists ..]           the consumer's queues' doorbells (jobyard:bell:<queue>)
 --
 -- ARGV[1]   lists: how many queue lists KEYS holds
 -- ARGV[2]   look-ahead: messages looked at per list, oldest first (0: take the oldest, unsized)
@@ -24,16 +30,19 @@
 -- ARGV[11]  the agent state key prefix: a holder is alive while <prefix><holder> exists
 -- ARGV[12]  how long a reservation lives without its holder seeing the message (seconds)
 -- ARGV[13]  JSON array, one entry per list: {"cpus", "memory"} of the largest host serving its
---           queue, "reserving", how many hosts may hold a reservation in it at once, and "queue"
+--           queue, "reserving", how many hosts may hold a reservation in it at once, "queue",
+--           and "bell", the index of its queue's doorbell among the doorbell KEYS (or none)
 -- ARGV[14]  JSON object, how to set aside what is not a message (tasks.records.RejectedMessage):
 --           {"cap": largest item taken (bytes), "host": who sets aside (or null), "kept": entries
 --           the rejected list keeps, "ttl": its TTL (seconds), "sample": bytes of an item kept}
+-- ARGV[15]  how many doorbell entries to keep
 --
 -- Returns {list key, raw item, delivery tag} for a message taken (always recorded); {list
 -- key, false, false, reason, size} for an item set aside: oversized, not JSON, or not
 -- kombu's envelope (a delivery tag and delivery info), removed from its list and pushed to
 -- the rejected list in this same script; false (nil) when every list is empty, after
--- deleting the queues' doorbells; 0 when nothing within the look-ahead fits the free
+-- deleting the queues' doorbells, or, if a delayed message waits in one of the lists' sets, the
+-- seconds until the first is due (a string: the consumer waits on doorbells no longer); 0 when nothing within the look-ahead fits the free
 -- capacity; 1 when this host is reserved for a message that could run here and has been
 -- passed over for longer than the bound, so it takes nothing until that one fits. Taken or
 -- set aside, in this order: an item that is not a message (set aside), a message the script
@@ -69,14 +78,16 @@ local agents = ARGV[11]
 local lifetime = tonumber(ARGV[12])
 local per_list = cjson.decode(ARGV[13])
 local aside = cjson.decode(ARGV[14])
+local bell_cap = tonumber(ARGV[15])
 local list_keys = {unpack(KEYS, 5, 4 + lists)}
 local reservation_keys = {unpack(KEYS, 5 + lists, 4 + 2 * lists)}
-local bell_keys = {unpack(KEYS, 5 + 2 * lists)}
+local delayed_keys = {unpack(KEYS, 5 + 2 * lists, 4 + 3 * lists)}
+local bell_keys = {unpack(KEYS, 5 + 3 * lists)}
 -- The server's clock, not the consumer's: lease scores (the unacked index), first-skipped
--- times and reservations are compared with other hosts' (executor.channel.TakingQoS).
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+-- times, reservations and due times are compared with other hosts' (executor.channel.TakingQoS).
+local now = server_now()
 local REPLACEMENT = '\239\191\189'  -- U+FFFD in UTF-8
+local UNSIZED_WINDOW = 16  -- messages an unsized take looks at, past those it defers
 
 local function remove(i, index)
   local key = list_keys[i]
@@ -213,51 +224,84 @@ local function reserve(reservations, tag, cap)
   redis.call('HSET', reservations, tag, me .. ' ' .. now)
   return true
 end
+local function bell_of(i)
+  local bell = per_list[i].bell
+  return type(bell) == 'number' and bell_keys[bell + 1] or nil
+end
+-- The message's due time if its eta is still to come, else nil.
+local function waiting(message)
+  local headers = message.headers
+  local due = type(headers) == 'table' and iso_seconds(headers.eta)
+  if due and due > now then return due end
+  return nil
+end
+local function defer(i, index, item, due)
+  redis.call('ZADD', delayed_keys[i], due, item)
+  remove(i, index)
+end
+-- Take the message at ``index`` of list ``i`` if it fits (or must go to the consumer);
+-- 1 if this host is reserved for it; nil to look at the next one.
+local function consider(i, index, item, message)
+  local largest = per_list[i]
+  if depth == 0 then return take(i, index, item, message) end
+  local headers = type(message) == 'table' and message.headers
+  local spec = type(headers) == 'table' and headers[spec_header]
+  if type(spec) ~= 'table' or type(spec.cpus) ~= 'number' or type(spec.memory) ~= 'number' then
+    return take(i, index, item, message)
+  end
+  local cpus, memory = spec.cpus, spec.memory
+  local scale = tonumber(headers[scale_header])
+  if scale and scale > 1 then
+    memory = math.min(math.floor(memory * scale), tonumber(spec.retry_memory_max) or memory * 1024)
+  end
+  if cpus > largest.cpus + 1e-9 or memory > largest.memory then
+    return take(i, index, item, message)
+  end
+  if cpus <= free_cpus + 1e-9 and memory <= free_memory then
+    return take(i, index, item, message)
+  end
+  local tag = message.properties.delivery_tag
+  if cpus <= host_cpus + 1e-9 and memory <= host_memory then
+    local first = tonumber(redis.call('ZSCORE', skipped_key, tag))
+    if not first then
+      redis.call('ZREMRANGEBYSCORE', skipped_key, '-inf', now - 86400)
+      redis.call('ZADD', skipped_key, now, tag)
+      first = now
+    end
+    local reservations = reservation_keys[i]
+    local holder = holder_of(redis.call('HGET', reservations, tag))
+    if holder == me then
+      redis.call('HSET', reservations, tag, me .. ' ' .. now)
+      return 1
+    end
+    if not holder and now - first >= bound and reserve(reservations, tag, largest.reserving) then
+      return 1
+    end
+  end
+  return nil
+end
+
+for i = 1, lists do
+  move_due(delayed_keys[i], list_keys[i], bell_of(i), now, bell_cap)
+end
 local seen = false
 for i = 1, lists do
-  local key = list_keys[i]
-  local largest = per_list[i]
-  local items = redis.call('LRANGE', key, -math.max(depth, 1), -1)
+  -- An unsized take (depth 0) takes the oldest message, past those it defers.
+  local items = redis.call('LRANGE', list_keys[i], -(depth > 0 and depth or UNSIZED_WINDOW), -1)
   local count = #items
+  local removed = 0  -- messages deferred so far: each shifts the indices of those left of it
   for n = count, 1, -1 do
-    seen = true
-    local item, index = items[n], n - count - 1
+    local item, index = items[n], n - count - 1 + removed
     local message, problem = read(item)
     if problem then return set_aside(i, index, item, problem) end
-    if depth == 0 then return take(i, index, item, message) end
-    local headers = type(message) == 'table' and message.headers
-    local spec = type(headers) == 'table' and headers[spec_header]
-    if type(spec) ~= 'table' or type(spec.cpus) ~= 'number' or type(spec.memory) ~= 'number' then
-      return take(i, index, item, message)
-    end
-    local cpus, memory = spec.cpus, spec.memory
-    local scale = tonumber(headers[scale_header])
-    if scale and scale > 1 then
-      memory = math.min(math.floor(memory * scale), tonumber(spec.retry_memory_max) or memory * 1024)
-    end
-    if cpus > largest.cpus + 1e-9 or memory > largest.memory then
-      return take(i, index, item, message)
-    end
-    if cpus <= free_cpus + 1e-9 and memory <= free_memory then
-      return take(i, index, item, message)
-    end
-    local tag = message.properties.delivery_tag
-    if cpus <= host_cpus + 1e-9 and memory <= host_memory then
-      local first = tonumber(redis.call('ZSCORE', skipped_key, tag))
-      if not first then
-        redis.call('ZREMRANGEBYSCORE', skipped_key, '-inf', now - 86400)
-        redis.call('ZADD', skipped_key, now, tag)
-        first = now
-      end
-      local reservations = reservation_keys[i]
-      local holder = holder_of(redis.call('HGET', reservations, tag))
-      if holder == me then
-        redis.call('HSET', reservations, tag, me .. ' ' .. now)
-        return 1
-      end
-      if not holder and now - first >= bound and reserve(reservations, tag, largest.reserving) then
-        return 1
-      end
+    local due = waiting(message)
+    if due then
+      defer(i, index, item, due)
+      removed = removed + 1
+    else
+      seen = true
+      local result = consider(i, index, item, message)
+      if result ~= nil then return result end
     end
   end
 end
@@ -265,6 +309,13 @@ if not seen then
   for _, bell in ipairs(bell_keys) do
     redis.call('DEL', bell)
   end
+  local next_due
+  for _, key in ipairs(delayed_keys) do
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local due = tonumber(first[2])
+    if due and (not next_due or due < next_due) then next_due = due end
+  end
+  if next_due then return tostring(math.max(next_due - now, 0)) end
   return false
 end
 return 0

@@ -92,3 +92,20 @@ def test_a_job_no_host_can_hold_is_reported_not_scaled_for(fleet, queue_name, re
     assert reason and "cpus=4" in reason and redis_client.ttl(f"jobyard:unfit:{huge.id}") > 0
     assert json.loads(redis_client.get("jobyard:autoscaler:shape"))["cpus"] == 1.0
     redis_client.delete(queue_name)
+
+
+def test_delayed_jobs_are_counted_apart_and_as_demand_only_once_due_within_the_look_ahead(redis_client, queue_name):
+    from sample_jobs import add
+
+    from autoscaler.metrics import DUE_LOOK_AHEAD, BrokerMetrics
+    from tasks import keys
+    from tasks.state import state_client
+
+    soon = add.apply_async((1, 2), queue=queue_name, cpus=0.25, memory="100Mi", countdown=DUE_LOOK_AHEAD / 2)
+    add.apply_async((1, 2), queue=queue_name, cpus=1.0, memory="200Mi", countdown=DUE_LOOK_AHEAD + 300)
+    observation = BrokerMetrics(state_client(), [queue_name]).read()
+    (depth,) = observation.queues
+    assert (depth.ready, depth.delayed, depth.reserved, depth.running) == (0, 2, 0, 0)
+    assert [r.task_id for r in observation.demand.waiting] == [soon.id]
+    assert observation.demand.cpus == 0.25 and observation.demand.memory == 100 * Mi
+    redis_client.delete(*keys.delayed_sets(queue_name))  # no agent serves this queue: leave nothing behind

@@ -7,7 +7,7 @@ from celery.result import AsyncResult
 from click.testing import CliRunner
 
 from jobyard.cli import main
-from tasks import command_job
+from tasks import command_job, keys
 from tasks.errors import JobFailed
 from tasks.state import job_facts
 from tests.conftest import BUSYBOX_IMAGE, wait_for
@@ -166,12 +166,16 @@ def test_a_retry_the_broker_refuses_ends_typed_and_leaves_no_mark(retry_agent, r
                             memory="16Mi", retries=1, retry_on=["failed"], retry_delay=0.1, queue="retry")
     result = slow_fail.delay()
     wait_for(lambda: job_facts(result.id).get("container_id"), timeout=30, message="job running")
-    redis_client.set("retry", "refused")  # the queue's key, the wrong type: the retry's publish fails
+    # The queue's key and its delayed set's (the retry's countdown sends it there), the
+    # wrong type: the retry's publish fails.
+    refused = ("retry", keys.delayed("retry"))
+    for key in refused:
+        redis_client.set(key, "refused")
     try:
         with pytest.raises(BackendError, match="its retry could not be sent"):
             result.get(timeout=60)
     finally:
-        redis_client.delete("retry")
+        redis_client.delete(*refused)
     assert redis_client.get(f"jobyard:retried:{result.id}") is None, "a retry mark without its message"
     assert result.id in _cli("dead", "list")
 

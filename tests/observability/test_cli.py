@@ -34,7 +34,7 @@ def test_status_shows_the_live_host_and_a_queue_backlog(obs_agent, redis_client)
     host_line = next(line for line in text.splitlines() if line.startswith(obs_agent.hostname))
     assert "default" in host_line and "/2 " in host_line and "/2Gi" in host_line and "s ago" in host_line
     backlog = next(line for line in text.splitlines() if line.startswith("obs-backlog "))
-    assert backlog.split()[1:3] == ["1", "0"], "1 ready, 0 in flight"
+    assert backlog.split()[1:4] == ["1", "0", "0"], "1 ready, 0 delayed, 0 in flight"
     assert backlog.split()[-2:] == ["0.25", "96Mi"], "demand is the waiting job's request"
 
     data = json.loads(run("status", "--json"))

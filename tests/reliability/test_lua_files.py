@@ -3,6 +3,7 @@
 A script's header comment lists each ``KEYS[n]`` / ``ARGV[n]`` (or a documented range,
 ``KEYS[a .. b]``, read with ``unpack``); the code then assigns each to a named local in
 one block, and nothing below that block touches KEYS or ARGV: no positional offsets.
+A library (``*.lib.lua``, functions scripts begin with) touches neither.
 """
 
 from __future__ import annotations
@@ -53,20 +54,33 @@ def problems(script: str) -> list[str]:
     return found
 
 
-SCRIPTS = sorted(f"{package}/lua/{path.name}" for package in ("tasks", "executor")
-                 for path in files(package).joinpath("lua").iterdir() if path.name.endswith(".lua"))
+LUA = sorted(f"{package}/lua/{path.name}" for package in ("tasks", "executor")
+             for path in files(package).joinpath("lua").iterdir() if path.name.endswith(".lua"))
+SCRIPTS = [name for name in LUA if not name.endswith(".lib.lua")]
+LIBRARIES = [name for name in LUA if name.endswith(".lib.lua")]
+
+
+def text(name: str) -> str:
+    package, _, path = name.partition("/")
+    return files(package).joinpath(path).read_text(encoding="utf-8")
 
 
 def test_the_transport_loads_its_scripts_from_the_packaged_files():
     assert {"executor/lua/take.lua", "tasks/lua/publish.lua"} <= set(SCRIPTS)
-    assert take.TAKE == files("executor").joinpath("lua", "take.lua").read_text(encoding="utf-8")
-    assert transport.PUBLISH == files("tasks").joinpath("lua", "publish.lua").read_text(encoding="utf-8")
+    assert LIBRARIES == ["tasks/lua/delayed.lib.lua"]
+    library = text("tasks/lua/delayed.lib.lua")
+    assert take.TAKE == library + text("executor/lua/take.lua")
+    assert transport.PUBLISH == library + text("tasks/lua/publish.lua")
+
+
+@pytest.mark.parametrize("name", LIBRARIES)
+def test_a_library_touches_no_keys_or_arguments(name):
+    assert not ANY_ENTRY.search(text(name))
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_every_script_names_and_documents_each_key_and_argument_it_uses(name):
-    package, _, path = name.partition("/")
-    script = files(package).joinpath(path).read_text(encoding="utf-8")
+    script = text(name)
     assert problems(script) == []
     assert ONE_ENTRY.search(script)  # the check saw the script's entries at all
 
