@@ -21,7 +21,7 @@ from celery import Task
 from celery.exceptions import Ignore, Reject
 from celery.states import STARTED
 
-from tasks.errors import BackendError, HostLost, InvalidJobSpec, JobError, Revoked
+from tasks.errors import BackendError, HostLost, InvalidJobSpec, JobError, Revoked, WriteNotDurable
 from tasks.images import parse_image_ref
 from tasks.names import SPEC_HEADER
 from tasks.spec import JobSpec
@@ -185,6 +185,13 @@ def _retry_or_dead_letter(agent: "Agent", task: Task, call: JobCall, exc: JobErr
             sent = task.retry(exc=exc, countdown=decision.delay, max_retries=call.spec.retries, headers=headers,
                               throw=False)
         except Reject as refused:  # Celery's wrapping of a failed publish
+            if isinstance(refused.reason, WriteNotDurable):
+                # The retry may or may not be queued: the lease brings this delivery back,
+                # dropped as stale if the retry's mark survived (messages.superseded).
+                log.warning("job %s[%s]: %s; its delivery is left to the lease", call.spec.name, call.task_id,
+                            refused.reason)
+                agent.outcome_not_stored(call.task_id)
+                raise Ignore() from exc
             raise _unsent_retry(agent, call, refused.reason) from exc
         raise sent
     log.info("job %s[%s] ended: %s: %s", call.spec.name, call.task_id, type(exc).__name__,

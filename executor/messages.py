@@ -19,6 +19,7 @@ from typing import Any
 from celery.states import READY_STATES
 
 from tasks import keys, transport
+from tasks.durable import Durability
 
 
 class TaskIds:
@@ -115,21 +116,23 @@ class HeldMessages:
         pipe.execute()
         return len(held)
 
-    def settle(self, task_id: str, client) -> None:
+    def settle(self, task_id: str, client, durability: Durability = Durability()) -> None:
         """Forget the message and remove it from kombu's unacked set ourselves.
 
         Called after the task's outcome is stored. Celery acks too, but through the
         consumer's channel, which may be a dead connection after a broker restart;
-        a message left in ``unacked`` would be requeued and run again.
+        a message left in ``unacked`` would be requeued and run again. With durable
+        writes it raises :class:`tasks.errors.WriteNotDurable` unless replicas hold the
+        settle (a redelivery after a failover is then dropped: its outcome is stored).
         """
         with self._lock:
             message = self._items.pop(task_id, None)
         if message is None or not hasattr(message.channel, "unacked_key"):
             return
-        pipe = client.pipeline()
+        pipe = durability.pipeline(client)
         pipe.zrem(message.channel.unacked_index_key, message.delivery_tag)
         pipe.hdel(message.channel.unacked_key, message.delivery_tag)
-        pipe.execute()
+        durability.execute(pipe, client, f"settling {task_id}")
 
     def let_go(self, task_id: str) -> None:
         """Stop holding ``task_id``'s message and free its prefetch slot; its record stays in ``unacked``.
