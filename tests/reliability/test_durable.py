@@ -192,6 +192,31 @@ def test_a_fleet_short_of_replicas_runs_jobs_and_says_it_is_degraded(pair, durab
     assert (status.durability.min_replicas, status.durability.connected, status.durability.degraded) == (2, 1, True)
 
 
+def test_the_autoscaler_exports_and_logs_the_degraded_state_once(pair, caplog):
+    from autoscaler.action import Action
+    from autoscaler.loop import Tick
+    from autoscaler.metrics import BrokerMetrics
+    from autoscaler.telemetry import DurabilityWatch, Telemetry
+    from jobyard.status import collect, render
+    from tasks.durable import Durability
+
+    primary, _ = pair
+    client = redis.Redis(port=primary.port, decode_responses=True)
+    # A client of its own: a server this process has not watched yet starts undegraded.
+    watch = DurabilityWatch(redis.Redis(host="localhost", port=primary.port), Durability(2, WAIT_MS))
+    telemetry = Telemetry(degraded=lambda: watch.degraded)
+    tick = Tick(time.time(), BrokerMetrics(client, [IDLE_QUEUE]).read(), 0, 0, (), Action.hold("idle"))
+    with caplog.at_level(logging.WARNING, logger="tasks.durable"):
+        for _ in range(3):
+            for listener in (watch, telemetry):
+                listener.observe(tick)
+    assert telemetry.registry.get_sample_value("jobyard_autoscaler_durability_degraded") == 1.0
+    assert sum("durability degraded" in r.getMessage() for r in caplog.records) == 1
+    shown = render(collect(client, primary.url, durability=Durability(2, WAIT_MS)))
+    assert "durable writes: 2 replica(s) wanted, 1 connected (DURABILITY DEGRADED" in shown
+    assert "durable writes" not in render(collect(client, primary.url))
+
+
 def _degraded_metric(agent) -> float | None:
     text = urllib.request.urlopen(agent.extra["metrics"], timeout=5).read().decode()
     for line in text.splitlines():
