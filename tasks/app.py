@@ -11,6 +11,7 @@ container and never runs job code.
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import urlsplit
 
 from celery import Celery
@@ -21,10 +22,13 @@ from kombu.utils.encoding import bytes_to_str
 from . import security
 from .config import Settings
 from .durable import Durability
+from .errors import WriteNotDurable
 from .failure import failure_text
 from .ids import check_task_id
 from .names import RUN_TASK, SPEC_HEADER  # noqa: F401 - their import path before tasks.names
 from .transport import TRANSPORTS
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -160,6 +164,18 @@ class DurableResults:
     """Result-backend mixin: with durable writes (:mod:`tasks.durable`), storing a result
     counts as done only once replicas hold it; else it raises
     :class:`tasks.errors.WriteNotDurable`, and the agent leaves the job's delivery to its lease."""
+
+    def mark_as_failure(self, task_id, exc, *args, **kwargs):
+        """Store a failure, but never the error of a store replicas did not confirm.
+
+        Celery stores the error a result store raised as the job's outcome (its internal
+        error path); a :class:`~tasks.errors.WriteNotDurable` is no outcome of the job:
+        its delivery is left to the lease, and a redelivery finds what was stored.
+        """
+        if isinstance(exc, WriteNotDurable):
+            log.warning("not storing %s as the outcome of %s: the job's delivery is left to its lease", exc, task_id)
+            return None
+        return super().mark_as_failure(task_id, exc, *args, **kwargs)
 
     def _set(self, key, value, expires=None):
         settings = getattr(self.app, "jobyard_settings", None)

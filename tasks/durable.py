@@ -4,11 +4,15 @@ Redis replicates asynchronously: a primary that dies right after a write may tak
 it with it, and a replica promoted in its place never saw it. With
 ``JOBYARD_BROKER_MIN_REPLICAS=N`` (:class:`Durability`), every write that makes a
 job's state (a publish, the agent's take record, its settle, a result) is followed
-by ``WAIT n timeout`` **on the connection that did the write**: WAIT counts the
-replicas that acknowledged that client's own writes, so sent on another pooled
-connection it would confirm nothing. Writes and their WAIT therefore go in one
-pipeline (one connection, one round trip); the agent's take, sent raw on its poll
-connection, sends its WAIT on that same connection (:mod:`executor.channel`).
+by ``WAIT n timeout`` **on the connection that did the write**: WAIT waits until
+replicas acknowledged the replication offset of that connection's own last write, so
+sent on another pooled connection it would confirm some other, earlier write. Writes
+and their WAIT therefore go in one pipeline (one connection, one round trip); the
+agent's take, sent raw on its poll connection, sends its WAIT on that same connection
+(:mod:`executor.channel`). The replication stream is one ordered stream, so a
+confirmed write also confirms every write the primary applied before it, from any
+connection (a job's facts and dead letter, written before its result, a handed-back
+copy, pushed before the original is settled).
 
 ``n`` is ``N``, or the replicas the primary has connected when it has fewer
 (``INFO replication``, read at most every :data:`REPLICAS_REFRESH` seconds per

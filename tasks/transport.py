@@ -121,8 +121,9 @@ class Channel(kombu_redis.Channel):
             pipe = client.pipeline(transaction=False)
             pipe.execute_command("EVAL", PUBLISH, len(script_keys), *script_keys, dumps(message), BELL_CAP,
                                  keys.PUBLISHED_TTL, *mark)
-            self.durability.execute(pipe, client, f"publishing {task_id or 'a message'} to {queue}",
-                                    PublishNotDurable)
+            # Only a job's message waits: a remote-control reply (no task id) is no job.
+            durability = self.durability if isinstance(task_id, str) else Durability()
+            durability.execute(pipe, client, f"publishing {task_id} to {queue}", PublishNotDurable)
 
     def _do_restore_message(self, payload, exchange, routing_key, pipe, leftmost=False):
         super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)

@@ -27,6 +27,7 @@ from tasks.app import create_app
 from tasks.config import Settings
 from tasks.errors import JobError, JobyardError, PublishNotDurable, WriteNotDurable
 from tasks.names import RUN_TASK
+from tasks.state import read_job_facts
 from tests.conftest import PYTHON_IMAGE, wait_for
 from tests.support.services import RedisServer, free_port, temp_dir
 
@@ -243,6 +244,51 @@ def test_no_container_starts_for_a_take_the_replica_does_not_hold(pair, durable_
         assert result.get(timeout=30) == 42
     finally:
         app.close()
+
+
+def stalled_at_its_end(pair, script: str, ended, **spec):
+    """Run a busybox job of ``script`` from a caller that does not wait; pause the replica
+    once its container runs, until ``ended(client, task_id)`` and the WAIT after it timed out.
+    The job's AsyncResult and a client of the primary."""
+    from tasks import command_job
+    from tests.conftest import BUSYBOX_IMAGE
+
+    primary, replica = pair
+    client = redis.Redis(port=primary.port, decode_responses=True)
+    app = caller(primary, 0)
+    the_job = command_job("durable.stalled", image=BUSYBOX_IMAGE, app=app, cpus=0.1, memory="16Mi", timeout=60,
+                          command=["sh", "-c", script], **spec)
+    result = the_job.delay()
+    wait_for(lambda: client.hget(keys.job_facts(result.id), "container_id"), timeout=30, message="its container")
+    with paused(replica):
+        wait_for(lambda: ended(client, result.id), timeout=15, message="the job's end")
+        time.sleep(WAIT_MS / 1000 + 0.7)  # the WAIT after that write times out meanwhile
+    return result, client
+
+
+def test_a_retry_no_replica_confirms_is_left_to_the_lease_not_dead_lettered(pair, durable_agent):
+    from executor.deadletter import DeadLetters
+
+    # Attempt 1 fails (exit 3, retried) after 2 s; attempt 2 succeeds. The retry's script
+    # runs on the primary (its mark is up), then its WAIT times out.
+    result, client = stalled_at_its_end(pair, 'sleep 2; [ "$JOBYARD_ATTEMPT" -ge 2 ] || exit 3',
+                                        lambda client, task_id: client.get(keys.retried(task_id)),
+                                        retries=1, retry_on=[3], retry_delay=0)
+    result.get(timeout=30)
+    assert "its delivery is left to the lease" in durable_agent.log()
+    assert read_job_facts(result.id, client).attempt == 2
+    assert DeadLetters(client).get(result.id) is None, "an unconfirmed retry was dead-lettered"
+
+
+def test_an_outcome_no_replica_confirms_stays_the_jobs_own(pair, durable_agent):
+    from tasks.errors import JobFailed
+
+    result, client = stalled_at_its_end(pair, "sleep 2; exit 5",
+                                        lambda client, task_id: read_job_facts(task_id, client).state == "failed")
+    with pytest.raises(JobFailed):  # not the WriteNotDurable of its FAILURE's store
+        result.get(timeout=30)
+    # The lease brings the delivery back; the agent finds the outcome stored and settles it.
+    wait_for(lambda: client.hlen("unacked") == 0, timeout=15, message="the delivery to be settled")
 
 
 # -- the negative control --------------------------------------------------------------------------
