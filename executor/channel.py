@@ -239,16 +239,19 @@ class TakingChannel(transport.Channel):
         durability = self.durability
         if not durability.enabled:
             return True
-        with self.conn_or_acquire() as client:
-            needed = durability.needed(client)
-            connection = self.client.connection
-            connection.send_command("WAIT", needed, durability.timeout_ms)
-            acked = self.client.parse_response(connection, "WAIT")
-            try:
+        connection = self.client.connection
+        try:
+            with self.conn_or_acquire() as client:
+                needed = durability.needed(client)
+                connection.send_command("WAIT", needed, durability.timeout_ms)
+                acked = self.client.parse_response(connection, "WAIT")
                 durability.confirm(int(acked), needed, client, "recording a take")
-            except WriteNotDurable as exc:
-                log.warning("%s: not delivering it; its lease brings it back", exc)
-                return False
+        except self.connection_errors:
+            connection.disconnect()
+            raise
+        except (WriteNotDurable, ResponseError) as exc:  # ResponseError: e.g. a primary demoted meanwhile
+            log.warning("could not confirm a take (%s): not delivering it; its lease brings it back", exc)
+            return False
         return True
 
     def _took(self, list_key, item, tag, *aside) -> bool:

@@ -173,7 +173,7 @@ class DurableResults:
         its delivery is left to the lease, and a redelivery finds what was stored.
         """
         if isinstance(exc, WriteNotDurable):
-            log.warning("not storing %s as the outcome of %s: the job's delivery is left to its lease", exc, task_id)
+            log.warning("%s: not stored as the outcome of %s; the job's delivery is left to its lease", exc, task_id)
             return None
         return super().mark_as_failure(task_id, exc, *args, **kwargs)
 
