@@ -75,17 +75,35 @@ class HeldMessages:
 
     def __init__(self) -> None:
         self._items: dict[str, Any] = {}
+        #: Task id -> a delivery held when a newer one of the same id arrived (see :meth:`add`).
+        self._displaced: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def add(self, task_id: str, message: Any) -> None:
-        """Hold ``message``, the delivery of ``task_id``."""
+        """Hold ``message``, the delivery of ``task_id``.
+
+        A delivery of the same id already held (a retry running here while an older
+        delivery of the job comes back through the lease, to be dropped as stale) is kept
+        aside, still renewed, and held again once the newer one is settled or let go.
+        """
         with self._lock:
+            previous = self._items.get(task_id)
+            if previous is not None and previous is not message:
+                self._displaced[task_id] = previous
             self._items[task_id] = message
+
+    def _pop(self, task_id: str) -> Any:
+        """Remove and return ``task_id``'s message, holding again a delivery it displaced (lock held)."""
+        message = self._items.pop(task_id, None)
+        displaced = self._displaced.pop(task_id, None)
+        if displaced is not None:
+            self._items[task_id] = displaced
+        return message
 
     def discard(self, task_id: str) -> None:
         """Stop holding ``task_id``'s message without settling it: its lease lapses."""
         with self._lock:
-            self._items.pop(task_id, None)
+            self._pop(task_id)
 
     def get(self, task_id: str) -> Any:
         """The message held for ``task_id``, or None."""
@@ -105,7 +123,7 @@ class HeldMessages:
         that was acknowledged meanwhile.
         """
         with self._lock:
-            held = list(self._items.values())
+            held = [*self._items.values(), *self._displaced.values()]
         if not held:
             return 0
         pipe = client.pipeline(transaction=False)
@@ -126,7 +144,7 @@ class HeldMessages:
         settle (a redelivery after a failover is then dropped: its outcome is stored).
         """
         with self._lock:
-            message = self._items.pop(task_id, None)
+            message = self._pop(task_id)
         if message is None or not hasattr(message.channel, "unacked_key"):
             return
         pipe = durability.pipeline(client)
@@ -140,7 +158,7 @@ class HeldMessages:
         The lease sweep then delivers it again (:meth:`executor.channel.TakingQoS.release`).
         """
         with self._lock:
-            message = self._items.pop(task_id, None)
+            message = self._pop(task_id)
         if message is not None:
             free_slot(message)
 

@@ -98,6 +98,14 @@ def durable_app(pair):
     app.close()
 
 
+@pytest.fixture(scope="module")
+def plain_app(pair):
+    """A caller that does not wait: its publishes go through with the replica paused."""
+    app = caller(pair[0], 0)
+    yield app
+    app.close()
+
+
 def test_a_publish_returns_once_the_replica_holds_it(pair):
     primary, replica = pair
     app = create_app(dataclasses.replace(caller(primary, 1).jobyard_settings, broker_wait_timeout=5000))
@@ -228,36 +236,31 @@ def _degraded_metric(agent) -> float | None:
     return None
 
 
-def test_no_container_starts_for_a_take_the_replica_does_not_hold(pair, durable_agent):
+def test_no_container_starts_for_a_take_the_replica_does_not_hold(pair, durable_agent, plain_app):
     primary, replica = pair
     client = redis.Redis(port=primary.port, decode_responses=True)
-    app = caller(primary, 0)  # the caller does not wait: its publish goes through with the replica paused
-    try:
-        add = _add(app)
-        refused = durable_agent.log().count("recording a take")
-        with paused(replica):
-            result = add.delay(20, 22)
-            wait_for(lambda: durable_agent.log().count("recording a take") > refused, timeout=15,
-                     message="the agent's take to go unconfirmed")
-            time.sleep(0.5)
-            assert result.id not in durable_agent.log(), "the agent received a job whose take no replica held"
-            assert not client.exists(keys.job_facts(result.id)), "a container started"
-            assert client.hlen("unacked") == 1, "the take's record is not left for the lease"
-        assert result.get(timeout=30) == 42
-    finally:
-        app.close()
+    add = _add(plain_app)
+    refused = durable_agent.log().count("recording a take")
+    with paused(replica):
+        result = add.delay(20, 22)
+        wait_for(lambda: durable_agent.log().count("recording a take") > refused, timeout=15,
+                 message="the agent's take to go unconfirmed")
+        time.sleep(0.5)
+        assert result.id not in durable_agent.log(), "the agent received a job whose take no replica held"
+        assert not client.exists(keys.job_facts(result.id)), "a container started"
+        assert client.hlen("unacked") == 1, "the take's record is not left for the lease"
+    assert result.get(timeout=30) == 42
 
 
-def stalled_at_its_end(pair, script: str, ended, **spec):
-    """Run a busybox job of ``script`` from a caller that does not wait; pause the replica
-    once its container runs, until ``ended(client, task_id)`` and the WAIT after it timed out.
+def stalled_at_its_end(pair, app, script: str, ended, **spec):
+    """Run a busybox job of ``script`` from ``app``; pause the replica once its container
+    runs, until ``ended(client, task_id)`` and the WAIT after it timed out.
     The job's AsyncResult and a client of the primary."""
     from tasks import command_job
     from tests.conftest import BUSYBOX_IMAGE
 
     primary, replica = pair
     client = redis.Redis(port=primary.port, decode_responses=True)
-    app = caller(primary, 0)
     the_job = command_job("durable.stalled", image=BUSYBOX_IMAGE, app=app, cpus=0.1, memory="16Mi", timeout=60,
                           command=["sh", "-c", script], **spec)
     result = the_job.delay()
@@ -268,24 +271,27 @@ def stalled_at_its_end(pair, script: str, ended, **spec):
     return result, client
 
 
-def test_a_retry_no_replica_confirms_is_left_to_the_lease_not_dead_lettered(pair, durable_agent):
+def test_a_retry_no_replica_confirms_is_left_to_the_lease_not_dead_lettered(pair, durable_agent, plain_app):
     from executor.deadletter import DeadLetters
 
-    # Attempt 1 fails (exit 3, retried) after 2 s; attempt 2 succeeds. The retry's script
-    # runs on the primary (its mark is up), then its WAIT times out.
-    result, client = stalled_at_its_end(pair, 'sleep 2; [ "$JOBYARD_ATTEMPT" -ge 2 ] || exit 3',
+    # Attempt 1 fails (exit 3, retried) after 2 s; attempt 2 succeeds after 5 s, so the lease
+    # brings attempt 1's delivery back (to be dropped as stale) while the retry runs here.
+    # The retry's script runs on the primary (its mark is up), then its WAIT times out.
+    script = '[ "$JOBYARD_ATTEMPT" -ge 2 ] && { sleep 5; exit 0; }; sleep 2; exit 3'
+    result, client = stalled_at_its_end(pair, plain_app, script,
                                         lambda client, task_id: client.get(keys.retried(task_id)),
                                         retries=1, retry_on=[3], retry_delay=0)
     result.get(timeout=30)
     assert "its delivery is left to the lease" in durable_agent.log()
     assert read_job_facts(result.id, client).attempt == 2
     assert DeadLetters(client).get(result.id) is None, "an unconfirmed retry was dead-lettered"
+    assert "dropping a stale delivery" in durable_agent.log()
 
 
-def test_an_outcome_no_replica_confirms_stays_the_jobs_own(pair, durable_agent):
+def test_an_outcome_no_replica_confirms_stays_the_jobs_own(pair, durable_agent, plain_app):
     from tasks.errors import JobFailed
 
-    result, client = stalled_at_its_end(pair, "sleep 2; exit 5",
+    result, client = stalled_at_its_end(pair, plain_app, "sleep 2; exit 5",
                                         lambda client, task_id: read_job_facts(task_id, client).state == "failed")
     with pytest.raises(JobFailed):  # not the WriteNotDurable of its FAILURE's store
         result.get(timeout=30)
