@@ -272,10 +272,11 @@ class Agent:
         except Exception as exc:  # noqa: BLE001 - next beat retries; the lease has slack
             log.warning("lease renewal failed: %s", exc)
 
-    def settle(self, task_id: str) -> None:
-        """After a job's outcome is stored: drop its message from the broker's unacked set."""
+    def settle(self, task_id: str, message: Any = None) -> None:
+        """After a job's outcome is stored: drop its message (``message``, when named) from the
+        broker's unacked set."""
         try:
-            self.held.settle(task_id, self.redis, self.app.jobyard_settings.durability)
+            self.held.settle(task_id, self.redis, self.app.jobyard_settings.durability, message)
         except Exception as exc:  # noqa: BLE001 - Celery's own ack still applies
             log.warning("could not settle %s: %s", task_id, exc)
 
@@ -289,12 +290,13 @@ class Agent:
         self.held.let_go(task_id)
         log.warning("the outcome of %s was not stored: its message stays for the lease to bring back", task_id)
 
-    def finish_delivery(self, task_id: str) -> bool:
-        """When Celery acknowledges a delivery: settle it unless its outcome was not stored; True if settled."""
+    def finish_delivery(self, task_id: str, message: Any = None) -> bool:
+        """When Celery acknowledges a delivery (``message``): settle it unless its outcome was
+        not stored; True if settled."""
         if task_id in self.unstored:
             self.unstored.discard(task_id)
             return False
-        self.settle(task_id)
+        self.settle(task_id, message)
         return True
 
     def stop(self) -> None:

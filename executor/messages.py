@@ -92,8 +92,12 @@ class HeldMessages:
                 self._displaced[task_id] = previous
             self._items[task_id] = message
 
-    def _pop(self, task_id: str) -> Any:
-        """Remove and return ``task_id``'s message, holding again a delivery it displaced (lock held)."""
+    def _pop(self, task_id: str, message: Any = None) -> Any:
+        """Remove and return ``task_id``'s message (only ``message``, when named: a delivery
+        already settled must not take a newer one with it), holding again a delivery it
+        displaced (lock held)."""
+        if message is not None and self._items.get(task_id) is not message:
+            return self._displaced.pop(task_id) if self._displaced.get(task_id) is message else None
         message = self._items.pop(task_id, None)
         displaced = self._displaced.pop(task_id, None)
         if displaced is not None:
@@ -134,7 +138,7 @@ class HeldMessages:
         pipe.execute()
         return len(held)
 
-    def settle(self, task_id: str, client, durability: Durability = Durability()) -> None:
+    def settle(self, task_id: str, client, durability: Durability = Durability(), message: Any = None) -> None:
         """Forget the message and remove it from kombu's unacked set ourselves.
 
         Called after the task's outcome is stored. Celery acks too, but through the
@@ -142,9 +146,10 @@ class HeldMessages:
         a message left in ``unacked`` would be requeued and run again. With durable
         writes it raises :class:`tasks.errors.WriteNotDurable` unless replicas hold the
         settle (a redelivery after a failover is then dropped: its outcome is stored).
+        ``message`` names the delivery to settle; without it, the one held now.
         """
         with self._lock:
-            message = self._pop(task_id)
+            message = self._pop(task_id, message)
         if message is None or not hasattr(message.channel, "unacked_key"):
             return
         pipe = durability.pipeline(client)

@@ -41,11 +41,11 @@ class ContainerRequest(Request):
         except BaseException:
             self.task.agent.held.discard(self.id)  # REVOKED not stored: its record is the lease's
             raise
-        self.task.agent.settle(self.id)
+        self.task.agent.settle(self.id, self.message)
 
     def acknowledge(self):
         """Settle the message, unless its outcome was not stored: then the lease brings it back."""
-        if not self.acknowledged and not self.task.agent.finish_delivery(self.id):
+        if not self.acknowledged and not self.task.agent.finish_delivery(self.id, self.message):
             free_slot(self.message)  # its record stays in unacked for the lease
             self.acknowledged = True
         super().acknowledge()

@@ -281,11 +281,13 @@ def test_a_retry_no_replica_confirms_is_left_to_the_lease_not_dead_lettered(pair
     result, client = stalled_at_its_end(pair, plain_app, script,
                                         lambda client, task_id: client.get(keys.retried(task_id)),
                                         retries=1, retry_on=[3], retry_delay=0)
-    result.get(timeout=30)
     assert "its delivery is left to the lease" in durable_agent.log()
+    wait_for(lambda: "dropping a stale delivery" in durable_agent.log(), timeout=15, message="the stale delivery")
+    time.sleep(0.5)  # its acknowledgement too
+    assert client.hlen("unacked") == 1, "settling the stale delivery settled the running retry's"
+    result.get(timeout=30)
     assert read_job_facts(result.id, client).attempt == 2
     assert DeadLetters(client).get(result.id) is None, "an unconfirmed retry was dead-lettered"
-    assert "dropping a stale delivery" in durable_agent.log()
 
 
 def test_an_outcome_no_replica_confirms_stays_the_jobs_own(pair, durable_agent, plain_app):
