@@ -47,7 +47,7 @@ def run_autoscaler(config: AutoscaleConfig) -> None:
     from .loop import Autoscaler, Policy
     from .registry import REGISTRY
     from .report import DecisionLog, RedisReporter
-    from .telemetry import Telemetry
+    from .telemetry import DurabilityWatch, Telemetry
     from .timeline import TimelineWriter
 
     client = state_client()
@@ -57,11 +57,12 @@ def run_autoscaler(config: AutoscaleConfig) -> None:
     source = REGISTRY.sources.make(config.metric_source, config, client)
     strategy = REGISTRY.strategies.make(config.strategy, config)
     provider = REGISTRY.providers.make(config.provider, config)
-    listeners = [DecisionLog(), RedisReporter(client, provider.shape, config.queues, policy.poll)]
+    durability = DurabilityWatch(client, app.jobyard_settings.durability)
+    listeners = [durability, DecisionLog(), RedisReporter(client, provider.shape, config.queues, policy.poll)]
     if config.record:
         listeners.append(TimelineWriter(config.record))
     if config.metrics_port:
-        telemetry = Telemetry()
+        telemetry = Telemetry(degraded=lambda: durability.degraded)
         telemetry.serve(config.metrics_port)
         listeners.append(telemetry)
     autoscaler = Autoscaler(source, provider, Drainer(app, client), policy, strategy, listeners)

@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from .action import HOLD, IN, OUT
 from .loop import Tick
 
 
+class DurabilityWatch:
+    """Listener: each tick, looks at the broker's replicas (:mod:`tasks.durable`; a change of
+    the degraded state is logged once) and keeps the answer in ``degraded``."""
+
+    def __init__(self, client, durability):
+        self.client = client
+        self.durability = durability
+        self.degraded = False
+
+    def observe(self, tick: Tick) -> None:
+        """Refresh ``degraded``; a failing read keeps the last answer."""
+        try:
+            self.degraded = self.durability.check(self.client)
+        except Exception:  # noqa: BLE001 - the broker may be failing over; the next tick reads again
+            pass
+
+
 class Telemetry:
     """Gauges for backlog, demand and hosts; a counter of decisions by direction."""
 
-    def __init__(self, registry: CollectorRegistry | None = None):
+    def __init__(self, registry: CollectorRegistry | None = None, degraded: Callable[[], bool] | None = None):
         self.registry = registry or CollectorRegistry()
+        #: Whether durable writes are degraded now (a :class:`DurabilityWatch`'s), when exported.
+        self.degraded_now = degraded
+        self.degraded = Gauge("jobyard_autoscaler_durability_degraded",
+                              "1 while the broker's primary has fewer connected replicas than job writes "
+                              "must wait for (JOBYARD_BROKER_MIN_REPLICAS).", registry=self.registry)
         label = ("queue",)
         self.ready = Gauge("jobyard_autoscaler_queue_ready_jobs", "Ready messages, all priority lists.", label,
                            registry=self.registry)
@@ -53,3 +77,5 @@ class Telemetry:
         self.hosts.labels("draining").set(len(tick.draining))
         self.unfit.set(len(tick.unfit))
         self.decisions.labels(tick.action.direction).inc()
+        if self.degraded_now is not None:
+            self.degraded.set(1 if self.degraded_now() else 0)

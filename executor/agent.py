@@ -93,6 +93,10 @@ class AgentObserver:
     def state_published(self, agent: "Agent", state: AgentState) -> None:
         """The agent published ``state`` (see :meth:`Agent.state`)."""
 
+    def durability_checked(self, agent: "Agent", degraded: bool) -> None:
+        """The agent looked at the broker's replicas: ``degraded`` while fewer are connected
+        than ``JOBYARD_BROKER_MIN_REPLICAS`` (:mod:`tasks.durable`)."""
+
 
 class Agent:
     """Runs jobs on this host; see the module docstring."""
@@ -229,6 +233,19 @@ class Agent:
             log.warning("heartbeat failed: %s", exc)
         self.notify("state_published", state)
 
+    def check_durability(self) -> None:
+        """With durable writes: read the broker's connected replicas (logged once per change
+        of the degraded state, :mod:`tasks.durable`) and tell the observers."""
+        durability = self.app.jobyard_settings.durability
+        if not durability.enabled:
+            return
+        try:
+            degraded = durability.check(self.redis)
+        except Exception as exc:  # noqa: BLE001 - Redis may be failing over; next beat retries
+            log.warning("could not read the broker's replicas: %s", exc)
+            return
+        self.notify("durability_checked", degraded)
+
     def follow_drain_mark(self) -> None:
         """Take no new work while the autoscaler has this host in its draining set."""
         try:
@@ -261,7 +278,7 @@ class Agent:
     def settle(self, task_id: str, tag: str | None = None) -> None:
         """After a job's outcome is stored: drop its message (delivery ``tag``) from the broker's unacked set."""
         try:
-            self.held.settle(task_id, self.redis, tag)
+            self.held.settle(task_id, self.redis, tag, self.app.jobyard_settings.durability)
         except Exception as exc:  # noqa: BLE001 - Celery's own ack still applies
             log.warning("could not settle %s: %s", task_id, exc)
 

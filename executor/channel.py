@@ -24,6 +24,7 @@ from kombu.utils.json import loads
 from redis.exceptions import ResponseError
 
 from tasks import keys, transport
+from tasks.errors import WriteNotDurable
 from tasks.transport import queue_of
 
 from .take import DEFAULT_MAX_MESSAGE, LOOK_AHEAD, NOTHING_FITS_WAIT, TAKE, TakeLimits, take_arguments
@@ -194,7 +195,9 @@ class TakingChannel(transport.Channel):
         command = self._take_command([queue], [], self.global_keyprefix or "", sized=False)
         for _ in range(LOOK_AHEAD):  # past items the take set aside, bounded
             with self.conn_or_acquire() as client:
-                reply = client.execute_command(*command)
+                pipe = client.pipeline(transaction=False)
+                pipe.execute_command(*command)
+                reply, = self.durability.execute(pipe, client, "recording a take")
             if reply is None or isinstance(reply, (bytes, str)):  # empty (a delayed job may wait)
                 return None
             try:
@@ -233,10 +236,35 @@ class TakingChannel(transport.Channel):
             if isinstance(reply, int):
                 self._next_wait = "own"
                 raise Empty()
+            if not self._take_confirmed():
+                self._next_wait = "bells"  # look again after a doorbell wait, not at once
+                raise Empty()
             return self._took(*reply)
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
+
+    def _take_confirmed(self) -> bool:
+        """With durable writes: whether replicas hold the take's record (WAIT, on the poll
+        connection that sent the take). A take they do not hold is not delivered: no
+        container starts for it, and its record is left to the lease, which requeues it."""
+        durability = self.durability
+        if not durability.enabled:
+            return True
+        connection = self.client.connection
+        try:
+            with self.conn_or_acquire() as client:
+                needed = durability.needed(client)
+                connection.send_command("WAIT", needed, durability.timeout_ms)
+                acked = self.client.parse_response(connection, "WAIT")
+                durability.confirm(int(acked), needed, client, "recording a take")
+        except self.connection_errors:
+            connection.disconnect()
+            raise
+        except (WriteNotDurable, ResponseError) as exc:  # ResponseError: e.g. a primary demoted meanwhile
+            log.warning("could not confirm a take (%s): not delivering it; its lease brings it back", exc)
+            return False
+        return True
 
     def _took(self, list_key, item, tag, *aside) -> bool:
         payload, queue, tag = self._claim(list_key, item, tag, *aside)

@@ -60,10 +60,11 @@ class LeaseRenewal(PeriodicLoop):
     name = "jobyard-heartbeat"
 
     def beat(self) -> None:
-        """Renew, follow the drain mark, publish."""
+        """Renew, follow the drain mark, publish, look at the broker's replicas."""
         self.agent.renew_leases()
         self.agent.follow_drain_mark()
         self.agent.publish()
+        self.agent.check_durability()
 
 
 class Housekeeping(PeriodicLoop):

@@ -21,7 +21,7 @@ from celery import Task
 from celery.exceptions import Ignore, Reject
 from celery.states import STARTED
 
-from tasks.errors import BackendError, HostLost, InvalidJobSpec, JobError, Revoked
+from tasks.errors import BackendError, HostLost, InvalidJobSpec, JobError, Revoked, WriteNotDurable
 from tasks.images import parse_image_ref
 from tasks.names import SPEC_HEADER
 from tasks.spec import JobSpec
@@ -52,7 +52,7 @@ def supervise(task: Task, args: tuple, kwargs: dict) -> Any:
     call = job_call(task.request, args, kwargs)
     try:
         _screen_delivery(agent, task, call)
-        _store_started(task)
+        _store_started(agent, task, call)
         return execute(agent, call)
     except HandBack:
         agent.held.hand_back(call.task_id)
@@ -164,11 +164,17 @@ def _screen_delivery(agent: "Agent", task: Task, call: JobCall) -> None:
     log.warning("job %s[%s] redelivered after its host was lost (%d so far)", call.spec.name, call.task_id, lost)
 
 
-def _store_started(task: Task) -> None:
-    """Store STARTED as Celery's tracer would with ``task_track_started``, once the delivery may run."""
+def _store_started(agent: "Agent", task: Task, call: JobCall) -> None:
+    """Store STARTED as Celery's tracer would with ``task_track_started``, once the delivery may run.
+
+    A STARTED no replica confirmed starts no container: the delivery is left to the lease.
+    """
     if task.app.conf.task_track_started and not getattr(task.request, "ignore_result", False):
-        task.backend.store_result(task.request.id, {"pid": os.getpid(), "hostname": task.request.hostname},
-                                  STARTED, request=task.request)
+        try:
+            task.backend.store_result(task.request.id, {"pid": os.getpid(), "hostname": task.request.hostname},
+                                      STARTED, request=task.request)
+        except WriteNotDurable as exc:
+            _leave_to_lease(agent, call, exc)
 
 
 def _retry_or_dead_letter(agent: "Agent", task: Task, call: JobCall, exc: JobError) -> None:
@@ -185,12 +191,23 @@ def _retry_or_dead_letter(agent: "Agent", task: Task, call: JobCall, exc: JobErr
             sent = task.retry(exc=exc, countdown=decision.delay, max_retries=call.spec.retries, headers=headers,
                               throw=False)
         except Reject as refused:  # Celery's wrapping of a failed publish
+            if isinstance(refused.reason, WriteNotDurable):
+                # The retry may or may not be queued: the lease brings this delivery back,
+                # dropped as stale if the retry's mark survived (messages.superseded).
+                _leave_to_lease(agent, call, refused.reason)
             raise _unsent_retry(agent, call, refused.reason) from exc
         raise sent
     log.info("job %s[%s] ended: %s: %s", call.spec.name, call.task_id, type(exc).__name__,
              head(str(exc), ERROR_BYTES))
     if not isinstance(exc, _NOT_DEAD):
         dead_letter(agent, call, exc, decision.reason)
+
+
+def _leave_to_lease(agent: "Agent", call: JobCall, why: WriteNotDurable) -> None:
+    """End this delivery unsettled (Celery's Ignore): its record stays for the lease to bring back."""
+    log.warning("job %s[%s]: %s; its delivery is left to the lease", call.spec.name, call.task_id, why)
+    agent.outcome_not_stored(call.task_id)
+    raise Ignore() from why
 
 
 def _unsent_retry(agent: "Agent", call: JobCall, why: Any) -> BackendError:

@@ -19,6 +19,7 @@ from typing import Any
 from celery.states import READY_STATES
 
 from tasks import keys, transport
+from tasks.durable import Durability
 
 #: The field of a task's request holding the delivery tag of its message.
 DELIVERY_TAG = "jobyard_delivery_tag"
@@ -111,21 +112,25 @@ class HeldMessages:
         pipe.execute()
         return len(held)
 
-    def settle(self, task_id: str, client, tag: str | None = None) -> None:
+    def settle(self, task_id: str, client, tag: str | None = None,
+               durability: Durability = Durability()) -> None:
         """Forget a delivery of ``task_id`` and remove it from kombu's unacked set ourselves.
 
         Called after the task's outcome is stored. Celery acks too, but through the
         consumer's channel, which may be a dead connection after a broker restart;
-        a message left in ``unacked`` would be requeued and run again.
+        a message left in ``unacked`` would be requeued and run again. With durable
+        writes it raises :class:`tasks.errors.WriteNotDurable` unless replicas hold the
+        settle (a redelivery after a failover is then dropped: its outcome is stored).
+        ``tag`` names the delivery to settle; without it, the latest held.
         """
         with self._lock:
             message = self._pop(task_id, tag)
         if message is None or not hasattr(message.channel, "unacked_key"):
             return
-        pipe = client.pipeline()
+        pipe = durability.pipeline(client)
         pipe.zrem(message.channel.unacked_index_key, message.delivery_tag)
         pipe.hdel(message.channel.unacked_key, message.delivery_tag)
-        pipe.execute()
+        durability.execute(pipe, client, f"settling {task_id}")
 
     def let_go(self, task_id: str, tag: str | None = None) -> None:
         """Stop holding a delivery of ``task_id`` and free its prefetch slot; its record stays in ``unacked``.

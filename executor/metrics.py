@@ -11,6 +11,8 @@ its own (so nothing else in the process leaks into the scrape)::
     jobyard_agent_jobs_finished_total{outcome="succeeded|oom_killed|timeout|..."}
     jobyard_agent_image_pulls_total{outcome="pulled|auth|not_found|..."}
     jobyard_agent_image_pull_seconds / _image_cache_bytes / _image_evictions_total
+    jobyard_agent_durability_degraded                         1 while the broker has fewer replicas
+                                                              than JOBYARD_BROKER_MIN_REPLICAS
 
 Every series carries the agent's ``host`` label so a fleet's scrapes add up.
 """
@@ -49,6 +51,9 @@ class AgentMetrics(AgentObserver):
         self.reserved_cpus = self._gauge("jobyard_agent_reserved_cpus", "CPUs reserved by admitted jobs.")
         self.reserved_memory = self._gauge("jobyard_agent_reserved_memory_bytes", "Memory reserved by admitted jobs.")
         self.running = self._gauge("jobyard_agent_running_containers", "Jobs admitted and running right now.")
+        self.degraded = self._gauge("jobyard_agent_durability_degraded",
+                                    "1 while the broker's primary has fewer connected replicas than job writes "
+                                    "must wait for (JOBYARD_BROKER_MIN_REPLICAS).")
         self.start_latency = Histogram("jobyard_agent_container_start_seconds",
                                        "Time to create and start a job's container.", labels,
                                        buckets=START_BUCKETS, registry=self.registry)
@@ -85,6 +90,10 @@ class AgentMetrics(AgentObserver):
         self.reserved_cpus.labels(self.host).set(state.reserved.cpus)
         self.reserved_memory.labels(self.host).set(state.reserved.memory)
         self.running.labels(self.host).set(len(state.running))
+
+    def durability_checked(self, agent: Agent, degraded: bool) -> None:
+        """Export whether durable writes are degraded."""
+        self.degraded.labels(self.host).set(1 if degraded else 0)
 
     def serve(self, port: int, address: str = "127.0.0.1") -> None:
         """Serve ``/metrics`` on ``address:port`` from a daemon thread."""

@@ -106,7 +106,8 @@ def status(as_json, queues, decisions):
     from .status import collect, render
 
     with _broker_errors():
-        fleet = collect(_client(), redact(_settings().broker_url), queues, decisions)
+        settings = _settings()
+        fleet = collect(_client(), redact(settings.broker_url), queues, decisions, settings.durability)
     click.echo(json.dumps(fleet.to_json(), indent=2) if as_json else render(fleet))
 
 

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import redis
 
 from tasks import keys
+from tasks.durable import Durability
 from tasks.records import AgentState, Decision, HostOffer
 from tasks.transport import reservation_holders
 from tasks.units import format_memory
@@ -82,6 +83,23 @@ class UnfitRow:
 
 
 @dataclass
+class DurabilityRow:
+    """Durable writes (:mod:`tasks.durable`): replicas each job write waits for, and the broker's now."""
+
+    min_replicas: int
+    connected: int
+    degraded: bool
+
+
+def durability_row(client: redis.Redis, durability: Durability) -> DurabilityRow | None:
+    """The broker's connected replicas against ``durability``; None when writes do not wait."""
+    if not durability.enabled:
+        return None
+    connected = int(client.info("replication").get("connected_slaves", 0))
+    return DurabilityRow(durability.min_replicas, connected, connected < durability.min_replicas)
+
+
+@dataclass
 class FleetStatus:
     """Everything ``jobyard status`` shows."""
 
@@ -91,6 +109,8 @@ class FleetStatus:
     lost: list[LostHostRow] = field(default_factory=list)
     unfit: list[UnfitRow] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    #: Durable writes: replicas wanted and connected, and whether that is degraded (None: off).
+    durability: DurabilityRow | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The status as plain JSON data, for scripts."""
@@ -98,7 +118,7 @@ class FleetStatus:
 
 
 def collect(client: redis.Redis, broker: str, queues: Iterable[str] = (),
-            decisions: int = DECISIONS_SHOWN) -> FleetStatus:
+            decisions: int = DECISIONS_SHOWN, durability: Durability = Durability()) -> FleetStatus:
     """Read the fleet's status from Redis (``broker`` is shown, already redacted)."""
     from autoscaler.metrics import BrokerMetrics
 
@@ -116,6 +136,7 @@ def collect(client: redis.Redis, broker: str, queues: Iterable[str] = (),
                                       demand.cpus, demand.memory, depth.delayed))
         computed.extend(unfit_requests(queue, demand.waiting, hosts, shape))
     status.unfit = merge_unfit(read_recorded_unfit(client), computed)
+    status.durability = durability_row(client, durability)
     return status
 
 
@@ -221,11 +242,20 @@ def read_decisions(client: redis.Redis, count: int = DECISIONS_SHOWN) -> list[De
     return [entry for entry in entries if entry is not None]
 
 
+def _durability_text(row: DurabilityRow | None) -> str:
+    if row is None:
+        return ""
+    text = f"\ndurable writes: {row.min_replicas} replica(s) wanted, {row.connected} connected"
+    if row.degraded:
+        text += f" (DURABILITY DEGRADED: writes wait for {row.connected})"
+    return text
+
+
 def render(status: FleetStatus, now: float | None = None) -> str:
     """The status as readable text tables."""
     now = time.time() if now is None else now
     sections = [
-        f"broker {status.broker}",
+        f"broker {status.broker}" + _durability_text(status.durability),
         "QUEUES\n" + render_table(
             ["queue", "ready", "delayed", "in flight", "running", "waiting", "demand cpus", "demand memory"],
             [(q.queue, q.ready, q.delayed, q.in_flight, q.running, q.waiting, f"{q.demand_cpus:g}",

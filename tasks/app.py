@@ -11,18 +11,24 @@ container and never runs job code.
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import urlsplit
 
 from celery import Celery
 from celery.app.amqp import AMQP
 from celery.backends.redis import RedisBackend, SentinelBackend
+from kombu.utils.encoding import bytes_to_str
 
 from . import security
 from .config import Settings
+from .durable import Durability
+from .errors import WriteNotDurable
 from .failure import failure_text
 from .ids import check_task_id
 from .names import RUN_TASK, SPEC_HEADER  # noqa: F401 - their import path before tasks.names
 from .transport import TRANSPORTS
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> Celery:
@@ -95,6 +101,9 @@ def _transport_options(settings: Settings) -> dict:
         "socket_keepalive": True,
         "retry_on_timeout": True,
         "health_check_interval": 10,
+        # Durable writes (tasks.durable): publishes and takes wait for this many replicas.
+        "min_replicas": settings.broker_min_replicas,
+        "wait_timeout": settings.broker_wait_timeout,
     }
 
 
@@ -164,12 +173,41 @@ class ReadsRideOutRestarts:
         return self.ensure(super().get, (key,))
 
 
-class JobRedisBackend(JobFailureText, ReadsRideOutRestarts, RedisBackend):
-    """Celery's Redis result backend, storing jobs' own tracebacks."""
+class DurableResults:
+    """Result-backend mixin: with durable writes (:mod:`tasks.durable`), storing a result
+    counts as done only once replicas hold it; else it raises
+    :class:`tasks.errors.WriteNotDurable`, and the agent leaves the job's delivery to its lease."""
+
+    def mark_as_failure(self, task_id, exc, *args, **kwargs):
+        """Store a failure, but never the error of a store replicas did not confirm.
+
+        Celery stores the error a result store raised as the job's outcome (its internal
+        error path); a :class:`~tasks.errors.WriteNotDurable` is no outcome of the job:
+        its delivery is left to the lease, and a redelivery finds what was stored.
+        """
+        if isinstance(exc, WriteNotDurable):
+            log.warning("%s: not stored as the outcome of %s; the job's delivery is left to its lease", exc, task_id)
+            return None
+        return super().mark_as_failure(task_id, exc, *args, **kwargs)
+
+    def _set(self, key, value, expires=None):
+        settings = getattr(self.app, "jobyard_settings", None)
+        durability = settings.durability if settings is not None else Durability()
+        if not durability.enabled:
+            return super()._set(key, value, expires)
+        expires = self.expires if expires is None else expires
+        with durability.pipeline(self.client) as pipe:
+            pipe.set(key, value, ex=expires or None)
+            pipe.publish(key, value)
+            durability.execute(pipe, self.client, f"storing the result {bytes_to_str(key)}")
 
 
-class JobSentinelBackend(JobFailureText, ReadsRideOutRestarts, SentinelBackend):
-    """Celery's Sentinel result backend, storing jobs' own tracebacks."""
+class JobRedisBackend(JobFailureText, DurableResults, ReadsRideOutRestarts, RedisBackend):
+    """Celery's Redis result backend, storing jobs' own tracebacks, durably when asked."""
+
+
+class JobSentinelBackend(JobFailureText, DurableResults, ReadsRideOutRestarts, SentinelBackend):
+    """Celery's Sentinel result backend, storing jobs' own tracebacks, durably when asked."""
 
 
 #: Result-backend URL scheme -> class, in place of Celery's own for these schemes.

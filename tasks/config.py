@@ -11,6 +11,9 @@
 ``JOBYARD_MAX_MESSAGE``     largest raw message an agent takes (default 4 x ``JOBYARD_MAX_PAYLOAD``)
 ``JOBYARD_AGENT_IMAGE``     image the docker provider runs agents in (default ``jobyard/jobyard:latest``)
 ``JOBYARD_FLOWER_USER``, ``JOBYARD_FLOWER_PASSWORD``  Flower's basic-auth login (both or neither)
+``JOBYARD_BROKER_MIN_REPLICAS``  replicas that must confirm each job write (``WAIT``) before it
+                            counts as done (default 1 for a ``sentinel://`` broker, else 0; :mod:`tasks.durable`)
+``JOBYARD_BROKER_WAIT_TIMEOUT``  milliseconds a write waits for them (default 1000)
 ``JOBYARD_BROKER_SSL_*``, ``JOBYARD_SIGNING_*``  TLS and message signing (:mod:`tasks.security`)
 
 A secret may come from a file instead: ``JOBYARD_BROKER_URL_FILE`` and
@@ -25,6 +28,7 @@ import os
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
+from .durable import DEFAULT_WAIT_TIMEOUT_MS, Durability
 from .errors import SettingsError
 from .security import Signing, tls_url
 
@@ -38,6 +42,9 @@ DEFAULT_AGENT_IMAGE = "jobyard/jobyard:latest"
 MESSAGE_CAP_FACTOR = 4
 #: Variables that hold a secret and may be given as ``<name>_FILE`` instead.
 SECRET_VARIABLES = ("JOBYARD_BROKER_URL", "JOBYARD_RESULT_BACKEND")
+#: The most replicas a write may wait for, and the longest wait (ms).
+MAX_MIN_REPLICAS = 64
+MAX_WAIT_TIMEOUT_MS = 600_000
 
 
 def read_secret(environ, name: str) -> str | None:
@@ -78,6 +85,13 @@ class Settings:
     agent_image: str = DEFAULT_AGENT_IMAGE
     flower_user: str | None = None
     flower_password: str | None = field(default=None, repr=False)
+    broker_min_replicas: int = 0
+    broker_wait_timeout: int = DEFAULT_WAIT_TIMEOUT_MS
+
+    @property
+    def durability(self) -> Durability:
+        """How job writes wait for replicas (:mod:`tasks.durable`)."""
+        return Durability(self.broker_min_replicas, self.broker_wait_timeout)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -98,6 +112,10 @@ class Settings:
             agent_image=env.get("JOBYARD_AGENT_IMAGE") or DEFAULT_AGENT_IMAGE,
             flower_user=env.get("JOBYARD_FLOWER_USER") or None,
             flower_password=env.get("JOBYARD_FLOWER_PASSWORD") or None,
+            broker_min_replicas=_bounded(env, "JOBYARD_BROKER_MIN_REPLICAS",
+                                         1 if urlsplit(broker).scheme == "sentinel" else 0, 0, MAX_MIN_REPLICAS),
+            broker_wait_timeout=_bounded(env, "JOBYARD_BROKER_WAIT_TIMEOUT", DEFAULT_WAIT_TIMEOUT_MS, 1,
+                                         MAX_WAIT_TIMEOUT_MS),
         )
 
 
@@ -109,6 +127,20 @@ def broker_configured(environ: dict[str, str] | None = None) -> bool:
 
 def _integer(env, name: str, default: int) -> int:
     return int(env.get(name) or default)
+
+
+def _bounded(env, name: str, default: int, low: int, high: int) -> int:
+    """The whole number ``name`` holds, from ``low`` to ``high``; SettingsError naming it otherwise."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be from {low} to {high}, not {value}")
+    return value
 
 
 def redis_db(url: str, db: int) -> str:

@@ -34,6 +34,32 @@ class RecordError(JobyardError, ValueError):
     form; readers skip such an entry with a warning (:mod:`tasks.records`)."""
 
 
+class WriteNotDurable(JobyardError):
+    """Fewer replicas than ``JOBYARD_BROKER_MIN_REPLICAS`` confirmed a write within
+    ``JOBYARD_BROKER_WAIT_TIMEOUT`` (:mod:`tasks.durable`).
+
+    The write may still have been applied on the primary, and lost if it dies now.
+    ``details`` holds ``acked``, ``needed`` and ``timeout_ms``.
+    """
+
+    def __init__(self, message: str = "", details: dict[str, Any] | None = None):
+        super().__init__(message, dict(details or {}))
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """How many replicas confirmed, how many were needed, and the bound (ms)."""
+        return self.args[1]
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class PublishNotDurable(WriteNotDurable):
+    """A job's publish was not confirmed by enough replicas in time: it may or may not be
+    queued. Publishing the same task id again is safe: publishes are idempotent per task
+    id (and retry number), so a job already queued is not queued twice."""
+
+
 class JobError(JobyardError):
     """Root of every error a job can end with."""
 
@@ -183,6 +209,8 @@ class BackendError(JobError):
 __all__ = [
     "JobyardError",
     "SettingsError",
+    "WriteNotDurable",
+    "PublishNotDurable",
     "JobError",
     "InvalidJobSpec",
     "PayloadTooLarge",

@@ -33,6 +33,8 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
 
 from . import keys
+from .durable import DEFAULT_WAIT_TIMEOUT_MS, Durability
+from .errors import PublishNotDurable
 
 
 def lua_script(package: str, name: str) -> str:
@@ -98,7 +100,18 @@ def queue_of(list_key: str) -> str:
 
 
 class Channel(kombu_redis.Channel):
-    """kombu's Redis channel whose publishes are idempotent and ring doorbells."""
+    """kombu's Redis channel whose publishes are idempotent and ring doorbells, and, with
+    ``min_replicas``, return only once replicas hold them (:mod:`tasks.durable`)."""
+
+    from_transport_options = kombu_redis.Channel.from_transport_options + ("min_replicas", "wait_timeout")
+    #: Replicas that must confirm a publish (and the agent's take), and the wait's bound (ms).
+    min_replicas = 0
+    wait_timeout = DEFAULT_WAIT_TIMEOUT_MS
+
+    @property
+    def durability(self) -> Durability:
+        """How this channel's writes wait for replicas."""
+        return Durability(int(self.min_replicas), int(self.wait_timeout))
 
     def _put(self, queue, message, **kwargs):
         priority = self._get_message_priority(message, reverse=False)
@@ -115,8 +128,13 @@ class Channel(kombu_redis.Channel):
                 script_keys.append(prefix + keys.retried(task_id))
                 mark = [retries, keys.DELIVERY_TTL]
         with self.conn_or_acquire() as client:
-            client.execute_command("EVAL", PUBLISH, len(script_keys), *script_keys, dumps(message), BELL_CAP,
-                                   keys.PUBLISHED_TTL, eta, *mark)
+            # One pipeline: the script and its WAIT go on one connection (WAIT counts that connection's writes).
+            pipe = client.pipeline(transaction=False)
+            pipe.execute_command("EVAL", PUBLISH, len(script_keys), *script_keys, dumps(message), BELL_CAP,
+                                 keys.PUBLISHED_TTL, eta, *mark)
+            # Only a job's message waits: a remote-control reply (no task id) is no job.
+            durability = self.durability if isinstance(task_id, str) else Durability()
+            durability.execute(pipe, client, f"publishing {task_id} to {queue}", PublishNotDurable)
 
     def _do_restore_message(self, payload, exchange, routing_key, pipe, leftmost=False):
         super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)

@@ -9,8 +9,9 @@ from tasks.errors import ContainerOOMKilled, JobError, JobFailed
 pytestmark = pytest.mark.pure
 
 
-#: Every name but the root and the settings error (neither is a job outcome).
-OUTCOMES = [name for name in errors.__all__ if name not in ("JobyardError", "SettingsError")]
+#: Every name but the root, the settings error and the durable-write errors (none is a job outcome).
+NOT_OUTCOMES = ("JobyardError", "SettingsError", "WriteNotDurable", "PublishNotDurable")
+OUTCOMES = [name for name in errors.__all__ if name not in NOT_OUTCOMES]
 
 
 def test_every_error_has_one_root():
@@ -26,6 +27,13 @@ def test_one_catchable_root_above_job_outcomes_agent_and_autoscaler_errors():
         assert issubclass(cls, errors.JobyardError)
     # except JobError around .get() still catches job outcomes only.
     assert not issubclass(AgentError, JobError) and not issubclass(AutoscalerError, JobError)
+
+
+def test_a_publish_not_durable_is_under_the_root_but_no_job_outcome():
+    error = errors.PublishNotDurable("publishing x", {"acked": 0, "needed": 1, "timeout_ms": 5})
+    assert isinstance(error, errors.WriteNotDurable) and isinstance(error, errors.JobyardError)
+    assert not isinstance(error, JobError)
+    assert str(error) == "publishing x" and error.details["needed"] == 1
 
 
 @pytest.mark.parametrize("cls", [getattr(errors, name) for name in OUTCOMES])

@@ -7,6 +7,7 @@ import pytest
 
 import tasks
 from tasks.config import DEFAULT_AGENT_IMAGE, Settings
+from tasks.errors import SettingsError
 
 pytestmark = pytest.mark.pure
 
@@ -29,6 +30,12 @@ Mi = 1024**2
      {"flower_user": "ops", "flower_password": "pw"}),
     ({"JOBYARD_FLOWER_USER": "", "JOBYARD_AGENT_IMAGE": ""},
      {"flower_user": None, "agent_image": DEFAULT_AGENT_IMAGE}),
+    ({}, {"broker_min_replicas": 0, "broker_wait_timeout": 1000}),
+    ({"JOBYARD_BROKER_URL": "sentinel://127.0.0.1:26379"}, {"broker_min_replicas": 1}),
+    ({"JOBYARD_BROKER_URL": "sentinel://127.0.0.1:26379", "JOBYARD_BROKER_MIN_REPLICAS": "0"},
+     {"broker_min_replicas": 0}),
+    ({"JOBYARD_BROKER_MIN_REPLICAS": "2", "JOBYARD_BROKER_WAIT_TIMEOUT": "250"},
+     {"broker_min_replicas": 2, "broker_wait_timeout": 250}),
 ])
 def test_settings_read_each_variable(environ, expected):
     settings = Settings.from_env(environ)
@@ -37,6 +44,17 @@ def test_settings_read_each_variable(environ, expected):
             assert settings.state_dir.endswith("jobyard")  # the per-user or system default
         else:
             assert getattr(settings, name) == value, name
+
+
+@pytest.mark.parametrize("name, value", [
+    ("JOBYARD_BROKER_MIN_REPLICAS", "one"), ("JOBYARD_BROKER_MIN_REPLICAS", "-1"),
+    ("JOBYARD_BROKER_MIN_REPLICAS", "65"), ("JOBYARD_BROKER_WAIT_TIMEOUT", "0"),
+    ("JOBYARD_BROKER_WAIT_TIMEOUT", "1.5"), ("JOBYARD_BROKER_WAIT_TIMEOUT", "600001"),
+])
+def test_a_bad_durability_setting_is_refused_by_name(name, value):
+    # A WAIT timeout of 0 would block forever: refused.
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
 
 
 def test_the_flower_password_stays_out_of_the_repr():
