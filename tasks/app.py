@@ -18,6 +18,7 @@ from celery.app.amqp import AMQP
 from celery.backends.redis import RedisBackend, SentinelBackend
 
 from . import security
+from .clients import SentinelURL, is_sentinel, sentinel_options
 from .config import Settings
 from .failure import failure_text
 from .ids import check_task_id
@@ -48,9 +49,10 @@ def configure(celery_app: Celery, settings: Settings) -> Celery:
         result_backend_transport_options={
             "retry_policy": {"max_retries": 90, "interval_start": 0, "interval_step": 1, "interval_max": 1},
             "health_check_interval": 10,
+            **sentinel_options(settings, settings.result_backend),
         },
         visibility_timeout=settings.lease_seconds,
-        **JSON_ONLY, **DELIVERY, **EVENTS,
+        **JSON_ONLY, **DELIVERY, **EVENTS, **_sentinel_conf(settings),
     )
     security.apply(celery_app, settings)
     celery_app.jobyard_settings = settings
@@ -95,7 +97,39 @@ def _transport_options(settings: Settings) -> dict:
         "socket_keepalive": True,
         "retry_on_timeout": True,
         "health_check_interval": 10,
+        **sentinel_options(settings, settings.broker_url),
+        # A command to a primary that stopped answering (a partition) gives up and
+        # reconnects, through Sentinel, to the new one.
+        **({"socket_timeout": 10, "socket_connect_timeout": 5} if is_sentinel(settings.broker_url) else {}),
     }
+
+
+#: A publish rides out a Sentinel failover (down-after-milliseconds plus the
+#: election, a few seconds) by retrying for about 20 s; publishes are idempotent.
+SENTINEL_PUBLISH_RETRY = {"max_retries": 40, "interval_start": 0, "interval_step": 0.25, "interval_max": 0.5}
+
+
+def _sentinel_conf(settings: Settings) -> dict:
+    """Celery settings a Sentinel broker or result backend adds: TLS to the primaries
+    (options from the URL's query), the publish retry, and short socket timeouts so a
+    caller's connection to a primary that stopped answering gives up and finds the new one."""
+    conf: dict = {}
+    if is_sentinel(settings.broker_url):
+        conf["task_publish_retry_policy"] = SENTINEL_PUBLISH_RETRY
+        tls = SentinelURL.parse(settings.broker_url, "JOBYARD_BROKER_URL").tls
+        if tls:
+            conf["broker_use_ssl"] = tls
+    if is_sentinel(settings.result_backend):
+        # Every backend operation retries a connection error for about 30 s, the read
+        # an outcome's store begins with included (Celery retries only the write): a
+        # job finishing during a failover stores its outcome on the new primary
+        # instead of waiting for its lease and running again.
+        conf.update(redis_socket_timeout=10, redis_socket_connect_timeout=5, result_backend_always_retry=True,
+                    result_backend_max_retries=40, result_backend_max_sleep_between_retries_ms=1000)
+        tls = SentinelURL.parse(settings.result_backend, "JOBYARD_RESULT_BACKEND").tls
+        if tls:
+            conf["redis_backend_use_ssl"] = tls
+    return conf
 
 
 class JobAMQP(AMQP):

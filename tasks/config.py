@@ -12,9 +12,12 @@
 ``JOBYARD_AGENT_IMAGE``     image the docker provider runs agents in (default ``jobyard/jobyard:latest``)
 ``JOBYARD_FLOWER_USER``, ``JOBYARD_FLOWER_PASSWORD``  Flower's basic-auth login (both or neither)
 ``JOBYARD_BROKER_SSL_*``, ``JOBYARD_SIGNING_*``  TLS and message signing (:mod:`tasks.security`)
+``JOBYARD_SENTINEL_MASTER``  with a ``sentinel://`` URL: the master set's name (default ``mymaster``)
+``JOBYARD_SENTINEL_PASSWORD``  with a ``sentinel://`` URL: the sentinels' own password, if any
+                            (Sentinel URLs: :mod:`tasks.clients`)
 
 A secret may come from a file instead: ``JOBYARD_BROKER_URL_FILE`` and
-``JOBYARD_RESULT_BACKEND_FILE`` name a file whose content is the value (see
+``JOBYARD_RESULT_BACKEND_FILE`` (and ``JOBYARD_SENTINEL_PASSWORD_FILE``) name a file whose content is the value (see
 :func:`read_secret`), so the URL and its password stay out of every process's
 environment.
 """
@@ -25,6 +28,7 @@ import os
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
+from .clients import DEFAULT_SENTINEL_MASTER, MASTER_NAME, SENTINEL_SEPARATOR, SentinelURL, is_sentinel, with_db
 from .errors import SettingsError
 from .security import Signing, tls_url
 
@@ -37,7 +41,7 @@ DEFAULT_AGENT_IMAGE = "jobyard/jobyard:latest"
 #: body is base64 (4/3) and headers carry the spec and canvas callbacks.
 MESSAGE_CAP_FACTOR = 4
 #: Variables that hold a secret and may be given as ``<name>_FILE`` instead.
-SECRET_VARIABLES = ("JOBYARD_BROKER_URL", "JOBYARD_RESULT_BACKEND")
+SECRET_VARIABLES = ("JOBYARD_BROKER_URL", "JOBYARD_RESULT_BACKEND", "JOBYARD_SENTINEL_PASSWORD")
 
 
 def read_secret(environ, name: str) -> str | None:
@@ -78,16 +82,18 @@ class Settings:
     agent_image: str = DEFAULT_AGENT_IMAGE
     flower_user: str | None = None
     flower_password: str | None = field(default=None, repr=False)
+    sentinel_master: str = DEFAULT_SENTINEL_MASTER
+    sentinel_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
         """Read settings from ``environ`` (default ``os.environ``)."""
         env = os.environ if environ is None else environ
         max_payload = _integer(env, "JOBYARD_MAX_PAYLOAD", DEFAULT_MAX_PAYLOAD)
-        broker = tls_url(read_secret(env, "JOBYARD_BROKER_URL") or DEFAULT_BROKER_URL, env)
+        broker = _redis_url(env, "JOBYARD_BROKER_URL", DEFAULT_BROKER_URL)
         return cls(
             broker_url=broker,
-            result_backend=tls_url(read_secret(env, "JOBYARD_RESULT_BACKEND") or redis_db(broker, 1), env),
+            result_backend=_redis_url(env, "JOBYARD_RESULT_BACKEND", redis_db(broker, 1)),
             default_image=env.get("JOBYARD_DEFAULT_IMAGE") or DEFAULT_IMAGE,
             lease_seconds=int(env.get("JOBYARD_LEASE_SECONDS") or DEFAULT_LEASE_SECONDS),
             max_payload=max_payload,
@@ -98,7 +104,25 @@ class Settings:
             agent_image=env.get("JOBYARD_AGENT_IMAGE") or DEFAULT_AGENT_IMAGE,
             flower_user=env.get("JOBYARD_FLOWER_USER") or None,
             flower_password=env.get("JOBYARD_FLOWER_PASSWORD") or None,
+            sentinel_master=_master_name(env),
+            sentinel_password=read_secret(env, "JOBYARD_SENTINEL_PASSWORD"),
         )
+
+
+def _redis_url(env, name: str, default: str) -> str:
+    """The URL in ``name`` (or its file), with TLS options; a Sentinel URL is checked here."""
+    url = read_secret(env, name) or default
+    if is_sentinel(url):
+        SentinelURL.parse(url, name)
+        return url
+    return tls_url(url, env)
+
+
+def _master_name(env) -> str:
+    name = env.get("JOBYARD_SENTINEL_MASTER") or DEFAULT_SENTINEL_MASTER
+    if not MASTER_NAME.fullmatch(name):
+        raise SettingsError("JOBYARD_SENTINEL_MASTER: a master set's name is letters, digits, '.', '_' or '-'")
+    return name
 
 
 def _integer(env, name: str, default: int) -> int:
@@ -106,13 +130,14 @@ def _integer(env, name: str, default: int) -> int:
 
 
 def redis_db(url: str, db: int) -> str:
-    """The same Redis server as ``url`` with database ``db``."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
+    """The same Redis server as ``url`` with database ``db`` (every sentinel of a Sentinel URL)."""
+    return with_db(url, db)
 
 
 def redact(url: str) -> str:
     """``url`` with any password replaced by ``***``, for logs and status output."""
+    if SENTINEL_SEPARATOR in url:
+        return SENTINEL_SEPARATOR.join(redact(chunk) for chunk in url.split(SENTINEL_SEPARATOR))
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -1,0 +1,147 @@
+"""The one Redis client factory: every jobyard process reaches the broker's Redis here.
+
+A broker or result-backend URL is a plain Redis URL (``redis://``, ``rediss://``,
+``unix://``) or a **Sentinel URL** in Celery's form: one ``sentinel://`` URL per
+sentinel, joined by ``;``::
+
+    sentinel://:PASSWORD@10.0.0.1:26379/0;sentinel://:PASSWORD@10.0.0.2:26379/0;...
+
+The password, user and database of the first part are the Redis primary's (as
+Celery and kombu read them); the sentinels' own password, if they have one, is
+``JOBYARD_SENTINEL_PASSWORD`` and the name of the master set ``JOBYARD_SENTINEL_MASTER``
+(:class:`tasks.config.Settings`). A client for a Sentinel URL is redis-py's
+``Sentinel(...).master_for(master)``: each new connection asks the sentinels where the
+primary is, and a connection to a primary that was demoted (a ``READONLY`` reply) or
+that dropped is closed and the next one finds the new primary (celery#7946).
+
+:func:`broker_client` serves ``tasks.state``, the agent, the autoscaler and the CLI;
+the transports (:mod:`tasks.transport`, :mod:`executor.channel`) and the result backend
+(:mod:`tasks.app`) get the same Sentinel options from :func:`sentinel_options`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import redis
+from redis.sentinel import Sentinel
+
+from .errors import SettingsError
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+SENTINEL_SCHEME = "sentinel"
+#: Separates the sentinels of a Sentinel URL (Celery's and kombu's form).
+SENTINEL_SEPARATOR = ";"
+DEFAULT_SENTINEL_PORT = 26379
+DEFAULT_SENTINEL_MASTER = "mymaster"
+#: A master set's name: what ``sentinel monitor`` accepts without quoting.
+MASTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: The options every client of the broker's Redis gets unless told otherwise.
+CLIENT_DEFAULTS = {"socket_timeout": 10, "socket_connect_timeout": 5, "health_check_interval": 10,
+                   "retry_on_timeout": True}
+#: TLS options a Sentinel URL's query may carry (the same names ``rediss://`` takes).
+TLS_QUERY = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def is_sentinel(url: str) -> bool:
+    """Whether ``url`` is a Sentinel URL."""
+    return url.split(":", 1)[0].lower() == SENTINEL_SCHEME
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """A Sentinel URL, read: the sentinels, and the primary's database and credentials."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    #: TLS options from the query (``ssl_cert_reqs`` ...): TLS to the primary and the sentinels.
+    tls: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, url: str, variable: str) -> "SentinelURL":
+        """Read ``url``; a :class:`SettingsError` naming ``variable`` (never the password) if it is not one."""
+        sentinels, first = [], None
+        for chunk in url.split(SENTINEL_SEPARATOR):
+            chunk = chunk.strip()
+            if not chunk:
+                continue
+            try:
+                parts = urlsplit(chunk)
+                host, port = parts.hostname, parts.port or DEFAULT_SENTINEL_PORT
+            except ValueError:
+                raise SettingsError(f"{variable}: a sentinel address is not host:port") from None
+            if parts.scheme.lower() != SENTINEL_SCHEME or not host:
+                raise SettingsError(f"{variable}: every part of a Sentinel URL must be sentinel://host:port "
+                                    f"(joined by {SENTINEL_SEPARATOR!r})")
+            sentinels.append((host, port))
+            first = first or parts
+        if first is None:
+            raise SettingsError(f"{variable}: a Sentinel URL names no sentinel")
+        path = first.path.strip("/") or "0"
+        if not path.isdigit():
+            raise SettingsError(f"{variable}: the database of a Sentinel URL must be a number")
+        query = dict(parse_qsl(first.query))
+        unknown = sorted(set(query) - set(TLS_QUERY))
+        if unknown:
+            raise SettingsError(f"{variable}: a Sentinel URL takes only TLS options, not {', '.join(unknown)}")
+        return cls(tuple(sentinels), int(path), unquote(first.username) if first.username else None,
+                   unquote(first.password) if first.password else None, query)
+
+
+def with_db(url: str, db: int) -> str:
+    """The same server(s) as ``url`` with database ``db`` (every part of a Sentinel URL)."""
+    def one(chunk: str) -> str:
+        parts = urlsplit(chunk)
+        return parts._replace(path=f"/{db}").geturl()
+    return SENTINEL_SEPARATOR.join(one(chunk) for chunk in url.split(SENTINEL_SEPARATOR) if chunk.strip())
+
+
+def sentinel_kwargs(settings: "Settings", tls: dict[str, str] | None = None) -> dict[str, Any]:
+    """How to talk to the sentinels themselves: their own password and, with TLS, TLS."""
+    options: dict[str, Any] = {"socket_timeout": CLIENT_DEFAULTS["socket_timeout"],
+                               "socket_connect_timeout": CLIENT_DEFAULTS["socket_connect_timeout"]}
+    if settings.sentinel_password:
+        options["password"] = settings.sentinel_password
+    if tls:
+        options.update(ssl=True, **tls)
+    return options
+
+
+def sentinel_options(settings: "Settings", url: str) -> dict[str, Any]:
+    """The kombu / Celery transport options for a Sentinel ``url`` ({} for any other URL)."""
+    if not is_sentinel(url):
+        return {}
+    parsed = SentinelURL.parse(url, "JOBYARD_BROKER_URL")
+    return {"master_name": settings.sentinel_master, "sentinel_kwargs": sentinel_kwargs(settings, parsed.tls)}
+
+
+def redis_client(url: str, settings: "Settings", variable: str = "JOBYARD_BROKER_URL", **options: Any) -> redis.Redis:
+    """A client of the Redis ``url`` names: a plain one, or, for a Sentinel URL, one that
+    always talks to the current primary of ``settings.sentinel_master``."""
+    options = {**CLIENT_DEFAULTS, **options}
+    if not is_sentinel(url):
+        try:
+            return redis.Redis.from_url(url, **options)
+        except ValueError as exc:
+            raise SettingsError(f"{variable}: not a Redis URL ({exc.__class__.__name__})") from None
+    parsed = SentinelURL.parse(url, variable)
+    primary = dict(options, db=parsed.db)
+    if parsed.tls:
+        primary.update(ssl=True, **parsed.tls)
+    sentinel = Sentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs(settings, parsed.tls),
+                        **{k: v for k, v in primary.items() if k.startswith("socket_")})
+    credentials = {"username": parsed.username, "password": parsed.password}
+    return sentinel.master_for(settings.sentinel_master, redis_class=redis.Redis,
+                               **{k: v for k, v in credentials.items() if v}, **primary)
+
+
+def broker_client(settings: "Settings", **options: Any) -> redis.Redis:
+    """A client of the broker's Redis (jobyard's own state lives there), text replies by default."""
+    return redis_client(settings.broker_url, settings, **{"decode_responses": True, **options})

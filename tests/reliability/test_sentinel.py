@@ -1,0 +1,194 @@
+"""Redis Sentinel: callers, an agent, the state reads and ``jobyard status`` on a Sentinel
+URL, and failovers under load that lose no accepted job.
+
+One Sentinel set for the module (tests/support/sentinel.py): a primary, two replicas and
+three sentinels on loopback, deciding in about a second. One agent with real containers
+consumes through it. Each failover test submits jobs, fails the primary over while
+some run and more are being submitted, and then checks that every accepted job ends
+SUCCESS with its own value, that the agent never exited, and how often jobs started.
+
+Without ``WAIT`` on the write path (the ``durable`` work), a SIGKILLed primary may take
+its last unreplicated writes with it: the SIGKILL test lets replication catch up
+(a ``WAIT`` of its own) just before the kill, with the caller's publishing paused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tasks import job
+from tasks.app import create_app
+from tasks.clients import broker_client
+from tasks.config import Settings
+from tasks.state import state_client
+from tests.conftest import PYTHON_IMAGE, ROOT, wait_for
+from tests.support.sentinel import SentinelSet
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sentinels():
+    """The module's Sentinel set; set up before the agents, so torn down after them."""
+    group = SentinelSet().start()
+    yield group
+    group.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet(sentinels, own_agents):
+    """(env, caller app, agent) on the Sentinel URL."""
+    env = {"JOBYARD_BROKER_URL": sentinels.url(), "JOBYARD_LEASE_SECONDS": "6", "JOBYARD_DEFAULT_IMAGE": PYTHON_IMAGE}
+    settings = Settings.from_env(env)
+    agent = own_agents.start("sentinel", broker_client(settings), env, "--cpus", "4", "--memory", "2Gi")
+    return env, create_app(settings), agent
+
+
+def jobs_of(app):
+    from sample_jobs import add, sleep_for
+
+    return (job(app=app, memory="64Mi", cpus=0.25, timeout=60)(add.fn),
+            job(app=app, memory="64Mi", cpus=0.25, timeout=60)(sleep_for.fn))
+
+
+class Publisher(threading.Thread):
+    """Submits ``add(i, 1000)`` jobs until stopped; pausable around a kill."""
+
+    def __init__(self, add, interval: float = 0.15):
+        super().__init__(daemon=True)
+        self.add, self.interval = add, interval
+        self.accepted: list = []
+        self.refused: list[str] = []
+        self.running, self.paused, self.idle = threading.Event(), threading.Event(), threading.Event()
+        self.running.set()
+
+    def run(self):
+        index = 0
+        while self.running.is_set():
+            if self.paused.is_set():
+                self.idle.set()
+                time.sleep(0.02)
+                continue
+            self.idle.clear()
+            try:
+                self.accepted.append((index, self.add.delay(index, 1000)))
+            except Exception as exc:  # noqa: BLE001 - a refused publish is counted, not fatal
+                self.refused.append(f"{index}: {exc!r}")
+            index += 1
+            time.sleep(self.interval)
+
+    def pause(self) -> None:
+        self.idle.clear()
+        self.paused.set()
+        assert self.idle.wait(30), "the publisher did not pause"
+
+    def stop(self) -> None:
+        self.running.clear()
+        self.join(30)
+
+
+def starts(sentinels, task_id: str) -> int:
+    return int(sentinels.client().get(f"jobyard:attempts:{task_id}") or 0)
+
+
+def run_failover(sentinels, fleet, fail, settle=None) -> dict:
+    """Submit sleepers and a stream of small jobs, ``fail(sentinels)`` while they run;
+    every accepted job must return its value. Returns figures for the caller's checks."""
+    env, app, agent = fleet
+    add, sleep_for = jobs_of(app)
+    sleepers = [sleep_for.delay(3) for _ in range(4)]
+    publisher = Publisher(add)
+    publisher.start()
+    try:
+        wait_for(lambda: len(publisher.accepted) >= 5, timeout=30, message="small jobs accepted")
+        wait_for(lambda: all(starts(sentinels, r.id) for r in sleepers[:2]), timeout=60,
+                 message="sleepers running")
+        old = sentinels.primary_port()
+        began = time.monotonic()
+        fail(sentinels, publisher)
+        new = sentinels.wait_failover(old)
+        promoted = time.monotonic() - began
+        publisher.paused.clear()
+        wait_for(lambda: len(publisher.accepted) >= 15, timeout=60, message="small jobs accepted after the failover")
+    finally:
+        publisher.paused.clear()
+        publisher.stop()
+    if settle:
+        settle(sentinels, old)
+    values = {r.id: r.get(timeout=90) for r in sleepers}
+    assert all(value == 3 for value in values.values()), values
+    for index, result in publisher.accepted:
+        assert result.get(timeout=90) == index + 1000, f"job {index} ({result.id}) returned the wrong value"
+        assert result.state == "SUCCESS"
+    assert agent.alive, f"the agent exited: {agent.log()[-3000:]}"
+    runs = {r.id: starts(sentinels, r.id) for r in sleepers + [result for _, result in publisher.accepted]}
+    return {"old": old, "new": new, "promoted_after": promoted, "refused": publisher.refused, "runs": runs,
+            "accepted": len(publisher.accepted) + len(sleepers)}
+
+
+def test_callers_agent_state_reads_and_status_work_on_a_sentinel_url(sentinels, fleet):
+    env, app, agent = fleet
+    add, _ = jobs_of(app)
+    assert add.delay(2, 3).get(timeout=60) == 5
+    client = state_client(Settings.from_env(env))
+    assert client.exists(f"jobyard:agent:{agent.hostname}")
+    shown = subprocess.run([sys.executable, "-m", "jobyard.cli", "status", "--json"], capture_output=True, text=True,
+                           timeout=60, cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": ROOT})
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert agent.hostname in [host["hostname"] for host in json.loads(shown.stdout)["hosts"]]
+    # The agent's channel went through the screened Sentinel transport, not kombu's own.
+    assert "sentinel-screened" in agent.log() or "sentinel://" in agent.log(), agent.log()[-2000:]
+
+
+def test_primary_sigkilled_under_load_loses_no_accepted_job(sentinels, fleet):
+    def kill(group, publisher):
+        publisher.pause()
+        assert group.replicate() >= 1, "no replica acknowledged the writes before the kill"
+        killed.append(group.signal_primary(signal.SIGKILL))
+        publisher.paused.clear()  # publishes now ride out the failover
+
+    killed = []
+    figures = run_failover(sentinels, fleet, kill)
+    print("SIGKILL failover:", figures)
+    assert figures["refused"] == [], figures["refused"]
+    assert max(figures["runs"].values()) <= 2 and sum(r > 1 for r in figures["runs"].values()) <= 4, figures
+    killed[0].process.wait()
+    sentinels.restart_as_replica(killed[0])
+    sentinels.wait_replicas(2)
+
+
+def test_primary_demoted_by_sentinel_failover_loses_no_accepted_job(sentinels, fleet):
+    def demote(group, publisher):
+        group.sentinels[0].client().execute_command("SENTINEL", "FAILOVER", "mymaster")
+
+    figures = run_failover(sentinels, fleet, demote)
+    print("SENTINEL FAILOVER:", figures)
+    assert figures["refused"] == [], figures["refused"]
+    wait_for(lambda: sentinels.client(figures["old"]).info("replication")["role"] == "slave", timeout=30,
+             message="the old primary to rejoin as a replica")
+    sentinels.wait_replicas(2)
+
+
+def test_primary_partitioned_by_sigstop_rejoins_as_replica(sentinels, fleet):
+    stopped = []
+
+    def partition(group, publisher):
+        stopped.append(group.signal_primary(signal.SIGSTOP))
+
+    def resume(group, old):
+        os.kill(stopped[0].process.pid, signal.SIGCONT)
+        wait_for(lambda: group.client(old).info("replication")["role"] == "slave", timeout=30,
+                 message="the resumed primary to rejoin as a replica")
+
+    figures = run_failover(sentinels, fleet, partition, settle=resume)
+    print("SIGSTOP partition:", figures)
+    assert figures["refused"] == [], figures["refused"]
+    sentinels.wait_replicas(2)
