@@ -16,9 +16,11 @@ from urllib.parse import urlsplit
 from celery import Celery
 from celery.app.amqp import AMQP
 from celery.backends.redis import RedisBackend, SentinelBackend
+from kombu import Connection
+from kombu.connection import ConnectionPool, PooledConnection
 
 from . import security
-from .clients import SentinelURL, is_sentinel, sentinel_options
+from .clients import SentinelURL, follow_switches, is_sentinel, sentinel_options
 from .config import Settings
 from .failure import failure_text
 from .ids import check_task_id
@@ -132,6 +134,40 @@ def _sentinel_conf(settings: Settings) -> dict:
     return conf
 
 
+class KeepTransport:
+    """Connection mixin: keep the transport when switching to an alternate URL.
+
+    kombu re-reads the transport from the scheme of the next URL of a ``;`` list on a
+    connection error (``Connection.switch``): after the first failover of a Sentinel
+    URL, callers and agents would go on with kombu's own Sentinel transport, without
+    idempotent publishes, doorbells or the take. The alternates of a Sentinel URL are
+    the other sentinels of the same set, so the transport stays.
+    """
+
+    def switch(self, conn_str):
+        transport = self.transport_cls
+        super().switch(conn_str)
+        self.transport_cls = transport
+
+
+class JobPooledConnection(KeepTransport, PooledConnection):
+    """A producer pool's connection (kombu's), keeping its transport."""
+
+
+class JobConnectionPool(ConnectionPool):
+    """kombu's connection pool of :class:`JobPooledConnection`."""
+
+    def new(self):
+        return JobPooledConnection(self, **dict(self.connection._info(resolve=False)))
+
+
+class JobConnection(KeepTransport, Connection):
+    """kombu's connection, keeping its transport (:class:`KeepTransport`), also in its pools."""
+
+    def Pool(self, limit=None, **kwargs):
+        return JobConnectionPool(self, limit=limit, **kwargs)
+
+
 class JobAMQP(AMQP):
     """Celery's message builder, checking task ids and naming the job in its sent event.
 
@@ -141,6 +177,8 @@ class JobAMQP(AMQP):
     sent event after the real task (``jobyard.run``); when it reaches Flower after
     the agent's received event, it would rename the job.
     """
+
+    Connection = JobConnection
 
     def as_task_v2(self, task_id, *args, **kwargs):
         check_task_id(task_id)
@@ -190,7 +228,13 @@ class JobRedisBackend(JobFailureText, RedisBackend):
 
 
 class JobSentinelBackend(JobFailureText, SentinelBackend):
-    """Celery's Sentinel result backend, storing jobs' own tracebacks."""
+    """Celery's Sentinel result backend, storing jobs' own tracebacks; its pool moves at
+    once to a new primary on ``+switch-master`` (:func:`tasks.clients.follow_switches`)."""
+
+    def _get_pool(self, **params):
+        pool = super()._get_pool(**params)
+        follow_switches(pool)
+        return pool
 
 
 #: Result-backend URL scheme -> class, in place of Celery's own for these schemes.

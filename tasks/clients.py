@@ -21,18 +21,26 @@ the transports (:mod:`tasks.transport`, :mod:`executor.channel`) and the result 
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import socket
+import threading
+import time
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from .errors import SettingsError
 
 if TYPE_CHECKING:
     from .config import Settings
+
+log = logging.getLogger(__name__)
 
 SENTINEL_SCHEME = "sentinel"
 #: Separates the sentinels of a Sentinel URL (Celery's and kombu's form).
@@ -135,11 +143,137 @@ def redis_client(url: str, settings: "Settings", variable: str = "JOBYARD_BROKER
     primary = dict(options, db=parsed.db)
     if parsed.tls:
         primary.update(ssl=True, **parsed.tls)
-    sentinel = Sentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs(settings, parsed.tls),
+    sentinel = JobSentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs(settings, parsed.tls),
                         **{k: v for k, v in primary.items() if k.startswith("socket_")})
     credentials = {"username": parsed.username, "password": parsed.password}
-    return sentinel.master_for(settings.sentinel_master, redis_class=redis.Redis,
-                               **{k: v for k, v in credentials.items() if v}, **primary)
+    client = sentinel.master_for(settings.sentinel_master, redis_class=redis.Redis,
+                                 **{k: v for k, v in credentials.items() if v}, **primary)
+    follow_switches(client.connection_pool)
+    return client
+
+
+class JobSentinel(Sentinel):
+    """redis-py's Sentinel, asking for the primary the way a failover cannot fool.
+
+    redis-py takes the first sentinel's word. During a failover the sentinels disagree
+    for seconds: the one leading it keeps answering with the old primary (flagged
+    ``failover_in_progress``) until it has reconfigured every replica, and one that has
+    not heard of the switch yet answers with the old primary too. A client that
+    reconnects there writes to a primary about to be demoted, and that is lost. Here
+    answers in the middle of a failover are skipped, and of the others the one with the
+    newest configuration epoch wins (a majority agreeing ends the search early).
+    """
+
+    def check_master_state(self, state, service_name):
+        return "failover_in_progress" not in str(state.get("flags", "")) and \
+            super().check_master_state(state, service_name)
+
+    def discover_master(self, service_name):
+        majority = len(self.sentinels) // 2 + 1
+        answers: dict[tuple, int] = {}
+        best = None
+        for sentinel in self.sentinels:
+            try:
+                state = sentinel.sentinel_masters().get(service_name)
+            except (redis.ConnectionError, redis.TimeoutError):
+                continue
+            if not state or not self.check_master_state(state, service_name):
+                continue
+            answer = (int(state.get("config-epoch") or 0), state["ip"], int(state["port"]))
+            answers[answer] = answers.get(answer, 0) + 1
+            best = max(best or answer, answer)
+            if answers[answer] >= majority and answer == best:
+                break
+        if best is None:
+            raise MasterNotFoundError(f"No master found for {service_name!r}")
+        return best[1], best[2]
+
+
+class SwitchWatch(threading.Thread):
+    """Follows ``+switch-master`` of one master set on the sentinels and moves every
+    registered connection pool to the new primary at once.
+
+    redis-py asks the sentinels where the primary is only when it opens a connection.
+    A planned ``SENTINEL FAILOVER`` leaves the old primary accepting writes until the
+    sentinels demote it, about 10 s later (their INFO period); every write a process
+    makes there meanwhile is lost when it resyncs as a replica. On the switch, this
+    closes the idle connections of each pool and shuts down the sockets of the ones in
+    use (a blocked read then fails as a dropped connection, which every caller of the
+    pool already rides out), so the next command reaches the new primary.
+    """
+
+    def __init__(self, sentinels: list[redis.Redis], master: str):
+        super().__init__(name=f"jobyard-sentinel-{master}", daemon=True)
+        self.sentinels, self.master = sentinels, master
+        self.pools: weakref.WeakSet = weakref.WeakSet()
+        self.pid = os.getpid()
+        self.switches = 0
+
+    def run(self) -> None:
+        index = 0
+        while True:
+            sentinel = self.sentinels[index % len(self.sentinels)]
+            index += 1
+            try:
+                with sentinel.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    pubsub.subscribe("+switch-master")
+                    while True:
+                        message = pubsub.get_message(timeout=1.0)
+                        if message and message.get("type") == "message":
+                            self.on_switch(message["data"])
+            except (redis.RedisError, OSError) as exc:
+                log.debug("sentinel watch: %s; trying the next sentinel", exc)
+                time.sleep(0.5)
+
+    def on_switch(self, data: Any) -> None:
+        """``data``: ``<master> <old ip> <old port> <new ip> <new port>``."""
+        fields = (data.decode() if isinstance(data, bytes) else str(data)).split()
+        if len(fields) != 5 or fields[0] != self.master:
+            return
+        self.switches += 1
+        log.warning("sentinel: master %s moved from %s:%s to %s:%s; reconnecting", *fields)
+        for pool in list(self.pools):
+            move_pool(pool)
+
+
+def move_pool(pool) -> None:
+    """Point a Sentinel pool at the primary the sentinels name now: its idle connections
+    close; the sockets of those in use to another server are shut down."""
+    in_use = list(getattr(pool, "_in_use_connections", ()))
+    try:
+        primary = pool.get_master_address()  # closes the idle connections when it moved
+    except (redis.RedisError, OSError) as exc:
+        log.warning("sentinel: cannot ask where the primary is: %s", exc)
+        return
+    for connection in in_use:
+        sock = getattr(connection, "_sock", None)
+        if sock is not None and (connection.host, connection.port) != tuple(primary):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+_watches: dict[tuple, SwitchWatch] = {}
+_watches_lock = threading.Lock()
+
+
+def follow_switches(pool) -> None:
+    """Make a redis-py Sentinel connection pool jobyard's: it skips sentinels in the middle
+    of a failover (:class:`JobSentinel`) and moves on every ``+switch-master`` of its master
+    set (:class:`SwitchWatch`, one thread per process, set of sentinels and master)."""
+    manager = pool.sentinel_manager
+    if type(manager) is Sentinel:  # built by kombu or Celery: the same, with jobyard's check
+        manager.__class__ = JobSentinel
+    sentinels, master = manager.sentinels, pool.service_name
+    key = (tuple(sorted(f"{s.connection_pool.connection_kwargs.get('host')}:"
+                        f"{s.connection_pool.connection_kwargs.get('port')}" for s in sentinels)), master)
+    with _watches_lock:
+        watch = _watches.get(key)
+        if watch is None or watch.pid != os.getpid() or not watch.is_alive():
+            watch = _watches[key] = SwitchWatch(list(sentinels), master)
+            watch.start()
+        watch.pools.add(pool)
 
 
 def broker_client(settings: "Settings", **options: Any) -> redis.Redis:

@@ -23,6 +23,7 @@ import threading
 import time
 
 import pytest
+import redis
 
 from tasks import job
 from tasks.app import create_app
@@ -78,10 +79,11 @@ class Publisher(threading.Thread):
                 time.sleep(0.02)
                 continue
             self.idle.clear()
+            began = time.monotonic()
             try:
                 self.accepted.append((index, self.add.delay(index, 1000)))
             except Exception as exc:  # noqa: BLE001 - a refused publish is counted, not fatal
-                self.refused.append(f"{index}: {exc!r}")
+                self.refused.append(f"{index} after {time.monotonic() - began:.1f}s: {exc!r}")
             index += 1
             time.sleep(self.interval)
 
@@ -116,20 +118,29 @@ def run_failover(sentinels, fleet, fail, settle=None) -> dict:
         fail(sentinels, publisher)
         new = sentinels.wait_failover(old)
         promoted = time.monotonic() - began
+        if settle:
+            settle(sentinels, old)
         publisher.paused.clear()
         wait_for(lambda: len(publisher.accepted) >= 15, timeout=60, message="small jobs accepted after the failover")
     finally:
         publisher.paused.clear()
         publisher.stop()
-    if settle:
-        settle(sentinels, old)
     values = {r.id: r.get(timeout=90) for r in sleepers}
     assert all(value == 3 for value in values.values()), values
     for index, result in publisher.accepted:
         assert result.get(timeout=90) == index + 1000, f"job {index} ({result.id}) returned the wrong value"
         assert result.state == "SUCCESS"
     assert agent.alive, f"the agent exited: {agent.log()[-3000:]}"
-    runs = {r.id: starts(sentinels, r.id) for r in sleepers + [result for _, result in publisher.accepted]}
+    every = sleepers + [result for _, result in publisher.accepted]
+    # What the caller saw must be what the primary keeps: a write to the old primary
+    # after the promotion is gone once it rejoins as a replica.
+    results = redis.Redis(port=sentinels.primary_port(), db=1, decode_responses=True)
+    stored = {r.id: json.loads(results.get(f"celery-task-meta-{r.id}") or "{}").get("status") for r in every}
+    missing = sorted(task_id for task_id, status in stored.items() if status != "SUCCESS")
+    runs = {r.id: starts(sentinels, r.id) for r in every}
+    assert not missing, f"{len(missing)} of {len(every)} outcomes are not on the new primary: {missing}; runs {runs}; " + \
+        str([(p, redis.Redis(port=p, db=1).get(f"celery-task-meta-{missing[0]}"), sentinels.primary_port()) for p in sentinels.servers])
+    assert min(runs.values()) >= 1, f"jobs whose start the new primary never saw: {runs}"
     return {"old": old, "new": new, "promoted_after": promoted, "refused": publisher.refused, "runs": runs,
             "accepted": len(publisher.accepted) + len(sleepers)}
 
@@ -167,9 +178,17 @@ def test_primary_sigkilled_under_load_loses_no_accepted_job(sentinels, fleet):
 
 def test_primary_demoted_by_sentinel_failover_loses_no_accepted_job(sentinels, fleet):
     def demote(group, publisher):
+        # The planned failover (README, "Planned failover"): writes paused on the primary,
+        # SENTINEL FAILOVER, then the old primary demoted at once; its paused writes
+        # then fail with READONLY and every client retries them on the new primary.
+        group.client().execute_command("CLIENT", "PAUSE", 30000, "WRITE")
         group.sentinels[0].client().execute_command("SENTINEL", "FAILOVER", "mymaster")
 
-    figures = run_failover(sentinels, fleet, demote)
+    def demote_now(group, old):
+        group.client(old).execute_command("REPLICAOF", "127.0.0.1", group.primary_port())
+        group.client(old).execute_command("CLIENT", "UNPAUSE")
+
+    figures = run_failover(sentinels, fleet, demote, settle=demote_now)
     print("SENTINEL FAILOVER:", figures)
     assert figures["refused"] == [], figures["refused"]
     wait_for(lambda: sentinels.client(figures["old"]).info("replication")["role"] == "slave", timeout=30,
