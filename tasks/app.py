@@ -11,11 +11,12 @@ container and never runs job code.
 
 from __future__ import annotations
 
+from time import monotonic
 from urllib.parse import urlsplit
 
-from celery import Celery
+from celery import Celery, states
 from celery.app.amqp import AMQP
-from celery.backends.redis import RedisBackend, SentinelBackend
+from celery.backends.redis import RedisBackend, ResultConsumer, SentinelBackend
 from kombu import Connection
 from kombu.connection import ConnectionPool, PooledConnection
 
@@ -223,13 +224,61 @@ class JobFailureText:
         return super().mark_as_failure(task_id, exc, failure_text(exc) or traceback, *args, **kwargs)
 
 
+class RereadingResultConsumer(ResultConsumer):
+    """Celery's result subscription, re-reading stored outcomes it may have missed.
+
+    A result reaches a waiting ``.get()`` as a pub/sub message. One published while
+    the subscription was reconnecting (a failover, a dropped connection) is gone, and
+    Celery reads the stored outcomes only before it subscribes again, so one stored
+    in between, or on a primary the subscription reached late, would never arrive.
+    This re-reads the outcomes of every task still waited on after each reconnect (once
+    subscribed) and every :attr:`reread_interval` seconds of waiting: one MGET.
+    """
+
+    #: Seconds between re-reads while a caller waits.
+    reread_interval = 2.0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._reread_at = monotonic() + self.reread_interval
+
+    def _reconnect_pubsub(self):
+        super()._reconnect_pubsub()
+        self.reread()
+
+    def drain_events(self, timeout=None):
+        super().drain_events(timeout)
+        if monotonic() >= self._reread_at:
+            self.reread()
+
+    def reread(self) -> None:
+        """Hand every stored finished outcome of a task still waited on to the waiters."""
+        self._reread_at = monotonic() + self.reread_interval
+        with self._locked():
+            waited = list(self.subscribed_to)
+        if not waited:
+            return
+        try:
+            stored = self.backend.client.mget(waited)
+        except self._connection_errors:
+            return  # the subscription's own reconnect, or the next re-read, tries again
+        for raw in stored:
+            meta = self._decode_result(raw) if raw else None
+            if meta and meta.get("status") in states.READY_STATES:
+                self.on_state_change(meta, None)
+
+
 class JobRedisBackend(JobFailureText, RedisBackend):
     """Celery's Redis result backend, storing jobs' own tracebacks."""
+
+    ResultConsumer = RereadingResultConsumer
 
 
 class JobSentinelBackend(JobFailureText, SentinelBackend):
     """Celery's Sentinel result backend, storing jobs' own tracebacks; its pool moves at
     once to a new primary on ``+switch-master`` (:func:`tasks.clients.follow_switches`)."""
+
+    ResultConsumer = RereadingResultConsumer
 
     def _get_pool(self, **params):
         pool = super()._get_pool(**params)

@@ -101,7 +101,7 @@ def starts(sentinels, task_id: str) -> int:
     return int(sentinels.client().get(f"jobyard:attempts:{task_id}") or 0)
 
 
-def run_failover(sentinels, fleet, fail, settle=None) -> dict:
+def run_failover(sentinels, fleet, fail, settle=None, starts_kept=True) -> dict:
     """Submit sleepers and a stream of small jobs, ``fail(sentinels)`` while they run;
     every accepted job must return its value. Returns figures for the caller's checks."""
     env, app, agent = fleet
@@ -138,11 +138,12 @@ def run_failover(sentinels, fleet, fail, settle=None) -> dict:
     stored = {r.id: json.loads(results.get(f"celery-task-meta-{r.id}") or "{}").get("status") for r in every}
     missing = sorted(task_id for task_id, status in stored.items() if status != "SUCCESS")
     runs = {r.id: starts(sentinels, r.id) for r in every}
-    assert not missing, f"{len(missing)} of {len(every)} outcomes are not on the new primary: {missing}; runs {runs}; " + \
-        str([(p, redis.Redis(port=p, db=1).get(f"celery-task-meta-{missing[0]}"), sentinels.primary_port()) for p in sentinels.servers])
-    assert min(runs.values()) >= 1, f"jobs whose start the new primary never saw: {runs}"
-    return {"old": old, "new": new, "promoted_after": promoted, "refused": publisher.refused, "runs": runs,
-            "accepted": len(publisher.accepted) + len(sleepers)}
+    assert not missing, f"{len(missing)} of {len(every)} outcomes are not on the new primary: {missing}; runs {runs}"
+    if starts_kept:
+        assert min(runs.values()) >= 1, f"jobs whose start the new primary never saw: {runs}"
+    return {"old": old, "new": new, "promoted_after": round(promoted, 2), "refused": publisher.refused,
+            "accepted": len(every), "started_twice": sum(r > 1 for r in runs.values()),
+            "starts_not_kept": sum(r == 0 for r in runs.values()), "runs": runs}
 
 
 def test_callers_agent_state_reads_and_status_work_on_a_sentinel_url(sentinels, fleet):
@@ -168,7 +169,7 @@ def test_primary_sigkilled_under_load_loses_no_accepted_job(sentinels, fleet):
 
     killed = []
     figures = run_failover(sentinels, fleet, kill)
-    print("SIGKILL failover:", figures)
+    print("SIGKILL failover:", {k: v for k, v in figures.items() if k != "runs"})
     assert figures["refused"] == [], figures["refused"]
     assert max(figures["runs"].values()) <= 2 and sum(r > 1 for r in figures["runs"].values()) <= 4, figures
     killed[0].process.wait()
@@ -189,7 +190,7 @@ def test_primary_demoted_by_sentinel_failover_loses_no_accepted_job(sentinels, f
         group.client(old).execute_command("CLIENT", "UNPAUSE")
 
     figures = run_failover(sentinels, fleet, demote, settle=demote_now)
-    print("SENTINEL FAILOVER:", figures)
+    print("SENTINEL FAILOVER:", {k: v for k, v in figures.items() if k != "runs"})
     assert figures["refused"] == [], figures["refused"]
     wait_for(lambda: sentinels.client(figures["old"]).info("replication")["role"] == "slave", timeout=30,
              message="the old primary to rejoin as a replica")
@@ -207,7 +208,30 @@ def test_primary_partitioned_by_sigstop_rejoins_as_replica(sentinels, fleet):
         wait_for(lambda: group.client(old).info("replication")["role"] == "slave", timeout=30,
                  message="the resumed primary to rejoin as a replica")
 
-    figures = run_failover(sentinels, fleet, partition, settle=resume)
-    print("SIGSTOP partition:", figures)
+    # Writes the stopped primary had been sent run there when it resumes, before the
+    # sentinels demote it (up to ~10 s later), and are lost when it resyncs: here the
+    # agent's start counts (jobyard:attempts) of the jobs it started meanwhile. Every
+    # outcome is on the new primary (the result store retries, the lease reruns).
+    figures = run_failover(sentinels, fleet, partition, settle=resume, starts_kept=False)
+    print("SIGSTOP partition:", {k: v for k, v in figures.items() if k != "runs"})
     assert figures["refused"] == [], figures["refused"]
     sentinels.wait_replicas(2)
+
+
+def test_a_result_whose_message_the_caller_missed_is_read_from_the_store(sentinels, fleet):
+    # What a caller whose result subscription was reconnecting during a failover sees:
+    # the outcome is stored, its pub/sub message went by. Stored without a message here.
+    import uuid
+
+    _, app, _ = fleet
+    task_id = str(uuid.uuid4())
+    result = app.AsyncResult(task_id)
+    meta = {"status": "SUCCESS", "result": 42, "traceback": None, "children": [], "date_done": None,
+            "task_id": task_id}
+    store = threading.Timer(1.0, lambda: redis.Redis(port=sentinels.primary_port(), db=1).set(
+        f"celery-task-meta-{task_id}", json.dumps(meta), ex=60))
+    store.start()
+    try:
+        assert result.get(timeout=8) == 42
+    finally:
+        store.cancel()
