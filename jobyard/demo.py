@@ -21,7 +21,8 @@ import redis
 
 from tasks import keys
 from tasks.app import app, configure
-from tasks.config import Settings
+from tasks.clients import redis_client
+from tasks.config import Settings, redact
 from tasks.errors import JobError
 from tasks.units import format_memory
 
@@ -45,8 +46,8 @@ def run_demo(echo: Echo, jobs: int = 6) -> int:
 def _broker(stack: ExitStack, echo: Echo) -> Settings:
     settings = Settings.from_env()
     try:
-        redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2).ping()
-        echo(f"using Redis at {settings.broker_url.split('@')[-1]}")
+        redis_client(settings.broker_url, settings, socket_connect_timeout=2).ping()
+        echo(f"using Redis at {redact(settings.broker_url)}")
         return settings
     except redis.exceptions.RedisError:
         pass
@@ -64,7 +65,7 @@ def _broker(stack: ExitStack, echo: Echo) -> Settings:
     url = f"redis://127.0.0.1:{port}/0"
     for _ in range(100):
         try:
-            redis.Redis.from_url(url).ping()
+            redis_client(url, settings).ping()
             break
         except redis.exceptions.RedisError:
             time.sleep(0.05)
@@ -96,7 +97,7 @@ def _start_agent(stack: ExitStack, settings: Settings, name: str, echo: Echo) ->
          "--state-dir", state_dir, "--loglevel", "WARNING"],
         env={**os.environ, "JOBYARD_BROKER_URL": settings.broker_url}, stdout=log_file, stderr=subprocess.STDOUT)
     stack.callback(_stop, process)
-    client = redis.Redis.from_url(settings.broker_url)
+    client = redis_client(settings.broker_url, settings)
     for _ in range(300):
         if client.exists(keys.agent(name)):
             echo(f"agent {name} is up (2 cpus, 1Gi)")
