@@ -21,7 +21,7 @@ from kombu import Connection
 from kombu.connection import ConnectionPool, PooledConnection
 
 from . import security
-from .clients import SentinelURL, follow_switches, is_sentinel, sentinel_options
+from .clients import PrimaryConnection, SentinelURL, follow_switches, is_sentinel, sentinel_options
 from .config import Settings
 from .failure import failure_text
 from .ids import check_task_id
@@ -281,6 +281,8 @@ class JobSentinelBackend(JobFailureText, SentinelBackend):
     ResultConsumer = RereadingResultConsumer
 
     def _get_pool(self, **params):
+        if "connection_class" not in params:  # not TLS: NOREPLICAS reconnects too
+            params["connection_class"] = PrimaryConnection
         pool = super()._get_pool(**params)
         follow_switches(pool)
         return pool

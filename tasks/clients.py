@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
-from redis.sentinel import MasterNotFoundError, Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 
 from .errors import SettingsError
 
@@ -143,6 +143,8 @@ def redis_client(url: str, settings: "Settings", variable: str = "JOBYARD_BROKER
     primary = dict(options, db=parsed.db)
     if parsed.tls:
         primary.update(ssl=True, **parsed.tls)
+    else:
+        primary["connection_class"] = PrimaryConnection
     sentinel = JobSentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs(settings, parsed.tls),
                         **{k: v for k, v in primary.items() if k.startswith("socket_")})
     credentials = {"username": parsed.username, "password": parsed.password}
@@ -150,6 +152,27 @@ def redis_client(url: str, settings: "Settings", variable: str = "JOBYARD_BROKER
                                  **{k: v for k, v in credentials.items() if v}, **primary)
     follow_switches(client.connection_pool)
     return client
+
+
+class PrimaryConnection(SentinelManagedConnection):
+    """redis-py's connection to a Sentinel set's primary, treating ``NOREPLICAS`` as
+    redis-py treats ``READONLY``: a sign this server is no longer (or not yet) the
+    primary to write to, so the connection closes and the retry asks the sentinels again.
+
+    An old primary that comes back from a partition still believes it is the primary
+    until the sentinels demote it; with ``min-replicas-to-write`` it refuses writes
+    (its replicas have moved on), and this makes the refusal a reconnect to the new
+    one instead of an error (or, without that setting, a write that is lost).
+    """
+
+    def read_response(self, *args, **kwargs):
+        try:
+            return super().read_response(*args, **kwargs)
+        except redis.ResponseError as exc:
+            if self.connection_pool.is_master and str(exc).startswith("NOREPLICAS"):
+                self.disconnect()
+                raise redis.ConnectionError("the primary has too few replicas (NOREPLICAS)") from exc
+            raise
 
 
 class JobSentinel(Sentinel):

@@ -28,7 +28,7 @@ from kombu.utils.json import dumps
 from redis.exceptions import ReadOnlyError
 
 from . import keys
-from .clients import SENTINEL_SCHEME, follow_switches
+from .clients import SENTINEL_SCHEME, PrimaryConnection, follow_switches
 
 
 def lua_script(package: str, name: str) -> str:
@@ -144,7 +144,8 @@ def sentinel_variant(transport: type) -> type:
     base = transport.Channel
     channel = type(f"Sentinel{base.__name__}", (base, FollowSwitches, kombu_redis.SentinelChannel), {
         "__module__": transport.__module__, "__doc__": f"{base.__name__} through Redis Sentinel.",
-        "from_transport_options": base.from_transport_options + SENTINEL_OPTIONS})
+        "from_transport_options": base.from_transport_options + SENTINEL_OPTIONS,
+        "connection_class": PrimaryConnection})
     return type(f"Sentinel{transport.__name__}", (transport,), {
         "__module__": transport.__module__, "__doc__": f"{transport.__name__} through Redis Sentinel.",
         "Channel": channel, "default_port": kombu_redis.SentinelTransport.default_port,

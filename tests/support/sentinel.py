@@ -22,6 +22,9 @@ from tests.support.services import RedisServer, free_port, stop_process, temp_di
 MASTER = "mymaster"
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 3000
+#: Every server refuses writes with fewer than one replica acknowledging within 2 s:
+#: an old primary back from a partition refuses instead of taking writes it would lose.
+MIN_REPLICAS = ("--min-replicas-to-write", "1", "--min-replicas-max-lag", "2")
 
 
 @dataclass
@@ -83,6 +86,7 @@ class SentinelSet:
 
     def _server(self, port: int, replica_of: int | None = None) -> RedisServer:
         args = ("--replicaof", "127.0.0.1", str(replica_of)) if replica_of else ()
+        args += MIN_REPLICAS
         server = RedisServer(port, os.path.join(self.workdir, f"r{port}"), args)
         self.servers[port] = server
         return server
@@ -167,7 +171,7 @@ class SentinelSet:
 
     def restart_as_replica(self, server: RedisServer) -> None:
         """Bring a killed server back, replicating the current primary."""
-        server.args = ("--replicaof", "127.0.0.1", str(self.primary_port()))
+        server.args = ("--replicaof", "127.0.0.1", str(self.primary_port()), *MIN_REPLICAS)
         server.start()
 
     def stop(self) -> None:
