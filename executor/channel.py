@@ -305,6 +305,9 @@ class TakingTransport(kombu_redis.Transport):
     Channel = TakingChannel
 
 
+SentinelTakingTransport = transport.sentinel_variant(TakingTransport)
+
 #: The transport's name: what a kombu connection that takes (a test, a tool) asks for.
 TAKING_TRANSPORT = "redis-jobyard-taking"
 TRANSPORT_ALIASES[TAKING_TRANSPORT] = f"{__name__}:TakingTransport"
+TRANSPORT_ALIASES["sentinel-jobyard-taking"] = f"{__name__}:SentinelTakingTransport"

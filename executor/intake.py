@@ -38,7 +38,6 @@ from celery.utils.collections import AttributeDict
 from celery.worker.consumer import Consumer
 from celery.worker.state import active_requests, reserved_requests, scheduled_requests
 from kombu.exceptions import ContentDisallowed, DecodeError
-from kombu.transport import TRANSPORT_ALIASES
 from vine import promise
 
 from tasks import keys
@@ -46,6 +45,7 @@ from tasks.names import RUN_TASK, SPEC_HEADER
 from tasks.errors import InvalidJobSpec
 from tasks.ids import task_id_problem
 from tasks.records import RejectedMessage
+from tasks.transport import register, sentinel_variant
 
 from .retry import MEMORY_SCALE_HEADER
 from .steps import AGENT_OPTION
@@ -228,11 +228,12 @@ class IntakeTransport(TakingTransport):
     Channel = IntakeChannel
 
 
+SentinelIntakeTransport = sentinel_variant(IntakeTransport)
+
 #: Transport names by broker URL scheme; the name is what the worker's
 #: "Connected to ..." line shows.
-TRANSPORTS = {"redis": "redis-screened", "rediss": "rediss-screened"}
-for _name in TRANSPORTS.values():
-    TRANSPORT_ALIASES[_name] = f"{__name__}:IntakeTransport"
+TRANSPORTS = {"redis": "redis-screened", "rediss": "rediss-screened", "sentinel": "sentinel-screened"}
+register(TRANSPORTS, __name__, "IntakeTransport", "SentinelIntakeTransport")
 
 
 class IntakeConsumer(Consumer):

@@ -22,6 +22,7 @@ import redis
 
 from tasks import keys
 from tasks.app import app, configure
+from tasks.clients import redis_client
 from tasks.config import Settings, broker_configured, redact
 from tasks.errors import JobError
 from tasks.units import format_memory
@@ -47,7 +48,7 @@ def _broker(stack: ExitStack, echo: Echo) -> Settings:
     if broker_configured():
         settings = Settings.from_env()
         try:
-            redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2).ping()
+            redis_client(settings.broker_url, settings, socket_connect_timeout=2).ping()
         except redis.exceptions.RedisError as exc:
             raise SystemExit(f"the configured Redis ({redact(settings.broker_url)}) does not answer: {exc}")
         echo(f"using the configured Redis at {redact(settings.broker_url)}")
@@ -66,7 +67,7 @@ def _broker(stack: ExitStack, echo: Echo) -> Settings:
     url = f"redis://127.0.0.1:{port}/0"
     for _ in range(100):
         try:
-            redis.Redis.from_url(url).ping()
+            redis_client(url, settings).ping()
             break
         except redis.exceptions.RedisError:
             time.sleep(0.05)
@@ -98,7 +99,7 @@ def _start_agent(stack: ExitStack, settings: Settings, name: str, echo: Echo) ->
          "--state-dir", state_dir, "--loglevel", "WARNING"],
         env={**os.environ, "JOBYARD_BROKER_URL": settings.broker_url}, stdout=log_file, stderr=subprocess.STDOUT)
     stack.callback(_stop, process)
-    client = redis.Redis.from_url(settings.broker_url)
+    client = redis_client(settings.broker_url, settings)
     for _ in range(300):
         if client.exists(keys.agent(name)):
             echo(f"agent {name} is up (2 cpus, 1Gi)")

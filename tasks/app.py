@@ -12,14 +12,19 @@ container and never runs job code.
 from __future__ import annotations
 
 import logging
+from time import monotonic
 from urllib.parse import urlsplit
 
-from celery import Celery
+from celery import Celery, states
 from celery.app.amqp import AMQP
 from celery.backends.redis import RedisBackend, SentinelBackend
 from kombu.utils.encoding import bytes_to_str
+from celery.backends.redis import RedisBackend, ResultConsumer, SentinelBackend
+from kombu import Connection
+from kombu.connection import ConnectionPool, PooledConnection
 
 from . import security
+from .clients import PrimaryConnection, SentinelURL, follow_switches, is_sentinel, sentinel_options
 from .config import Settings
 from .durable import Durability
 from .errors import WriteNotDurable
@@ -54,9 +59,10 @@ def configure(celery_app: Celery, settings: Settings) -> Celery:
         result_backend_transport_options={
             "retry_policy": {"max_retries": 90, "interval_start": 0, "interval_step": 1, "interval_max": 1},
             "health_check_interval": 10,
+            **sentinel_options(settings, settings.result_backend),
         },
         visibility_timeout=settings.lease_seconds,
-        **JSON_ONLY, **DELIVERY, **EVENTS,
+        **JSON_ONLY, **DELIVERY, **EVENTS, **_sentinel_conf(settings),
     )
     security.apply(celery_app, settings)
     celery_app.jobyard_settings = settings
@@ -104,7 +110,73 @@ def _transport_options(settings: Settings) -> dict:
         # Durable writes (tasks.durable): publishes and takes wait for this many replicas.
         "min_replicas": settings.broker_min_replicas,
         "wait_timeout": settings.broker_wait_timeout,
+        **sentinel_options(settings, settings.broker_url),
+        # A command to a primary that stopped answering (a partition) gives up and
+        # reconnects, through Sentinel, to the new one.
+        **({"socket_timeout": 10, "socket_connect_timeout": 5} if is_sentinel(settings.broker_url) else {}),
     }
+
+
+#: A publish rides out a Sentinel failover (down-after-milliseconds plus the
+#: election, a few seconds) by retrying for about 20 s; publishes are idempotent.
+SENTINEL_PUBLISH_RETRY = {"max_retries": 40, "interval_start": 0, "interval_step": 0.25, "interval_max": 0.5}
+
+
+def _sentinel_conf(settings: Settings) -> dict:
+    """Celery settings a Sentinel broker or result backend adds: TLS to the primaries
+    (options from the URL's query), the publish retry, and short socket timeouts so a
+    caller's connection to a primary that stopped answering gives up and finds the new one."""
+    conf: dict = {}
+    if is_sentinel(settings.broker_url):
+        conf["task_publish_retry_policy"] = SENTINEL_PUBLISH_RETRY
+        tls = SentinelURL.parse(settings.broker_url, "JOBYARD_BROKER_URL").tls
+        if tls:
+            conf["broker_use_ssl"] = tls
+    if is_sentinel(settings.result_backend):
+        # Every backend operation retries a connection error for about 30 s, the read
+        # an outcome's store begins with included (Celery retries only the write): a
+        # job finishing during a failover stores its outcome on the new primary
+        # instead of waiting for its lease and running again.
+        conf.update(redis_socket_timeout=10, redis_socket_connect_timeout=5, result_backend_always_retry=True,
+                    result_backend_max_retries=40, result_backend_max_sleep_between_retries_ms=1000)
+        tls = SentinelURL.parse(settings.result_backend, "JOBYARD_RESULT_BACKEND").tls
+        if tls:
+            conf["redis_backend_use_ssl"] = tls
+    return conf
+
+
+class KeepTransport:
+    """Connection mixin: keep the transport when switching to an alternate URL.
+
+    kombu re-reads the transport from the scheme of the next URL of a ``;`` list on a
+    connection error (``Connection.switch``): after the first failover of a Sentinel
+    URL, callers and agents would go on with kombu's own Sentinel transport, without
+    idempotent publishes, doorbells or the take. The alternates of a Sentinel URL are
+    the other sentinels of the same set, so the transport stays.
+    """
+
+    def switch(self, conn_str):
+        transport = self.transport_cls
+        super().switch(conn_str)
+        self.transport_cls = transport
+
+
+class JobPooledConnection(KeepTransport, PooledConnection):
+    """A producer pool's connection (kombu's), keeping its transport."""
+
+
+class JobConnectionPool(ConnectionPool):
+    """kombu's connection pool of :class:`JobPooledConnection`."""
+
+    def new(self):
+        return JobPooledConnection(self, **dict(self.connection._info(resolve=False)))
+
+
+class JobConnection(KeepTransport, Connection):
+    """kombu's connection, keeping its transport (:class:`KeepTransport`), also in its pools."""
+
+    def Pool(self, limit=None, **kwargs):
+        return JobConnectionPool(self, limit=limit, **kwargs)
 
 
 class JobAMQP(AMQP):
@@ -116,6 +188,8 @@ class JobAMQP(AMQP):
     sent event after the real task (``jobyard.run``); when it reaches Flower after
     the agent's received event, it would rename the job.
     """
+
+    Connection = JobConnection
 
     def as_task_v2(self, task_id, *args, **kwargs):
         check_task_id(task_id)
@@ -173,6 +247,50 @@ class ReadsRideOutRestarts:
         return self.ensure(super().get, (key,))
 
 
+class RereadingResultConsumer(ResultConsumer):
+    """Celery's result subscription, re-reading stored outcomes it may have missed.
+
+    A result reaches a waiting ``.get()`` as a pub/sub message. One published while
+    the subscription was reconnecting (a failover, a dropped connection) is gone, and
+    Celery reads the stored outcomes only before it subscribes again, so one stored
+    in between, or on a primary the subscription reached late, would never arrive.
+    This re-reads the outcomes of every task still waited on after each reconnect (once
+    subscribed) and every :attr:`reread_interval` seconds of waiting: one MGET.
+    """
+
+    #: Seconds between re-reads while a caller waits.
+    reread_interval = 2.0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._reread_at = monotonic() + self.reread_interval
+
+    def _reconnect_pubsub(self):
+        super()._reconnect_pubsub()
+        self.reread()
+
+    def drain_events(self, timeout=None):
+        super().drain_events(timeout)
+        if monotonic() >= self._reread_at:
+            self.reread()
+
+    def reread(self) -> None:
+        """Hand every stored finished outcome of a task still waited on to the waiters."""
+        self._reread_at = monotonic() + self.reread_interval
+        with self._locked():
+            waited = list(self.subscribed_to)
+        if not waited:
+            return
+        try:
+            stored = self.backend.client.mget(waited)
+        except self._connection_errors:
+            return  # the subscription's own reconnect, or the next re-read, tries again
+        for raw in stored:
+            meta = self._decode_result(raw) if raw else None
+            if meta and meta.get("status") in states.READY_STATES:
+                self.on_state_change(meta, None)
+
+
 class DurableResults:
     """Result-backend mixin: with durable writes (:mod:`tasks.durable`), storing a result
     counts as done only once replicas hold it; else it raises
@@ -205,9 +323,21 @@ class DurableResults:
 class JobRedisBackend(JobFailureText, DurableResults, ReadsRideOutRestarts, RedisBackend):
     """Celery's Redis result backend, storing jobs' own tracebacks, durably when asked."""
 
+    ResultConsumer = RereadingResultConsumer
+
 
 class JobSentinelBackend(JobFailureText, DurableResults, ReadsRideOutRestarts, SentinelBackend):
-    """Celery's Sentinel result backend, storing jobs' own tracebacks, durably when asked."""
+    """Celery's Sentinel result backend, storing jobs' own tracebacks, durably when asked; its pool moves at
+    once to a new primary on ``+switch-master`` (:func:`tasks.clients.follow_switches`)."""
+
+    ResultConsumer = RereadingResultConsumer
+
+    def _get_pool(self, **params):
+        if "connection_class" not in params:  # not TLS: NOREPLICAS reconnects too
+            params["connection_class"] = PrimaryConnection
+        pool = super()._get_pool(**params)
+        follow_switches(pool)
+        return pool
 
 
 #: Result-backend URL scheme -> class, in place of Celery's own for these schemes.

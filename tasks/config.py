@@ -15,9 +15,12 @@
                             counts as done (default 1 for a ``sentinel://`` broker, else 0; :mod:`tasks.durable`)
 ``JOBYARD_BROKER_WAIT_TIMEOUT``  milliseconds a write waits for them (default 1000)
 ``JOBYARD_BROKER_SSL_*``, ``JOBYARD_SIGNING_*``  TLS and message signing (:mod:`tasks.security`)
+``JOBYARD_SENTINEL_MASTER``  with a ``sentinel://`` URL: the master set's name (default ``mymaster``)
+``JOBYARD_SENTINEL_PASSWORD``  with a ``sentinel://`` URL: the sentinels' own password, if any
+                            (Sentinel URLs: :mod:`tasks.clients`)
 
 A secret may come from a file instead: ``JOBYARD_BROKER_URL_FILE`` and
-``JOBYARD_RESULT_BACKEND_FILE`` name a file whose content is the value (see
+``JOBYARD_RESULT_BACKEND_FILE`` (and ``JOBYARD_SENTINEL_PASSWORD_FILE``) name a file whose content is the value (see
 :func:`read_secret`), so the URL and its password stay out of every process's
 environment.
 """
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from .durable import DEFAULT_WAIT_TIMEOUT_MS, Durability
+from .clients import DEFAULT_SENTINEL_MASTER, MASTER_NAME, SENTINEL_SEPARATOR, SentinelURL, is_sentinel, with_db
 from .errors import SettingsError
 from .security import Signing, tls_url
 
@@ -41,7 +45,7 @@ DEFAULT_AGENT_IMAGE = "jobyard/jobyard:latest"
 #: body is base64 (4/3) and headers carry the spec and canvas callbacks.
 MESSAGE_CAP_FACTOR = 4
 #: Variables that hold a secret and may be given as ``<name>_FILE`` instead.
-SECRET_VARIABLES = ("JOBYARD_BROKER_URL", "JOBYARD_RESULT_BACKEND")
+SECRET_VARIABLES = ("JOBYARD_BROKER_URL", "JOBYARD_RESULT_BACKEND", "JOBYARD_SENTINEL_PASSWORD")
 #: The most replicas a write may wait for, and the longest wait (ms).
 MAX_MIN_REPLICAS = 64
 MAX_WAIT_TIMEOUT_MS = 600_000
@@ -92,16 +96,18 @@ class Settings:
     def durability(self) -> Durability:
         """How job writes wait for replicas (:mod:`tasks.durable`)."""
         return Durability(self.broker_min_replicas, self.broker_wait_timeout)
+    sentinel_master: str = DEFAULT_SENTINEL_MASTER
+    sentinel_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
         """Read settings from ``environ`` (default ``os.environ``)."""
         env = os.environ if environ is None else environ
         max_payload = _integer(env, "JOBYARD_MAX_PAYLOAD", DEFAULT_MAX_PAYLOAD)
-        broker = tls_url(read_secret(env, "JOBYARD_BROKER_URL") or DEFAULT_BROKER_URL, env)
+        broker = _redis_url(env, "JOBYARD_BROKER_URL", DEFAULT_BROKER_URL)
         return cls(
             broker_url=broker,
-            result_backend=tls_url(read_secret(env, "JOBYARD_RESULT_BACKEND") or redis_db(broker, 1), env),
+            result_backend=_redis_url(env, "JOBYARD_RESULT_BACKEND", redis_db(broker, 1)),
             default_image=env.get("JOBYARD_DEFAULT_IMAGE") or DEFAULT_IMAGE,
             lease_seconds=int(env.get("JOBYARD_LEASE_SECONDS") or DEFAULT_LEASE_SECONDS),
             max_payload=max_payload,
@@ -113,9 +119,11 @@ class Settings:
             flower_user=env.get("JOBYARD_FLOWER_USER") or None,
             flower_password=env.get("JOBYARD_FLOWER_PASSWORD") or None,
             broker_min_replicas=_bounded(env, "JOBYARD_BROKER_MIN_REPLICAS",
-                                         1 if urlsplit(broker).scheme == "sentinel" else 0, 0, MAX_MIN_REPLICAS),
+                                         1 if is_sentinel(broker) else 0, 0, MAX_MIN_REPLICAS),
             broker_wait_timeout=_bounded(env, "JOBYARD_BROKER_WAIT_TIMEOUT", DEFAULT_WAIT_TIMEOUT_MS, 1,
                                          MAX_WAIT_TIMEOUT_MS),
+            sentinel_master=_master_name(env),
+            sentinel_password=read_secret(env, "JOBYARD_SENTINEL_PASSWORD"),
         )
 
 
@@ -123,6 +131,22 @@ def broker_configured(environ: dict[str, str] | None = None) -> bool:
     """Whether ``environ`` names a broker (``JOBYARD_BROKER_URL`` or its ``_FILE``), not the default."""
     env = os.environ if environ is None else environ
     return bool(env.get("JOBYARD_BROKER_URL") or env.get("JOBYARD_BROKER_URL_FILE"))
+
+
+def _redis_url(env, name: str, default: str) -> str:
+    """The URL in ``name`` (or its file), with TLS options; a Sentinel URL is checked here."""
+    url = read_secret(env, name) or default
+    if is_sentinel(url):
+        SentinelURL.parse(url, name)
+        return url
+    return tls_url(url, env)
+
+
+def _master_name(env) -> str:
+    name = env.get("JOBYARD_SENTINEL_MASTER") or DEFAULT_SENTINEL_MASTER
+    if not MASTER_NAME.fullmatch(name):
+        raise SettingsError("JOBYARD_SENTINEL_MASTER: a master set's name is letters, digits, '.', '_' or '-'")
+    return name
 
 
 def _integer(env, name: str, default: int) -> int:
@@ -144,13 +168,14 @@ def _bounded(env, name: str, default: int, low: int, high: int) -> int:
 
 
 def redis_db(url: str, db: int) -> str:
-    """The same Redis server as ``url`` with database ``db``."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
+    """The same Redis server as ``url`` with database ``db`` (every sentinel of a Sentinel URL)."""
+    return with_db(url, db)
 
 
 def redact(url: str) -> str:
     """``url`` with any password replaced by ``***``, for logs and status output."""
+    if SENTINEL_SEPARATOR in url:
+        return SENTINEL_SEPARATOR.join(redact(chunk) for chunk in url.split(SENTINEL_SEPARATOR))
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -7,16 +7,14 @@ from typing import Any
 import redis
 
 from . import keys
+from .clients import broker_client
 from .config import Settings
 from .records import JobFacts, RejectedMessage
 
 
 def state_client(settings: Settings | None = None) -> redis.Redis:
-    """A Redis client for the broker's database (``redis://`` or ``rediss://``)."""
-    settings = settings or Settings.from_env()
-    return redis.Redis.from_url(settings.broker_url, decode_responses=True,
-                                socket_timeout=10, socket_connect_timeout=5,
-                                health_check_interval=10, retry_on_timeout=True)
+    """A Redis client for the broker's database (``redis://``, ``rediss://`` or Sentinel: :mod:`tasks.clients`)."""
+    return broker_client(settings or Settings.from_env())
 
 
 def read_job_facts(task_id: str, client: redis.Redis | None = None) -> JobFacts:

@@ -31,10 +31,12 @@ from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
+from redis.exceptions import ReadOnlyError
 
 from . import keys
 from .durable import DEFAULT_WAIT_TIMEOUT_MS, Durability
 from .errors import PublishNotDurable
+from .clients import SENTINEL_SCHEME, PrimaryConnection, follow_switches
 
 
 def lua_script(package: str, name: str) -> str:
@@ -148,7 +150,49 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+#: kombu's Sentinel channel options (``master_name``, ``sentinel_kwargs``, ...).
+SENTINEL_OPTIONS = ("master_name", "min_other_sentinels", "sentinel_kwargs", "sentinel_fanout_compat")
+
+
+class FollowSwitches:
+    """Channel mixin: the channel's Sentinel pools follow ``+switch-master`` (:func:`tasks.clients.follow_switches`)."""
+
+    def _sentinel_managed_pool(self, asynchronous=False):
+        pool = super()._sentinel_managed_pool(asynchronous)
+        follow_switches(pool)
+        return pool
+
+
+def sentinel_variant(transport: type) -> type:
+    """``transport`` whose channel reaches Redis through Sentinel, as kombu's ``SentinelChannel``:
+    its connection pool is redis-py's Sentinel pool, so every new connection goes to the
+    current primary, and a ``READONLY`` reply (a demoted primary) is a connection error
+    that makes kombu and Celery reconnect there (celery#7946), and its pools move at
+    once on a ``+switch-master`` (:class:`FollowSwitches`). Everything jobyard's
+    channel does (idempotent publish, doorbells, the take) runs on that pool unchanged."""
+    base = transport.Channel
+    channel = type(f"Sentinel{base.__name__}", (base, FollowSwitches, kombu_redis.SentinelChannel), {
+        "__module__": transport.__module__, "__doc__": f"{base.__name__} through Redis Sentinel.",
+        "from_transport_options": base.from_transport_options + SENTINEL_OPTIONS,
+        "connection_class": PrimaryConnection})
+    return type(f"Sentinel{transport.__name__}", (transport,), {
+        "__module__": transport.__module__, "__doc__": f"{transport.__name__} through Redis Sentinel.",
+        "Channel": channel, "default_port": kombu_redis.SentinelTransport.default_port,
+        # kombu retries a publish after a reconnect only once for a transport without
+        # these: a second stale connection to a demoted primary would fail the publish.
+        "recoverable_connection_errors": transport.connection_errors + (ReadOnlyError,),
+        "recoverable_channel_errors": ()})
+
+
+def register(transports: dict[str, str], module: str, plain: str, sentinel: str) -> None:
+    """Name the transports of ``module``: ``transports`` maps a URL scheme to a transport
+    name; a ``sentinel`` URL gets the class named ``sentinel``, the others ``plain``."""
+    for scheme, name in transports.items():
+        TRANSPORT_ALIASES[name] = f"{module}:{sentinel if scheme == SENTINEL_SCHEME else plain}"
+
+
+SentinelTransport = sentinel_variant(Transport)
+
 #: Transport names by broker URL scheme; the name is what "Connected to ..." shows.
-TRANSPORTS = {"redis": "redis-jobyard", "rediss": "rediss-jobyard"}
-for _name in TRANSPORTS.values():
-    TRANSPORT_ALIASES[_name] = f"{__name__}:Transport"
+TRANSPORTS = {"redis": "redis-jobyard", "rediss": "rediss-jobyard", SENTINEL_SCHEME: "sentinel-jobyard"}
+register(TRANSPORTS, __name__, "Transport", "SentinelTransport")
