@@ -45,8 +45,8 @@ def run_demo(echo: Echo, jobs: int = 6) -> int:
 
 
 def _broker(stack: ExitStack, echo: Echo) -> Settings:
+    settings = Settings.from_env()
     if broker_configured():
-        settings = Settings.from_env()
         try:
             redis_client(settings.broker_url, settings, socket_connect_timeout=2).ping()
         except redis.exceptions.RedisError as exc:
