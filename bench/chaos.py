@@ -32,6 +32,7 @@ go to ``bench/RESULTS.md`` (section ``chaos``, or ``chaos-short`` for ``--short`
 
     .venv/bin/python bench/chaos.py            # 500 jobs, 3 agents, an agent kill every 6 s
     .venv/bin/python bench/chaos.py --short    # 80 jobs, 3 agent kills, the CI form
+    .venv/bin/python bench/chaos.py --failover # 300 jobs on a Sentinel set, its primary SIGKILLed
     .venv/bin/python bench/chaos.py --short --doomed 0.4 --retry-delay 4 --no-write
                                                # many jobs caught mid-retry (diagnosis)
 
@@ -1187,6 +1188,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--short", action="store_true", help="the CI form: 80 jobs, 3 agent kills, 1 Redis restart")
+    parser.add_argument("--failover", action="store_true",
+                        help="on a Sentinel set: the primary SIGKILLed once, a replica promoted (bench/failover.py)")
     parser.add_argument("--jobs", type=int, default=None, help="jobs to submit")
     parser.add_argument("--agents", type=int, default=None, help="agents (2 or 3)")
     parser.add_argument("--rate", type=float, default=None, help="jobs submitted per second")
@@ -1198,7 +1201,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", default=None, help="also write the figures as JSON to this path")
     parser.add_argument("--no-write", action="store_true", help="print figures, leave RESULTS.md alone")
     args = parser.parse_args(argv)
-    plan = SHORT if args.short else FULL
+    if args.failover:
+        from failover import FAILOVER
+
+        plan = FAILOVER
+    else:
+        plan = SHORT if args.short else FULL
     overrides = {"jobs": args.jobs, "agents": args.agents, "rate": args.rate, "kill_every": args.kill_every,
                  "doomed": args.doomed, "retry_delay": args.retry_delay}
     args.plan = dataclasses.replace(plan, **{k: v for k, v in overrides.items() if v is not None})
@@ -1208,6 +1216,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the chaos bench and write its section of bench/RESULTS.md."""
     args = parse_args(argv)
+    if args.failover:
+        import failover
+
+        return failover.main(args.plan, write=not args.no_write, json_path=args.json)
     plan, load_start, started = args.plan, os.getloadavg()[0], time.monotonic()
     with running(plan) as fleet:
         run = Run(fleet, plan)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import chaos
-from chaos import Fault, Fleet, Ledger, Plan, Run, StartWatcher, log, percentile
+from chaos import EventWatcher, Fault, Fleet, Ledger, Plan, Run, StartWatcher, log, percentile
 
 #: The failover form: ≥ 300 jobs, an agent kill every 5 s, the primary once at 40%.
 FAILOVER = Plan(jobs=300, rate=2.5, first_kill=5.0, kill_every=5.0, redis_at=0.4, redis_down=2.0, quiet=15.0,
@@ -42,6 +42,8 @@ FAILOVER = Plan(jobs=300, rate=2.5, first_kill=5.0, kill_every=5.0, redis_at=0.4
 CALM_JOBS, CALM_RATE = 40, 4.0
 #: Publishes in the negative control while the replica is stopped.
 CONTROL_JOBS = 20
+#: Bytes written ahead of them (see tests/reliability/test_durable.py).
+BACKLOG = 64 * 1024 * 1024
 
 
 def sentinel_env(url: str, min_replicas: int, wait_ms: int = 2000) -> dict[str, str]:
@@ -81,6 +83,19 @@ class SentinelFleet(Fleet):
         build_image(self.docker, tag=chaos.IMAGE, code=chaos.JOBS_DIR)
         self._start_agents()
 
+    def use_min_replicas(self, min_replicas: int) -> None:
+        """Restart every agent with ``JOBYARD_BROKER_MIN_REPLICAS=min_replicas`` (the callers' is per app)."""
+        import threading
+
+        self.stop_agents()
+        for agent in self.agents:
+            agent.env = {**agent.env, "JOBYARD_BROKER_MIN_REPLICAS": str(min_replicas)}
+        threads = [threading.Thread(target=self.start_agent, args=(n,)) for n in range(len(self.agents))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
     def kill_redis(self, ledger: Ledger) -> Fault:
         """SIGKILL the primary."""
         self.old_port = self.set.primary_port()
@@ -95,8 +110,10 @@ class SentinelFleet(Fleet):
         self.promoted_at = time.time()
         log(f"sentinels promoted 127.0.0.1:{port}")
         self.set.restart_as_replica(self.killed)
+        self.redis = self.killed  # what the chaos run's log line names
 
     def close(self) -> None:
+        self.redis = None  # stopped with the set
         self.stop_agents()
         if self.docker is not None:
             for name in self.containers():
@@ -147,7 +164,9 @@ def nap_on(env: dict[str, str]):
 
 
 def calm_phase(fleet: SentinelFleet, watcher_ledger: Ledger, min_replicas: int) -> Latency:
-    """Publish :data:`CALM_JOBS` naps with ``min_replicas``; time each publish and its dispatch."""
+    """Publish :data:`CALM_JOBS` naps with ``min_replicas`` for callers and agents; time each
+    publish and its dispatch."""
+    fleet.use_min_replicas(min_replicas)
     app, nap = nap_on(sentinel_env(fleet.set.url(), min_replicas))
     latency = Latency(min_replicas)
     ids: dict[str, float] = {}
@@ -176,7 +195,8 @@ def negative_control(min_replicas: int) -> dict[str, Any]:
     """One-replica set: replica stopped, publishes, primary killed, replica promoted. Jobs lost?"""
     from tests.support.sentinel import SentinelSet
 
-    sentinels = SentinelSet(replicas=1).start()
+    # No min-replicas-to-write on the servers: what is measured is what WAIT alone does.
+    sentinels = SentinelSet(replicas=1, server_args=()).start()
     try:
         app, nap = nap_on(sentinel_env(sentinels.url(), min_replicas, wait_ms=500))
         primary = sentinels.primary()
@@ -184,6 +204,10 @@ def negative_control(min_replicas: int) -> dict[str, Any]:
         os.kill(replica.process.pid, signal.SIGSTOP)
         accepted, refused, last = [], 0, None
         try:
+            # More than the kernel buffers for the replica's connection: the jobs after it stay
+            # in the primary's memory (a pause alone loses nothing on loopback, the stream
+            # waits in the stopped replica's socket buffer).
+            sentinels.client(primary.port).set("control:backlog", b"x" * BACKLOG)
             for _ in range(CONTROL_JOBS):
                 task_id = f"control-{min_replicas}-{uuid.uuid4()}"
                 try:
@@ -249,8 +273,8 @@ def report(plan: Plan, result: chaos.Figures, failover: dict, phases: list[Laten
                          *(f"| {c['min_replicas']} | {c['published']} | {c['accepted']} | {c['refused']}"
                            f"{' (' + c['refused_as'] + ')' if c['refused_as'] else ''} | **{c['lost']}** |"
                            for c in controls)])
-    return (f"{table}\n\n{verdicts}\n\nThe cost of durability (no faults, same Sentinel set and agents, phases "
-            f"alternated):\n\n{latency}\n\nNegative control (one-replica set; the replica SIGSTOPped, "
+    return (f"{table}\n\n{verdicts}\n\nThe cost of durability (no faults, same Sentinel set; callers and agents with "
+            f"and without WAIT, phases alternated 0, 1, 0, 1, agents restarted for each):\n\n{latency}\n\nNegative control (one-replica set; the replica SIGSTOPped, "
             f"{CONTROL_JOBS} publishes, the primary SIGKILLed, the replica resumed and promoted):\n\n{control}\n\n"
             f"Plan: {plan.jobs} jobs at {plan.rate}/s on {plan.agents} agents (`--max-jobs {plan.max_jobs}`), an "
             f"agent SIGKILLed every {plan.kill_every} s, the primary SIGKILLed once at {plan.redis_at:.0%} of "
@@ -275,8 +299,10 @@ def main(argv_plan: Plan | None = None, write: bool = True, json_path: str | Non
         controls = [negative_control(0), negative_control(1)]
         log(f"negative control: {controls}")
         run = TimedRun(fleet, plan)
-        watcher = StartWatcher(fleet.docker, set(fleet.names), run.ledger).start()
+        watchers = [StartWatcher(fleet.docker, set(fleet.names), run.ledger).start(),
+                    EventWatcher(run.ledger).start()]
         phases = [calm_phase(fleet, run.ledger, n) for n in (0, 1, 0, 1)]
+        fleet.use_min_replicas(1)
         phases = [Latency(n, sum((p.publish for p in phases if p.min_replicas == n), []),
                           sum((p.dispatch for p in phases if p.min_replicas == n), [])) for n in (0, 1)]
         log("calm phases done: " + "; ".join(phase.row() for phase in phases))
@@ -285,10 +311,14 @@ def main(argv_plan: Plan | None = None, write: bool = True, json_path: str | Non
             run.ledger.strangers.clear()
         run.execute()
         run.settle()
-        watcher.stop()
+        for watcher in watchers:
+            watcher.stop()
+        run.ledger.adopt_strangers()
         leftovers = fleet.containers()
         fleet.stop_agents()
-        result = chaos.figures(run, (leftovers, fleet.containers()), fleet.agent_logs(), time.monotonic() - started)
+        load_end = os.getloadavg()[0]
+        result = chaos.figures(run, (leftovers, fleet.containers()), fleet.agent_logs(), time.monotonic() - started,
+                               (load_start, max([*run.loads, load_end]), load_end))
         failover = failover_figures(run, fleet)
     finally:
         fleet.close()

@@ -68,6 +68,8 @@ class SentinelSet:
     """A primary, ``replicas`` replicas and three sentinels watching them as :data:`MASTER`."""
 
     replicas: int = 2
+    #: Arguments every server of the set gets (by default: refuse writes without a replica).
+    server_args: tuple[str, ...] = MIN_REPLICAS
     workdir: str = field(default_factory=lambda: temp_dir("jobyard-sentinel-"))
     servers: dict[int, RedisServer] = field(default_factory=dict)
     sentinels: list[SentinelProcess] = field(default_factory=list)
@@ -86,7 +88,7 @@ class SentinelSet:
 
     def _server(self, port: int, replica_of: int | None = None) -> RedisServer:
         args = ("--replicaof", "127.0.0.1", str(replica_of)) if replica_of else ()
-        args += MIN_REPLICAS
+        args += self.server_args
         server = RedisServer(port, os.path.join(self.workdir, f"r{port}"), args)
         self.servers[port] = server
         return server
@@ -171,7 +173,7 @@ class SentinelSet:
 
     def restart_as_replica(self, server: RedisServer) -> None:
         """Bring a killed server back, replicating the current primary."""
-        server.args = ("--replicaof", "127.0.0.1", str(self.primary_port()), *MIN_REPLICAS)
+        server.args = ("--replicaof", "127.0.0.1", str(self.primary_port()), *self.server_args)
         server.start()
 
     def stop(self) -> None:
