@@ -119,3 +119,25 @@ def test_redis_restart_with_aof_loses_no_accepted_job(agents, docker_client, pyt
         gc.collect()
         server.stop()
         os.system(f"rm -rf {workdir}")  # noqa: S605 - our own temp dir
+
+
+def test_an_agent_reconnects_within_a_second_of_its_redis_coming_back(agents):
+    # kombu's default retry pace (2 s, then 4 s, 6 s ...) left an agent idle for seconds
+    # after its broker was back from a restart or a failover.
+    workdir = temp_dir("jobyard-reconnect-")
+    server = RedisServer(free_port(), workdir).start()
+    try:
+        agent = agents.start("reconnect", "--cpus", "1", "--memory", "512Mi", "--queues", "reconnect",
+                             env={"JOBYARD_BROKER_URL": server.url},
+                             client=redis.Redis.from_url(server.url, decode_responses=True))
+        connected = agent.log().count("Connected to")
+        server.kill()
+        time.sleep(2.5)  # past the first of kombu's default retries
+        server.start()
+        back = time.monotonic()
+        wait_for(lambda: agent.log().count("Connected to") > connected, timeout=20,
+                 message="the agent to reconnect")
+        assert time.monotonic() - back < 1.5, "the agent reconnected more than 1.5 s after Redis was back"
+    finally:
+        server.stop()
+        os.system(f"rm -rf {workdir}")  # noqa: S605 - our own temp dir
