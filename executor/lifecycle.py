@@ -17,6 +17,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+import redis
 from celery import Task
 from celery.exceptions import Ignore, Reject
 from celery.states import STARTED
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 
 #: A job whose host died this many times is dead-lettered instead of run again.
 MAX_LOST_DELIVERIES = 3
+#: The broker's Redis unreachable (redis-py's MasterNotFoundError and READONLY's
+#: reconnect are ConnectionErrors): not an outcome of the job.
+BROKER_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 #: Errors that no requeue could fix: they are not dead-lettered.
 _NOT_DEAD = (InvalidJobSpec, Revoked)
 
@@ -61,6 +65,10 @@ def supervise(task: Task, args: tuple, kwargs: dict) -> Any:
     except JobError as exc:
         _retry_or_dead_letter(agent, task, call, exc)
         raise
+    except BROKER_ERRORS as exc:
+        # The broker's Redis went away between the take and the job's checks (a restart,
+        # a failover): the job is not this delivery's to end. The lease brings it back.
+        _leave_to_lease(agent, call, exc)
 
 
 def job_call(request: Any, args: tuple, kwargs: dict) -> JobCall:
@@ -203,7 +211,7 @@ def _retry_or_dead_letter(agent: "Agent", task: Task, call: JobCall, exc: JobErr
         dead_letter(agent, call, exc, decision.reason)
 
 
-def _leave_to_lease(agent: "Agent", call: JobCall, why: WriteNotDurable) -> None:
+def _leave_to_lease(agent: "Agent", call: JobCall, why: Exception) -> None:
     """End this delivery unsettled (Celery's Ignore): its record stays for the lease to bring back."""
     log.warning("job %s[%s]: %s; its delivery is left to the lease", call.spec.name, call.task_id, why)
     agent.outcome_not_stored(call.task_id)

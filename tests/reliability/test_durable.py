@@ -9,6 +9,7 @@ paused, promotes the replica by hand and counts the accepted jobs it lacks.
 
 from __future__ import annotations
 
+import gc
 import dataclasses
 import logging
 import os
@@ -87,6 +88,7 @@ def pair():
     root = temp_dir("jobyard-durable-")
     primary, replica = start_pair(root)
     yield primary, replica
+    gc.collect()  # the tests' results unsubscribe while the pair runs, not from a later test or at exit
     replica.stop()
     primary.stop()
 

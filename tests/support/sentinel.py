@@ -161,11 +161,6 @@ class SentinelSet:
             time.sleep(0.1)
         raise RuntimeError(f"no failover away from port {old_port} within {timeout}s")
 
-    def replicate(self, timeout_ms: int = 5000) -> int:
-        """WAIT on the primary until every online replica holds everything written so far."""
-        client = self.client()
-        return client.wait(self.replicas, timeout_ms)
-
     def signal_primary(self, signum: int) -> RedisServer:
         server = self.primary()
         os.kill(server.process.pid, signum)
