@@ -140,11 +140,8 @@ def redis_client(url: str, settings: "Settings", variable: str = "JOBYARD_BROKER
         except ValueError as exc:
             raise SettingsError(f"{variable}: not a Redis URL ({exc.__class__.__name__})") from None
     parsed = SentinelURL.parse(url, variable)
-    primary = dict(options, db=parsed.db)
-    if parsed.tls:
-        primary.update(ssl=True, **parsed.tls)
-    else:
-        primary["connection_class"] = PrimaryConnection
+    primary = dict(options, db=parsed.db, **parsed.tls)
+    primary["connection_class"] = PrimarySSLConnection if parsed.tls else PrimaryConnection
     sentinel = JobSentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs(settings, parsed.tls),
                         **{k: v for k, v in primary.items() if k.startswith("socket_")})
     credentials = {"username": parsed.username, "password": parsed.password}
@@ -173,6 +170,10 @@ class PrimaryConnection(SentinelManagedConnection):
                 self.disconnect()
                 raise redis.ConnectionError("the primary has too few replicas (NOREPLICAS)") from exc
             raise
+
+
+class PrimarySSLConnection(PrimaryConnection, redis.SSLConnection):
+    """:class:`PrimaryConnection` over TLS (redis-py's ``SentinelManagedSSLConnection``, NOREPLICAS-aware)."""
 
 
 class JobSentinel(Sentinel):

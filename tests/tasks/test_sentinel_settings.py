@@ -1,9 +1,10 @@
 """Sentinel URLs read into settings, the app's transport options and the client factory (no services)."""
 
 import pytest
+import redis
 
 from tasks.app import create_app
-from tasks.clients import SentinelURL, redis_client
+from tasks.clients import PrimaryConnection, SentinelURL, redis_client
 from tasks.config import Settings, redact
 from tasks.errors import SettingsError
 
@@ -72,6 +73,9 @@ def test_tls_options_in_a_sentinel_url_turn_on_tls_to_primary_and_sentinels():
     assert app.conf.broker_transport_options["sentinel_kwargs"]["ssl"] is True
     client = redis_client(url, settings)
     assert client.connection_pool.connection_kwargs["ssl_ca_certs"] == "/ca.pem"
+    # Over TLS too, a returning old primary's NOREPLICAS is a reconnect to the new one.
+    connection = client.connection_pool.make_connection()
+    assert isinstance(connection, redis.SSLConnection) and isinstance(connection, PrimaryConnection)
 
 
 def test_redact_hides_every_password_of_a_sentinel_url():
