@@ -34,12 +34,17 @@ class SentinelProcess:
     port: int
     workdir: str
     process: subprocess.Popen | None = None
+    #: TLS only, when given: redis config lines (``tls-cert-file`` ...) and the client's options.
+    tls_config: dict[str, str] = field(default_factory=dict)
+    tls_client: dict = field(default_factory=dict)
 
     def start(self, primary_port: int, quorum: int = 2, timeout: float = 10.0) -> "SentinelProcess":
         os.makedirs(self.workdir, exist_ok=True)
         config = os.path.join(self.workdir, "sentinel.conf")
+        ports = f"port 0\ntls-port {self.port}\n" if self.tls_config else f"port {self.port}\n"
+        ports += "".join(f"{name} {value}\n" for name, value in self.tls_config.items())
         with open(config, "w") as handle:
-            handle.write(f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+            handle.write(f"{ports}bind 127.0.0.1\ndir {self.workdir}\n"
                          f"sentinel monitor {MASTER} 127.0.0.1 {primary_port} {quorum}\n"
                          f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n"
                          f"sentinel failover-timeout {MASTER} {FAILOVER_TIMEOUT_MS}\n"
@@ -57,7 +62,7 @@ class SentinelProcess:
         raise RuntimeError(f"sentinel did not start on port {self.port}")
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=2, decode_responses=True)
+        return redis.Redis(port=self.port, socket_timeout=2, decode_responses=True, **self.tls_client)
 
     def stop(self) -> None:
         stop_process(self.process)
