@@ -35,6 +35,7 @@ from tasks.errors import PublishNotDurable
 from tasks.state import state_client
 from tests.conftest import PYTHON_IMAGE, ROOT, wait_for
 from tests.support.sentinel import SentinelSet
+from tests.support.services import temp_dir
 
 pytestmark = pytest.mark.slow
 
@@ -174,6 +175,38 @@ def test_callers_agent_state_reads_and_status_work_on_a_sentinel_url(sentinels, 
     assert agent.hostname in [host["hostname"] for host in json.loads(shown.stdout)["hosts"]]
     # The agent's channel went through the screened Sentinel transport, not kombu's own.
     assert "sentinel-screened" in agent.log() or "sentinel://" in agent.log(), agent.log()[-2000:]
+
+
+def test_the_autoscaler_adds_a_host_on_a_sentinel_url_and_goes_on_after_a_failover(sentinels, fleet):
+    from autoscaler.providers.local import LocalProvider
+    from autoscaler.shape import HostShape
+
+    env, app, _ = fleet
+    add, _ = jobs_of(app)
+    queue, state_dir = f"scale-{uuid.uuid4().hex[:6]}", temp_dir("jobyard-sentinel-scale-")
+    scaler = subprocess.Popen(
+        [sys.executable, "-m", "jobyard.cli", "autoscale", "--provider", "local", "--max", "1", "--poll", "0.5",
+         "--queues", queue, "--state-dir", state_dir, "--host-prefix", f"scale-{queue}", "--host-cpus", "1",
+         "--host-memory", "1Gi", "--stabilisation", "600"], cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": ROOT},
+        stdout=open(os.path.join(state_dir, "autoscaler.log"), "ab"), stderr=subprocess.STDOUT)
+    provider = LocalProvider(HostShape(1.0, 1024**3), state_dir)
+    try:
+        # Nothing serves the queue: the autoscaler reads its demand through the sentinels and adds a host.
+        assert add.apply_async((1, 2), queue=queue).get(timeout=120) == 3
+        old = sentinels.primary_port()
+        killed = sentinels.signal_primary(signal.SIGKILL)
+        sentinels.wait_failover(old)
+        assert add.apply_async((2, 2), queue=queue).get(timeout=120) == 4
+        assert scaler.poll() is None, open(os.path.join(state_dir, "autoscaler.log")).read()[-3000:]
+        assert len(provider.hosts()) == 1, "the autoscaler added a second host or lost its first"
+        killed.process.wait()
+        sentinels.restart_as_replica(killed)
+        sentinels.wait_replicas(2)
+    finally:
+        scaler.terminate()
+        scaler.wait(30)
+        for host in provider.hosts():
+            provider.remove(host.name)
 
 
 def test_primary_sigkilled_under_load_loses_no_accepted_job(sentinels, fleet):
