@@ -96,13 +96,7 @@ class ComposeStack:
         return docker_client.containers.list(all=True, filters={"label": labels})
 
     def save_logs(self) -> None:
-        os.makedirs(ARTIFACTS, exist_ok=True)
-        try:
-            logs = self.compose("logs", "--no-color", timeout=60).stdout
-        except AssertionError as exc:
-            logs = str(exc)
-        with open(os.path.join(ARTIFACTS, f"compose-{self.project}.log"), "w") as handle:
-            handle.write(logs)
+        save_compose_logs(self.compose, self.project)
 
     @property
     def autoscaler_prefix(self) -> str:
@@ -158,6 +152,17 @@ def compose_stack(docker_client, jobyard_image):
     yield stack
     stack.down(docker_client)
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def save_compose_logs(compose, project: str) -> None:
+    """``compose logs`` of a project into the artifacts directory (its error, if that fails)."""
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    try:
+        logs = compose("logs", "--no-color", timeout=60).stdout
+    except AssertionError as exc:
+        logs = str(exc)
+    with open(os.path.join(ARTIFACTS, f"compose-{project}.log"), "w") as handle:
+        handle.write(logs)
 
 
 def write_secret(workdir: str, name: str, content: str) -> str:
