@@ -228,26 +228,35 @@ class SwitchWatch(threading.Thread):
 
     def __init__(self, sentinels: list[redis.Redis], master: str):
         super().__init__(name=f"jobyard-sentinel-{master}", daemon=True)
-        self.sentinels, self.master = sentinels, master
+        # Clients of its own: kombu closes a channel's sentinel clients with the channel,
+        # which would close this thread's subscription under it.
+        self.sentinels, self.master = [own_client(sentinel) for sentinel in sentinels], master
         self.pools: weakref.WeakSet = weakref.WeakSet()
         self.pid = os.getpid()
         self.switches = 0
+        self.stopping = threading.Event()
 
     def run(self) -> None:
         index = 0
-        while True:
+        while not self.stopping.is_set():
             sentinel = self.sentinels[index % len(self.sentinels)]
             index += 1
             try:
                 with sentinel.pubsub(ignore_subscribe_messages=True) as pubsub:
                     pubsub.subscribe("+switch-master")
-                    while True:
+                    while not self.stopping.is_set():
                         message = pubsub.get_message(timeout=1.0)
                         if message and message.get("type") == "message":
                             self.on_switch(message["data"])
             except (redis.RedisError, OSError) as exc:
                 log.debug("sentinel watch: %s; trying the next sentinel", exc)
-                time.sleep(0.5)
+            except Exception:  # noqa: BLE001 - the one thread that follows switches must not die
+                log.exception("sentinel watch: unexpected error; trying the next sentinel")
+            self.stopping.wait(0.5)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(5)
 
     def on_switch(self, data: Any) -> None:
         """``data``: ``<master> <old ip> <old port> <new ip> <new port>``."""
@@ -258,6 +267,13 @@ class SwitchWatch(threading.Thread):
         log.warning("sentinel: master %s moved from %s:%s to %s:%s; reconnecting", *fields)
         for pool in list(self.pools):
             move_pool(pool)
+
+
+def own_client(client: redis.Redis) -> redis.Redis:
+    """A client of the same server with the same options as ``client``, on a pool of its own."""
+    pool = client.connection_pool
+    return redis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class,
+                                                  **pool.connection_kwargs))
 
 
 def move_pool(pool) -> None:

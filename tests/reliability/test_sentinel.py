@@ -177,6 +177,29 @@ def test_callers_agent_state_reads_and_status_work_on_a_sentinel_url(sentinels, 
     assert "sentinel-screened" in agent.log() or "sentinel://" in agent.log(), agent.log()[-2000:]
 
 
+def test_the_switch_watch_outlives_kombu_closing_the_sentinel_clients_it_was_given(sentinels):
+    # kombu closes a channel's Sentinel manager with the channel (every reconnect of
+    # Flower's event receiver does), and with it the sentinel clients a watch was built from.
+    from tasks.clients import JobSentinel, SwitchWatch
+
+    def subscribed() -> int:
+        return sum(client.get("sub") not in (None, 0, "0")
+                   for sentinel in sentinels.sentinels for client in sentinel.client().client_list())
+
+    already = subscribed()
+    manager = JobSentinel([("127.0.0.1", s.port) for s in sentinels.sentinels], socket_timeout=5)
+    watch = SwitchWatch(manager.sentinels, "mymaster")
+    watch.start()
+    wait_for(lambda: subscribed() == already + 1, timeout=5, message="the watch to subscribe to +switch-master")
+    try:
+        manager.close()
+        time.sleep(1.5)
+        assert watch.is_alive(), "the sentinel watch thread died when kombu closed its sentinel clients"
+        assert subscribed() == already + 1, "the watch is no longer subscribed to +switch-master"
+    finally:
+        watch.stop()
+
+
 def test_the_autoscaler_adds_a_host_on_a_sentinel_url_and_goes_on_after_a_failover(sentinels, fleet):
     from autoscaler.providers.local import LocalProvider
     from autoscaler.shape import HostShape
