@@ -168,8 +168,28 @@ class PrimaryConnection(SentinelManagedConnection):
         except redis.ResponseError as exc:
             if self.connection_pool.is_master and str(exc).startswith("NOREPLICAS"):
                 self.disconnect()
-                raise redis.ConnectionError("the primary has too few replicas (NOREPLICAS)") from exc
+                _refused[(self.host, self.port)] = time.monotonic()
+                raise redis.ConnectionError(
+                    f"the primary {self.host}:{self.port} has too few replicas (NOREPLICAS)") from exc
             raise
+
+    def connect_to(self, address):
+        """Connect, first pausing while ``address`` refused a write for want of replicas
+        less than :data:`NOREPLICAS_PACE` ago: the reconnects of kombu's and redis-py's
+        retries would otherwise spend their every try within a second."""
+        wait = _refused.get(tuple(address), -NOREPLICAS_PACE) + NOREPLICAS_PACE - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        super().connect_to(address)
+
+
+#: Seconds between reconnects to a primary that refused a write with ``NOREPLICAS``.
+#: A promoted replica refuses writes until a replica attaches (a second or two; up to
+#: the sentinels' 10 s INFO period for one they reconfigure late): at this pace a
+#: caller's publish retries (:data:`tasks.app.SENTINEL_PUBLISH_RETRY`) last about 10 s.
+NOREPLICAS_PACE = 0.25
+#: When each ``(host, port)`` last refused a write with ``NOREPLICAS``, in this process.
+_refused: dict[tuple, float] = {}
 
 
 class PrimarySSLConnection(PrimaryConnection, redis.SSLConnection):

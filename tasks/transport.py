@@ -31,7 +31,7 @@ from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import ConnectionError as RedisConnectionError, ReadOnlyError
 
 from . import keys
 from .durable import DEFAULT_WAIT_TIMEOUT_MS, Durability
@@ -129,6 +129,11 @@ class Channel(kombu_redis.Channel):
             if isinstance(retries, int) and retries > 0:
                 script_keys.append(prefix + keys.retried(task_id))
                 mark = [retries, keys.DELIVERY_TTL]
+        if self.connection is None:
+            # Closed by a reconnect of the same publish (kombu's retried queue declare
+            # revives the producer on a new channel, its publish still holds this one):
+            # a connection error, so the publish's retry goes on with the new channel.
+            raise RedisConnectionError("the channel was closed by a reconnect")
         with self.conn_or_acquire() as client:
             # One pipeline: the script and its WAIT go on one connection (WAIT counts that connection's writes).
             pipe = client.pipeline(transaction=False)

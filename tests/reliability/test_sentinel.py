@@ -177,6 +177,26 @@ def test_callers_agent_state_reads_and_status_work_on_a_sentinel_url(sentinels, 
     assert "sentinel-screened" in agent.log() or "sentinel://" in agent.log(), agent.log()[-2000:]
 
 
+def test_a_publish_waits_out_a_primary_that_refuses_writes_for_want_of_replicas(sentinels, fleet):
+    # Right after a promotion the new primary refuses writes (NOREPLICAS) until a replica
+    # has attached: seconds, or up to the sentinels' 10 s INFO period for one they had to
+    # reconfigure. The same refusal, on the primary in place, for 3 s.
+    _, app, _ = fleet
+    add, _ = jobs_of(app)
+    primary = sentinels.client()
+    primary.config_set("min-replicas-to-write", 3)  # more than it has
+    restore = threading.Timer(3.0, lambda: primary.config_set("min-replicas-to-write", 1))
+    restore.start()
+    began = time.monotonic()
+    try:
+        result = add.delay(7, 1)
+    finally:
+        restore.join()
+        primary.config_set("min-replicas-to-write", 1)
+    assert time.monotonic() - began >= 2.5, "the publish did not wait for the primary to take writes again"
+    assert result.get(timeout=60) == 8
+
+
 def test_the_switch_watch_outlives_kombu_closing_the_sentinel_clients_it_was_given(sentinels):
     # kombu closes a channel's Sentinel manager with the channel (every reconnect of
     # Flower's event receiver does), and with it the sentinel clients a watch was built from.
