@@ -51,6 +51,13 @@ class ContainerRequest(Request):
             self.acknowledged = True
         super().acknowledge()
 
+    def send_event(self, type, **fields):
+        """Celery's event, naming the job and its arguments again: a monitor that missed
+        ``task-received`` (Flower started while the job ran, or its event receiver
+        reconnecting after a broker failover) still shows what ran."""
+        super().send_event(type, **{"name": self.name, "args": self.argsrepr, "kwargs": self.kwargsrepr,
+                                    **fields})
+
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
         """Celery's failure handling, with the job's own traceback in the task-failed event."""
         error = exc_info.exception

@@ -168,3 +168,28 @@ def test_the_caller_still_gets_the_typed_error_with_its_facts(batch):
     with pytest.raises(ContainerOOMKilled) as oom:
         batch.oom.get(timeout=10)
     assert oom.value.exit_code == 137 and "memory limit 64Mi exceeded" in str(oom.value)
+
+
+def test_a_flower_that_missed_a_jobs_start_still_shows_its_name_and_arguments(redis_server, redis_client, obs_agent):
+    # Flower learns a job's name and arguments from task-received; one started (or whose
+    # event receiver reconnected, as after a broker failover) while the job ran misses it.
+    from sample_jobs import sleep_for
+
+    from tasks import keys
+    from tests.observability.conftest import start_flower
+
+    result = sleep_for.delay(4)
+    wait_for(lambda: redis_client.exists(keys.attempts(result.id)), timeout=30, message="the job to start")
+    late = start_flower(redis_server.url, "operator", "pw-late")
+    try:
+        assert result.get(timeout=60) == 4
+
+        def seen():
+            task = requests.get(f"{late.url}/api/tasks", auth=late.auth, timeout=10).json().get(result.id, {})
+            return task if task.get("state") == "SUCCESS" else None
+
+        task = wait_for(seen, timeout=15, interval=0.3, message="the late flower to see the job end")
+        assert task["name"] == "sample_jobs.sleep_for" and task["args"] == "(4,)", task
+        assert task["worker"] == f"jobyard@{obs_agent.hostname}"
+    finally:
+        late.stop()
