@@ -4,34 +4,10 @@ Flower fills its tasks table with JavaScript (an AJAX datatable), so the test wa
 for the rows in the live DOM rather than reading the HTML Flower serves.
 """
 
-import base64
 import os
-import shutil
-import tempfile
 
 from tests.conftest import ARTIFACTS
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-
-
-def chromium_driver():
-    """A headless Chromium under chromedriver, fit to run as root with no network."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    for binary in (CHROMIUM, CHROMEDRIVER):
-        assert os.access(binary, os.X_OK), f"{binary} is missing: apt-get install chromium chromium-driver"
-    profile = tempfile.mkdtemp(prefix="jobyard-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--window-size=1600,1000", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.profile_dir = profile
-    return driver
+from tests.support.browser import chromium_driver, quit_driver, send_basic_auth
 
 
 def test_chromium_shows_the_jobs_on_flowers_tasks_page(flower_server, batch):
@@ -40,10 +16,7 @@ def test_chromium_shows_the_jobs_on_flowers_tasks_page(flower_server, batch):
 
     driver = chromium_driver()
     try:
-        token = base64.b64encode(f"{flower_server.user}:{flower_server.password}".encode()).decode()
-        # Send the credentials with every request the page makes, AJAX included.
-        driver.execute_cdp_cmd("Network.enable", {})
-        driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
+        send_basic_auth(driver, flower_server.user, flower_server.password)
         driver.get(f"{flower_server.url}/tasks")
 
         def rows_with_our_jobs(d):
@@ -64,5 +37,4 @@ def test_chromium_shows_the_jobs_on_flowers_tasks_page(flower_server, batch):
         assert "Container" in page and "oom_killed=true" in page and "sample_jobs.balloon" in page
         assert driver.save_screenshot(os.path.join(ARTIFACTS, "flower-task-oom.png"))
     finally:
-        driver.quit()
-        shutil.rmtree(driver.profile_dir, ignore_errors=True)
+        quit_driver(driver)

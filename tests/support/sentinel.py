@@ -119,18 +119,25 @@ class SentinelSet:
         return redis.Redis(port=port or self.primary_port(), socket_timeout=5, decode_responses=True)
 
     def wait_replicas(self, count: int, timeout: float = 20.0) -> None:
-        """Until the primary has ``count`` replicas online."""
+        """Until the primary has ``count`` replicas online and every sentinel sees them up
+        (a replica a sentinel still thinks down is not reconfigured by the next failover)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 info = self.client(self._first_primary()).info("replication")
                 online = [v for k, v in info.items() if k.startswith("slave") and v.get("state") == "online"]
-                if len(online) >= count:
+                if len(online) >= count and all(self._replicas_up(sentinel) >= count for sentinel in self.sentinels):
                     return
             except redis.exceptions.RedisError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"the primary has fewer than {count} replicas online")
+        raise RuntimeError(f"the primary has fewer than {count} replicas online that every sentinel sees")
+
+    @staticmethod
+    def _replicas_up(sentinel: SentinelProcess) -> int:
+        return sum(not replica["is_sdown"] and not replica["is_disconnected"]
+                   and replica.get("master-link-status") == "ok"
+                   for replica in sentinel.client().sentinel_slaves(MASTER))
 
     def _first_primary(self) -> int:
         if self.sentinels:
