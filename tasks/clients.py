@@ -55,6 +55,14 @@ CLIENT_DEFAULTS = {"socket_timeout": 10, "socket_connect_timeout": 5, "health_ch
 #: TLS options a Sentinel URL's query may carry (the same names ``rediss://`` takes).
 TLS_QUERY = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
+#: Seconds between reconnects to a primary that refused a write with ``NOREPLICAS``.
+#: A promoted replica refuses writes until a replica attaches (a second or two; up to
+#: the sentinels' 10 s INFO period for one they reconfigure late): at this pace a
+#: caller's publish retries (:data:`tasks.app.SENTINEL_PUBLISH_RETRY`) last about 10 s.
+NOREPLICAS_PACE = 0.25
+#: When each ``(host, port)`` last refused a write with ``NOREPLICAS``, in this process.
+_refused: dict[tuple, float] = {}
+
 
 def is_sentinel(url: str) -> bool:
     """Whether ``url`` is a Sentinel URL."""
@@ -181,15 +189,6 @@ class PrimaryConnection(SentinelManagedConnection):
         if wait > 0:
             time.sleep(wait)
         super().connect_to(address)
-
-
-#: Seconds between reconnects to a primary that refused a write with ``NOREPLICAS``.
-#: A promoted replica refuses writes until a replica attaches (a second or two; up to
-#: the sentinels' 10 s INFO period for one they reconfigure late): at this pace a
-#: caller's publish retries (:data:`tasks.app.SENTINEL_PUBLISH_RETRY`) last about 10 s.
-NOREPLICAS_PACE = 0.25
-#: When each ``(host, port)`` last refused a write with ``NOREPLICAS``, in this process.
-_refused: dict[tuple, float] = {}
 
 
 class PrimarySSLConnection(PrimaryConnection, redis.SSLConnection):

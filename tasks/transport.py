@@ -116,6 +116,11 @@ class Channel(kombu_redis.Channel):
         return Durability(int(self.min_replicas), int(self.wait_timeout))
 
     def _put(self, queue, message, **kwargs):
+        if self.connection is None:
+            # Closed by a reconnect of the same publish (kombu's retried queue declare
+            # revives the producer on a new channel, its publish still holds this one):
+            # a connection error, so the publish's retry goes on with the new channel.
+            raise RedisConnectionError("the channel was closed by a reconnect")
         priority = self._get_message_priority(message, reverse=False)
         prefix = self.global_keyprefix or ""
         list_key = self._q_for_pri(queue, priority)
@@ -129,11 +134,6 @@ class Channel(kombu_redis.Channel):
             if isinstance(retries, int) and retries > 0:
                 script_keys.append(prefix + keys.retried(task_id))
                 mark = [retries, keys.DELIVERY_TTL]
-        if self.connection is None:
-            # Closed by a reconnect of the same publish (kombu's retried queue declare
-            # revives the producer on a new channel, its publish still holds this one):
-            # a connection error, so the publish's retry goes on with the new channel.
-            raise RedisConnectionError("the channel was closed by a reconnect")
         with self.conn_or_acquire() as client:
             # One pipeline: the script and its WAIT go on one connection (WAIT counts that connection's writes).
             pipe = client.pipeline(transaction=False)

@@ -110,6 +110,13 @@ def flower_knows_worker(flower: FlowerProcess, hostname: str) -> bool:
     return response.status_code == 200 and f"jobyard@{hostname}" in response.json()
 
 
+def flower_tasks(flower: FlowerProcess) -> dict:
+    """The tasks Flower knows, by task id (its HTTP API)."""
+    response = requests.get(f"{flower.url}/api/tasks", auth=flower.auth, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 @dataclass
 class Batch:
     """The jobs every observability test looks at, all finished."""

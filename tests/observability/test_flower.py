@@ -10,12 +10,7 @@ from click.testing import CliRunner
 
 from jobyard.cli import main
 from tests.conftest import PYTHON_IMAGE, wait_for
-
-
-def flower_tasks(flower) -> dict:
-    response = requests.get(f"{flower.url}/api/tasks", auth=flower.auth, timeout=10)
-    assert response.status_code == 200, response.text
-    return response.json()
+from tests.observability.conftest import flower_tasks
 
 
 def test_the_api_lists_jobs_by_name_state_and_typed_reason(flower_server, batch, obs_agent):
@@ -185,7 +180,7 @@ def test_a_flower_that_missed_a_jobs_start_still_shows_its_name_and_arguments(re
         assert result.get(timeout=60) == 4
 
         def seen():
-            task = requests.get(f"{late.url}/api/tasks", auth=late.auth, timeout=10).json().get(result.id, {})
+            task = flower_tasks(late).get(result.id, {})
             return task if task.get("state") == "SUCCESS" else None
 
         task = wait_for(seen, timeout=15, interval=0.3, message="the late flower to see the job end")

@@ -26,7 +26,6 @@ import uuid
 
 import pytest
 import redis
-import requests
 
 from tasks import job
 from tasks.app import create_app
@@ -257,7 +256,7 @@ def test_flower_on_a_sentinel_url_shows_the_agent_and_its_jobs_before_and_after_
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from tests.observability.conftest import flower_knows_worker, start_flower
+    from tests.observability.conftest import flower_knows_worker, flower_tasks, start_flower
     from tests.support.browser import chromium_driver, quit_driver, send_basic_auth
 
     env, app, agent = fleet
@@ -275,9 +274,6 @@ def test_flower_on_a_sentinel_url_shows_the_agent_and_its_jobs_before_and_after_
         killed.process.wait()
         sentinels.restart_as_replica(killed)
 
-        def tasks_seen():
-            return requests.get(f"{flower.url}/api/tasks", auth=flower.auth, timeout=10).json()
-
         # Flower's event receiver reconnects on its own back-off and misses what ends
         # before it is back (README, Limits): jobs go on until one is seen, with its name.
         afters: list = []
@@ -285,12 +281,12 @@ def test_flower_on_a_sentinel_url_shows_the_agent_and_its_jobs_before_and_after_
         def one_after_seen():
             afters.append(add.delay(50, len(afters)))
             assert afters[-1].get(timeout=90) == 50 + len(afters) - 1
-            tasks = tasks_seen()
+            tasks = flower_tasks(flower)
             return next((tasks[r.id] for r in afters if tasks.get(r.id, {}).get("state") == "SUCCESS"), None)
 
         after = wait_for(one_after_seen, timeout=45, interval=0.5, message="flower to see a job on the new primary")
         assert after["name"] == "sample_jobs.add" and after["worker"] == f"jobyard@{agent.hostname}", after
-        assert tasks_seen()[before.id]["state"] == "SUCCESS"
+        assert flower_tasks(flower)[before.id]["state"] == "SUCCESS"
         assert flower.process.poll() is None, f"flower exited: {flower.log()[-3000:]}"
         assert "Exception in thread" not in flower.log(), flower.log()[-3000:]
         driver = chromium_driver()
