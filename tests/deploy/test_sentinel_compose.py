@@ -3,7 +3,7 @@ three sentinels at fixed addresses; jobyard (its own image, on the project's net
 finds the primary through the sentinels; the primary's container is killed while the
 replica is frozen, so the first failover attempt is given up, and the sentinels' next
 attempt promotes the replica within RETRY_WITHIN; jobyard goes on; the old primary
-rejoins as a replica.
+rejoins as a replica; the sentinels, restarted, still name the new primary.
 
 The Redis image is the local stand-in for the official one (deploy/build-image.sh).
 """
@@ -162,3 +162,9 @@ def test_the_sentinel_example_fails_over_and_jobyard_follows(ha_stack):
 
     stack.compose("start", "redis-primary")
     stack.wait_for(lambda: stack.role("redis-primary") == "slave", "the old primary to rejoin as a replica")
+
+    # Sentinels restarted together (the host rebooted) still know where the primary is.
+    stack.compose("restart", "sentinel-1", "sentinel-2", "sentinel-3")
+    stack.wait_for(lambda: stack.master_state().get("num-other-sentinels") == "2",
+                   "the restarted sentinels to answer")
+    assert stack.master_state()["ip"] == f"{stack.net}.11"
