@@ -17,17 +17,18 @@ from urllib.parse import urlsplit
 
 from celery import Celery, states
 from celery.app.amqp import AMQP
-from celery.backends.redis import RedisBackend, SentinelBackend
-from kombu.utils.encoding import bytes_to_str
 from celery.backends.redis import RedisBackend, ResultConsumer, SentinelBackend
+from celery.utils import uuid
 from kombu import Connection
 from kombu.connection import ConnectionPool, PooledConnection
+from kombu.exceptions import OperationalError
+from kombu.utils.encoding import bytes_to_str
 
 from . import security
 from .clients import PrimaryConnection, SentinelURL, follow_switches, is_sentinel, sentinel_options
 from .config import Settings
 from .durable import Durability
-from .errors import WriteNotDurable
+from .errors import BrokerUnavailable, PublishFailed, WriteNotDurable
 from .failure import failure_text
 from .ids import check_task_id
 from .names import RUN_TASK, SPEC_HEADER  # noqa: F401 - their import path before tasks.names
@@ -40,10 +41,33 @@ def create_app(settings: Settings | None = None) -> Celery:
     """Build a Celery app configured for container jobs from ``settings``."""
     # Not made Celery's "current app": an app built for another broker (a test, a
     # tool) must not capture AsyncResult()s created without an explicit app.
-    celery_app = Celery("jobyard", set_as_current=False, amqp=JobAMQP)
+    celery_app = JobCelery("jobyard", set_as_current=False, amqp=JobAMQP)
     celery_app.loader.override_backends = RESULT_BACKENDS
     configure(celery_app, settings or Settings.from_env())
     return celery_app
+
+
+class JobCelery(Celery):
+    """Celery, whose failed publishes are jobyard's errors and name the task id to send again.
+
+    Celery raises kombu's ``OperationalError`` once the publish retries are spent; here
+    that is :class:`tasks.errors.BrokerUnavailable` (still an ``OperationalError``).
+    Both it and :class:`~tasks.errors.PublishNotDurable` carry ``details["task_id"]``,
+    the id Celery would have made up, so a caller can send the job again under it.
+    """
+
+    def send_task(self, name, args=None, kwargs=None, countdown=None, eta=None, task_id=None, **options):
+        task_id = task_id or uuid()
+        try:
+            return super().send_task(name, args, kwargs, countdown, eta, task_id, **options)
+        except PublishFailed as exc:
+            exc.details.setdefault("task_id", task_id)
+            raise
+        except OperationalError as exc:
+            raise BrokerUnavailable(
+                f"sending {options.get('shadow') or name} ({task_id}): the broker did not take it within the "
+                f"publish retries ({exc}); it may or may not be queued: send it again with task_id={task_id!r}",
+                {"task_id": task_id}) from exc
 
 
 def configure(celery_app: Celery, settings: Settings) -> Celery:
@@ -265,11 +289,39 @@ class RereadingResultConsumer(ResultConsumer):
         super().__init__(*args, **kwargs)
         self._reread_at = monotonic() + self.reread_interval
 
+    def consume_from(self, task_id):
+        """Subscribe to a task's outcome; after a reconnect that failed, to every awaited one."""
+        with self._locked():
+            if self._pubsub is None and self.subscribed_to:
+                self.subscribed_to.add(self._get_key_for_task(task_id))
+                self._reconnect()
+                return
+        super().consume_from(task_id)
+
+    def _reconnect(self):
+        """One attempt, never fatal, where Celery retries for the backend's whole retry policy.
+
+        Celery subscribes to a task's outcome before it publishes the task, and reconnects
+        with the backend's retries (about 90 s here, meant for agents storing outcomes),
+        then raises RuntimeError ("the Celery application must be restarted"): a caller
+        whose Redis was down waited 89 s for that, instead of the publish's own error. Left
+        without a subscription, the next send or wait (:meth:`drain_events`) tries again,
+        and a waiting ``.get()`` re-reads the stored outcomes every :attr:`reread_interval`.
+        """
+        try:
+            self._reconnect_pubsub()
+        except self._connection_errors as exc:
+            with self._locked():
+                self._pubsub = None
+            log.info("the result store cannot be reached (%s); subscribing again on the next send or wait", exc)
+
     def _reconnect_pubsub(self):
         super()._reconnect_pubsub()
         self.reread()
 
     def drain_events(self, timeout=None):
+        if self._pubsub is None and self.subscribed_to:
+            self._reconnect()
         super().drain_events(timeout)
         if monotonic() >= self._reread_at:
             self.reread()

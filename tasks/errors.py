@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kombu.exceptions import OperationalError
+
 
 class JobyardError(Exception):
     """Root of every error jobyard raises: job outcomes, agent and autoscaler errors."""
@@ -34,7 +36,22 @@ class RecordError(JobyardError, ValueError):
     form; readers skip such an entry with a warning (:mod:`tasks.records`)."""
 
 
-class WriteNotDurable(JobyardError):
+class _Facts:
+    """An error's message and a dict of JSON facts, kept as its ``args``."""
+
+    def __init__(self, message: str = "", details: dict[str, Any] | None = None):
+        super().__init__(message, dict(details or {}))
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """The error's facts."""
+        return self.args[1]
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class WriteNotDurable(_Facts, JobyardError):
     """Fewer replicas than ``JOBYARD_BROKER_MIN_REPLICAS`` confirmed a write within
     ``JOBYARD_BROKER_WAIT_TIMEOUT`` (:mod:`tasks.durable`).
 
@@ -42,22 +59,25 @@ class WriteNotDurable(JobyardError):
     ``details`` holds ``acked``, ``needed`` and ``timeout_ms``.
     """
 
-    def __init__(self, message: str = "", details: dict[str, Any] | None = None):
-        super().__init__(message, dict(details or {}))
 
-    @property
-    def details(self) -> dict[str, Any]:
-        """How many replicas confirmed, how many were needed, and the bound (ms)."""
-        return self.args[1]
+class PublishFailed(_Facts, JobyardError):
+    """Sending a job did not certainly queue it: it may or may not be queued.
 
-    def __str__(self) -> str:
-        return self.args[0]
+    Sending it again with the same task id (``details["task_id"]``, as
+    ``apply_async(..., task_id=...)``) is safe: publishes are idempotent per task id
+    (and retry number), so a job already queued is not queued twice.
+    """
 
 
-class PublishNotDurable(WriteNotDurable):
-    """A job's publish was not confirmed by enough replicas in time: it may or may not be
-    queued. Publishing the same task id again is safe: publishes are idempotent per task
-    id (and retry number), so a job already queued is not queued twice."""
+class PublishNotDurable(WriteNotDurable, PublishFailed):
+    """A job's publish was not confirmed by enough replicas in time (``details``: ``acked``,
+    ``needed``, ``timeout_ms``, ``task_id``)."""
+
+
+class BrokerUnavailable(PublishFailed, OperationalError):
+    """A job's publish did not reach the broker's Redis within the publish retries: it was
+    down or unreachable, Sentinel named no primary, or the primary refused writes. Also
+    kombu's ``OperationalError``, which Celery raises here (``details``: ``task_id``)."""
 
 
 class JobError(JobyardError):
@@ -210,7 +230,9 @@ __all__ = [
     "JobyardError",
     "SettingsError",
     "WriteNotDurable",
+    "PublishFailed",
     "PublishNotDurable",
+    "BrokerUnavailable",
     "JobError",
     "InvalidJobSpec",
     "PayloadTooLarge",

@@ -134,7 +134,7 @@ def test_a_publish_no_replica_confirms_raises_within_the_bound_and_may_be_sent_a
         took = time.monotonic() - started
     assert took < WAIT_MS / 1000 + 1.5, f"the caller waited {took:.1f}s"
     assert isinstance(raised.value, JobyardError) and not isinstance(raised.value, JobError)
-    assert raised.value.details == {"acked": 0, "needed": 1, "timeout_ms": WAIT_MS}
+    assert raised.value.details == {"acked": 0, "needed": 1, "timeout_ms": WAIT_MS, "task_id": task_id}
     # It may be queued (here it is: the primary took it); publishing the same id again does not queue it twice.
     publish(durable_app, task_id)
     replica_client = redis.Redis(port=replica.port, decode_responses=True)

@@ -10,7 +10,8 @@ pytestmark = pytest.mark.pure
 
 
 #: Every name but the root, the settings error and the durable-write errors (none is a job outcome).
-NOT_OUTCOMES = ("JobyardError", "SettingsError", "WriteNotDurable", "PublishNotDurable")
+NOT_OUTCOMES = ("JobyardError", "SettingsError", "WriteNotDurable", "PublishFailed", "PublishNotDurable",
+                "BrokerUnavailable")
 OUTCOMES = [name for name in errors.__all__ if name not in NOT_OUTCOMES]
 
 
@@ -34,6 +35,14 @@ def test_a_publish_not_durable_is_under_the_root_but_no_job_outcome():
     assert isinstance(error, errors.WriteNotDurable) and isinstance(error, errors.JobyardError)
     assert not isinstance(error, JobError)
     assert str(error) == "publishing x" and error.details["needed"] == 1
+
+
+def test_both_failed_publishes_are_one_kind_a_caller_can_send_again():
+    from kombu.exceptions import OperationalError
+
+    for cls in (errors.PublishNotDurable, errors.BrokerUnavailable):
+        assert issubclass(cls, errors.PublishFailed) and not issubclass(cls, JobError)
+    assert issubclass(errors.BrokerUnavailable, OperationalError)
 
 
 @pytest.mark.parametrize("cls", [getattr(errors, name) for name in OUTCOMES])
