@@ -31,7 +31,7 @@ from tasks import job
 from tasks.app import create_app
 from tasks.clients import broker_client
 from tasks.config import Settings
-from tasks.errors import PublishNotDurable
+from tasks.errors import BrokerUnavailable, PublishNotDurable
 from tasks.state import state_client
 from tests.conftest import PYTHON_IMAGE, ROOT, wait_for
 from tests.support.sentinel import SentinelSet
@@ -194,6 +194,23 @@ def test_a_publish_waits_out_a_primary_that_refuses_writes_for_want_of_replicas(
         restore.join()
         primary.config_set("min-replicas-to-write", 1)
     assert time.monotonic() - began >= 2.5, "the publish did not wait for the primary to take writes again"
+    assert result.get(timeout=60) == 8
+
+
+def test_a_primary_that_refuses_writes_past_the_publish_retries_is_an_error_to_send_again(sentinels, fleet):
+    # The refusal outlasts the publish's retries (here a few, not the ~20 s of the app's policy).
+    _, app, _ = fleet
+    add, _ = jobs_of(app)
+    primary = sentinels.client()
+    primary.config_set("min-replicas-to-write", 3)
+    try:
+        with pytest.raises(BrokerUnavailable) as raised:
+            add.apply_async((7, 1), retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.1,
+                                                  "interval_max": 0.1})
+    finally:
+        primary.config_set("min-replicas-to-write", 1)
+    assert "NOREPLICAS" in str(raised.value) or "replicas" in str(raised.value), str(raised.value)
+    result = add.apply_async((7, 1), task_id=raised.value.details["task_id"])
     assert result.get(timeout=60) == 8
 
 
